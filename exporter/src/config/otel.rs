@@ -1,0 +1,84 @@
+//! The standard OpenTelemetry variables flowtel acts on, checked up front so a typo
+//! stops the agent with a clear message instead of silently exporting nowhere.
+//! Endpoint, headers, timeout and compression are read by the OTLP exporter itself.
+use std::time::Duration;
+
+use opentelemetry_sdk::metrics::Temporality;
+
+use super::ConfigError;
+use crate::telemetry::SinkKind;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtelSettings {
+    pub sink: SinkKind,
+    pub temporality: Temporality,
+    pub export_interval: Duration,
+}
+
+fn invalid(var: &str, value: &str, accepted: &str) -> ConfigError {
+    ConfigError::Env { var: var.into(), reason: format!("{value:?} is not one of: {accepted}") }
+}
+
+/// `get` reads one variable (the process environment in production).
+pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSettings, ConfigError> {
+    let get = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+
+    let disabled = match get("OTEL_SDK_DISABLED").as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(invalid("OTEL_SDK_DISABLED", other, "true, false")),
+    };
+
+    let protocol_var =
+        if get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL").is_some() { "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL" } else { "OTEL_EXPORTER_OTLP_PROTOCOL" };
+    let otlp = match get(protocol_var).as_deref() {
+        None | Some("grpc") => SinkKind::OtlpGrpc,
+        Some("http/protobuf") => SinkKind::OtlpHttp,
+        Some(other) => return Err(invalid(protocol_var, other, "grpc, http/protobuf")),
+    };
+
+    let sink = match get("OTEL_METRICS_EXPORTER").as_deref() {
+        _ if disabled => SinkKind::None,
+        None | Some("otlp") => otlp,
+        Some("console") => SinkKind::Console,
+        Some("none") => SinkKind::None,
+        Some(other) => return Err(invalid("OTEL_METRICS_EXPORTER", other, "otlp, console, none")),
+    };
+    // No traces yet (HTTP spans come with issue #4), but a bad value is still an error.
+    if let Some(other) = get("OTEL_TRACES_EXPORTER").filter(|v| !["otlp", "console", "none"].contains(&v.as_str())) {
+        return Err(invalid("OTEL_TRACES_EXPORTER", &other, "otlp, console, none"));
+    }
+
+    let var = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
+    let temporality = match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("cumulative") => Temporality::Cumulative,
+        Some("delta") => Temporality::Delta,
+        Some("lowmemory") => Temporality::LowMemory,
+        Some(other) => return Err(invalid(var, other, "cumulative, delta, lowmemory")),
+    };
+
+    let export_interval = match get("OTEL_METRIC_EXPORT_INTERVAL") {
+        None => Duration::from_secs(60),
+        Some(ms) => match ms.parse::<u64>() {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => {
+                return Err(ConfigError::Env {
+                    var: "OTEL_METRIC_EXPORT_INTERVAL".into(),
+                    reason: format!("{ms:?} is not a positive number of milliseconds"),
+                });
+            }
+        },
+    };
+
+    for var in ["OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"] {
+        if let Some(ms) = get(var).filter(|v| v.parse::<u64>().is_err()) {
+            return Err(ConfigError::Env { var: var.into(), reason: format!("{ms:?} is not a number of milliseconds") });
+        }
+    }
+    for var in ["OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"] {
+        if let Some(other) = get(var).filter(|v| v != "gzip" && v != "none") {
+            return Err(invalid(var, &other, "gzip, none"));
+        }
+    }
+    Ok(OtelSettings { sink, temporality, export_interval })
+}

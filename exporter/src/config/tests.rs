@@ -1,0 +1,137 @@
+use std::collections::HashMap;
+
+use super::*;
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn file(text: &str) -> tempfile_lite::TempFile {
+    tempfile_lite::TempFile::with(text)
+}
+
+/// A file that removes itself; enough for these tests without a dependency.
+mod tempfile_lite {
+    pub struct TempFile(pub std::path::PathBuf);
+    impl TempFile {
+        pub fn with(text: &str) -> Self {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("flowtel-config-{}-{n}.yaml", std::process::id()));
+            let mut f = std::fs::File::create(&path).unwrap();
+            std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+            Self(path)
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn defaults_without_file_or_env() {
+    assert_eq!(Config::load(None, &[]).unwrap(), Config::default());
+}
+
+#[test]
+fn file_then_env_wins() {
+    let f = file("probes:\n  flow_table_entries: 1000\ntelemetry:\n  cardinality_limit: 50\n");
+    let env = vars(&[("FLOWTEL_TELEMETRY_CARDINALITY_LIMIT", "70"), ("FLOWTEL_PROBES_ATTACH_MODE", "kprobes")]);
+    let config = Config::load(Some(&f.0), &env).unwrap();
+    assert_eq!(config.probes.flow_table_entries, 1000);
+    assert_eq!(config.telemetry.cardinality_limit, 70);
+    assert_eq!(config.probes.attach_mode, AttachMode::Kprobes);
+}
+
+#[test]
+fn empty_file_is_defaults() {
+    let f = file("");
+    assert_eq!(Config::load(Some(&f.0), &[]).unwrap(), Config::default());
+}
+
+#[test]
+fn unknown_key_in_file_is_named() {
+    let f = file("probes:\n  flow_tabel_entries: 10\n");
+    let err = Config::load(Some(&f.0), &[]).unwrap_err().to_string();
+    assert!(err.contains("flow_tabel_entries") && err.contains("flow_table_entries"), "{err}");
+}
+
+#[test]
+fn bad_values_are_named_with_what_is_accepted() {
+    let f = file("probes:\n  attach_mode: sometimes\n");
+    let err = Config::load(Some(&f.0), &[]).unwrap_err().to_string();
+    assert!(err.contains("sometimes") && err.contains("tracepoints"), "{err}");
+
+    let err = Config::load(None, &vars(&[("FLOWTEL_PROBES_FLOW_TABLE_ENTRIES", "lots")])).unwrap_err().to_string();
+    assert!(err.starts_with("environment variable FLOWTEL_PROBES_FLOW_TABLE_ENTRIES"), "{err}");
+
+    let err = Config::load(None, &vars(&[("FLOWTEL_PROBES_FLOW_TABLE_ENTRIES", "3")])).unwrap_err().to_string();
+    assert_eq!(err, "probes.flow_table_entries = 3: must be between 64 and 4194304");
+
+    let err = Config::load(None, &vars(&[("FLOWTEL_LOG_LEVEL", "loud[")])).unwrap_err().to_string();
+    assert!(err.starts_with("log.level = loud["), "{err}");
+}
+
+#[test]
+fn unknown_flowtel_variable_is_an_error_but_config_path_is_not() {
+    let err = Config::load(None, &vars(&[("FLOWTEL_PROBE_MODE", "x")])).unwrap_err().to_string();
+    assert!(err.contains("FLOWTEL_PROBE_MODE") && err.contains("FLOWTEL_PROBES_ATTACH_MODE"), "{err}");
+    assert!(Config::load(None, &vars(&[("FLOWTEL_CONFIG", "/x.yaml")])).is_ok());
+}
+
+#[test]
+fn unreadable_and_unparsable_files() {
+    let err = Config::load(Some(std::path::Path::new("/nonexistent/flowtel.yaml")), &[]).unwrap_err();
+    assert!(err.to_string().starts_with("cannot read config file /nonexistent/flowtel.yaml"), "{err}");
+    let f = file("probes: [unclosed\n");
+    assert!(matches!(Config::load(Some(&f.0), &[]), Err(ConfigError::Parse { .. })));
+}
+
+#[test]
+fn every_setting_has_a_variable() {
+    let names: Vec<String> = env::settings().into_iter().map(|(_, var)| var).collect();
+    for expected in [
+        "FLOWTEL_PROBES_ATTACH_MODE",
+        "FLOWTEL_PROBES_FLOW_TABLE_ENTRIES",
+        "FLOWTEL_PROBES_SOCKET_TABLE_ENTRIES",
+        "FLOWTEL_PROBES_RTT_SAMPLE_INTERVAL_US",
+        "FLOWTEL_TELEMETRY_CARDINALITY_LIMIT",
+        "FLOWTEL_TELEMETRY_IDLE_INTERVALS",
+        "FLOWTEL_HOST_NAME",
+        "FLOWTEL_LOG_LEVEL",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
+    }
+}
+
+fn otel(pairs: &[(&str, &str)]) -> Result<OtelSettings, ConfigError> {
+    let map: HashMap<String, String> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    otel_from_env(|name| map.get(name).cloned())
+}
+
+#[test]
+fn otel_defaults_and_choices() {
+    let s = otel(&[]).unwrap();
+    assert_eq!(s.sink, crate::telemetry::SinkKind::OtlpGrpc);
+    assert_eq!(s.export_interval, std::time::Duration::from_secs(60));
+    assert_eq!(otel(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap().sink, crate::telemetry::SinkKind::OtlpHttp);
+    assert_eq!(otel(&[("OTEL_METRICS_EXPORTER", "console")]).unwrap().sink, crate::telemetry::SinkKind::Console);
+    assert_eq!(otel(&[("OTEL_SDK_DISABLED", "true")]).unwrap().sink, crate::telemetry::SinkKind::None);
+    let delta = otel(&[("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta")]).unwrap();
+    assert_eq!(delta.temporality, opentelemetry_sdk::metrics::Temporality::Delta);
+    assert_eq!(otel(&[("OTEL_METRIC_EXPORT_INTERVAL", "1500")]).unwrap().export_interval.as_millis(), 1500);
+}
+
+#[test]
+fn otel_bad_values_are_named() {
+    let err = otel(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).unwrap_err().to_string();
+    assert_eq!(err, "environment variable OTEL_EXPORTER_OTLP_PROTOCOL: \"http/json\" is not one of: grpc, http/protobuf");
+    assert!(otel(&[("OTEL_METRICS_EXPORTER", "prometheus")]).is_err());
+    assert!(otel(&[("OTEL_METRIC_EXPORT_INTERVAL", "0")]).is_err());
+    assert!(otel(&[("OTEL_METRIC_EXPORT_INTERVAL", "5s")]).is_err());
+    assert!(otel(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "ten")]).is_err());
+    assert!(otel(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).is_err());
+    assert!(otel(&[("OTEL_SDK_DISABLED", "maybe")]).is_err());
+}

@@ -1,0 +1,76 @@
+use std::{collections::HashMap, fs, path::Path};
+
+/// `process.command` is cut here: command lines can be long and may carry secrets
+/// past the first arguments.
+const COMMAND_MAX: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub executable_name: String,
+    pub command: Option<String>,
+}
+
+/// Process identity by pid, read from /proc once per process and kept while it lives.
+#[derive(Default)]
+pub struct ProcessCache {
+    entries: HashMap<u32, ProcessInfo>,
+}
+
+impl ProcessCache {
+    /// The process's identity. `kernel_name` is the `comm` the probes recorded, used
+    /// when the process has already exited.
+    pub fn lookup(&mut self, pid: u32, kernel_name: Option<&str>) -> &ProcessInfo {
+        self.entries.entry(pid).or_insert_with(|| read_proc(Path::new("/proc"), pid, kernel_name))
+    }
+
+    /// Forgets processes that have exited, so a reused pid is read afresh.
+    pub fn forget_exited(&mut self) {
+        self.entries.retain(|pid, _| Path::new("/proc").join(pid.to_string()).exists());
+    }
+}
+
+fn read_proc(proc_root: &Path, pid: u32, kernel_name: Option<&str>) -> ProcessInfo {
+    let dir = proc_root.join(pid.to_string());
+    let exe = fs::read_link(dir.join("exe"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned()));
+    let comm = fs::read_to_string(dir.join("comm")).ok().map(|s| s.trim_end().to_owned());
+    let command = fs::read(dir.join("cmdline")).ok().filter(|c| !c.is_empty()).map(|raw| {
+        let mut text: String =
+            String::from_utf8_lossy(&raw).trim_end_matches('\0').replace('\0', " ").chars().take(COMMAND_MAX).collect();
+        text.shrink_to_fit();
+        text
+    });
+    ProcessInfo {
+        pid,
+        executable_name: exe
+            .or(comm)
+            .or_else(|| kernel_name.map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned()),
+        command,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let me = std::process::id();
+        let info = read_proc(Path::new("/proc"), me, None);
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(info.executable_name, exe.file_name().unwrap().to_string_lossy());
+        assert!(info.command.unwrap().len() <= COMMAND_MAX);
+    }
+
+    #[test]
+    fn exited_process_falls_back_to_kernel_name() {
+        let info = read_proc(Path::new("/nonexistent"), 4_000_000, Some("curl"));
+        assert_eq!(info.executable_name, "curl");
+        assert_eq!(info.command, None);
+        let info = read_proc(Path::new("/nonexistent"), 4_000_000, None);
+        assert_eq!(info.executable_name, "unknown");
+    }
+}

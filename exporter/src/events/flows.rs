@@ -1,0 +1,111 @@
+use std::{collections::HashMap as StdHashMap, time::Duration};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+};
+use flowtel_probes_abi::{FlowKey, FlowStats, control, lost};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the BPF object has no map {0}")]
+    NoMap(&'static str),
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// One drained flow table entry.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelFlow {
+    pub key: FlowKey,
+    pub stats: FlowStats,
+}
+
+/// Owns the maps user space reads; the programs stay in the `Ebpf` that owns the links.
+pub struct FlowReader {
+    tables: [HashMap<MapData, FlowKey, FlowStats>; 2],
+    control: Array<MapData, u32>,
+    lost: PerCpuArray<MapData, u64>,
+    // An LRU hash in the kernel; aya reads it through the plain HashMap type.
+    names: HashMap<MapData, u32, [u8; 16]>,
+    active: u32,
+    lost_seen: [u64; lost::COUNT as usize],
+}
+
+/// How long programs that read the old table index may still be writing to it. BPF
+/// programs on tracepoints run to completion in microseconds; this is generous.
+const GRACE: Duration = Duration::from_millis(5);
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ReadError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ReadError::NoMap(name))?;
+    T::try_from(map).map_err(|source| ReadError::Map { map: name, source })
+}
+
+impl FlowReader {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
+        Ok(Self {
+            tables: [take(ebpf, "FLOWS_0")?, take(ebpf, "FLOWS_1")?],
+            control: take(ebpf, "CONTROL")?,
+            lost: take(ebpf, "LOST")?,
+            names: take(ebpf, "PROCESS_NAMES")?,
+            active: 0,
+            lost_seen: [0; lost::COUNT as usize],
+        })
+    }
+
+    /// Everything counted since the last drain. Blocking (a short sleep and one
+    /// syscall per flow): call it from a blocking thread.
+    pub fn drain(&mut self) -> Result<Vec<KernelFlow>, ReadError> {
+        let retiring = self.active;
+        self.active ^= 1;
+        self.control
+            .set(control::ACTIVE_TABLE, self.active, 0)
+            .map_err(|source| ReadError::Map { map: "CONTROL", source })?;
+        std::thread::sleep(GRACE);
+        let table = &mut self.tables[retiring as usize];
+        let mut flows = Vec::new();
+        for entry in table.iter() {
+            match entry {
+                Ok((key, stats)) => flows.push(KernelFlow { key, stats }),
+                // An entry deleted while iterating restarts nothing; skip it.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(ReadError::Map { map: "FLOWS", source }),
+            }
+        }
+        for flow in &flows {
+            let _ = table.remove(&flow.key);
+        }
+        Ok(flows)
+    }
+
+    /// Newly lost events per cause (`lost::*`) since the last call.
+    pub fn lost_since_last(&mut self) -> Result<[u64; lost::COUNT as usize], ReadError> {
+        let mut delta = [0; lost::COUNT as usize];
+        for cause in 0..lost::COUNT {
+            let per_cpu = self.lost.get(&cause, 0).map_err(|source| ReadError::Map { map: "LOST", source })?;
+            let total: u64 = per_cpu.iter().sum();
+            let seen = &mut self.lost_seen[cause as usize];
+            delta[cause as usize] = total.saturating_sub(*seen);
+            *seen = total;
+        }
+        Ok(delta)
+    }
+
+    /// `comm` names the kernel recorded for these pids (for processes already gone).
+    pub fn process_names(&self, pids: impl IntoIterator<Item = u32>) -> StdHashMap<u32, String> {
+        pids.into_iter()
+            .filter_map(|pid| {
+                let comm = self.names.get(&pid, 0).ok()?;
+                let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+                Some((pid, String::from_utf8_lossy(&comm[..len]).into_owned()))
+            })
+            .collect()
+    }
+}

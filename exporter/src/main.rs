@@ -1,0 +1,55 @@
+//! flowtel: parse the command line and start the pipeline (`pipeline.rs`).
+mod aggregation;
+mod cli;
+mod config;
+mod enrichment;
+mod events;
+mod pipeline;
+mod privileges;
+mod probes;
+mod status;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("flowtel: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let config = config::Config::load(cli.config.as_deref(), &vars)?;
+    let otel = config::otel_from_env(|name| std::env::var(name).ok())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
+        .with_writer(std::io::stderr)
+        .init();
+    privileges::check()?;
+    match cli.command.unwrap_or(cli::Command::Run) {
+        cli::Command::Run => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(pipeline::run(config, otel)),
+        cli::Command::Status => {
+            for (fact, value) in status::kernel_facts() {
+                println!("{fact:<32} {value}");
+            }
+            let probes = probes::load_and_attach(&pipeline::probe_settings(&config))?;
+            println!("probes:");
+            print!("{}", status::render_reports(&probes.reports));
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The running kernel's layout, as the probes need it: tracepoint field offsets from
+//! tracefs, `struct sock` / `struct tcp_sock` member offsets from BTF.
+use flowtel_probes_abi::ProbeConfig;
+
+use super::{
+    btf::{Btf, BtfError},
+    tracefs::{Format, TracefsError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("{0} does not fit the 16-bit offset the probes use")]
+    TooFar(String),
+}
+
+pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
+    let state = Format::read("sock", "inet_sock_set_state")?;
+    let retransmit = Format::read("tcp", "tcp_retransmit_skb").ok();
+    // sock_send_length and sock_recv_length are declared from one event class, so one
+    // format serves both; absent before Linux 6.3 (the kprobe fallback ignores them).
+    let length = Format::read("sock", "sock_send_length").ok();
+    let btf = Btf::from_kernel()?;
+    let sock = |member: &str| offset16(&btf, "sock", member);
+    let length_field = |field| length.as_ref().map_or(Ok(0), |f| f.offset(field));
+    Ok(ProbeConfig {
+        rtt_sample_gap_ns,
+        state_skaddr: state.offset("skaddr")?,
+        state_oldstate: state.offset("oldstate")?,
+        state_newstate: state.offset("newstate")?,
+        state_protocol: state.offset("protocol")?,
+        length_sk: length_field("sk")?,
+        length_protocol: length_field("protocol")?,
+        length_ret: length_field("ret")?,
+        length_flags: length_field("flags")?,
+        retransmit_skaddr: retransmit.as_ref().map_or(Ok(0), |f| f.offset("skaddr"))?,
+        sock_family: sock("__sk_common.skc_family")?,
+        sock_num: sock("__sk_common.skc_num")?,
+        sock_dport: sock("__sk_common.skc_dport")?,
+        sock_rcv_saddr: sock("__sk_common.skc_rcv_saddr")?,
+        sock_daddr: sock("__sk_common.skc_daddr")?,
+        sock_v6_rcv_saddr: sock("__sk_common.skc_v6_rcv_saddr")?,
+        sock_v6_daddr: sock("__sk_common.skc_v6_daddr")?,
+        sock_err: sock("sk_err")?,
+        sock_userlocks: sock("sk_userlocks")?,
+        tcp_srtt_us: offset16(&btf, "tcp_sock", "srtt_us")?,
+        tcp_mdev_us: offset16(&btf, "tcp_sock", "mdev_us")?,
+    })
+}
+
+fn offset16(btf: &Btf, strukt: &str, member: &str) -> Result<u16, LayoutError> {
+    let offset = btf.offset_of(strukt, member)?;
+    u16::try_from(offset).map_err(|_| LayoutError::TooFar(format!("{strukt}.{member} at {offset}")))
+}

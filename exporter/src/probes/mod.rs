@@ -1,0 +1,216 @@
+//! Load and attach: resolve the running kernel's layout, patch it into the BPF object,
+//! load every program through the verifier, attach the best hook the kernel offers and
+//! fall back where it lacks one. What attached and what fell back is kept as
+//! [`ProbeReport`]s for the log, `flowtel status` and `flowtel.agent.probes.attached`.
+mod btf;
+mod layout;
+mod tracefs;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{KProbe, TracePoint},
+};
+
+pub use layout::LayoutError;
+
+/// The kernel programs, built by build.rs from probes/ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtel-probes"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the BPF object has no program {0}")]
+    NoProgram(&'static str),
+    #[error("program {program} did not pass the verifier: {source}")]
+    Verify {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("no way to observe {what} on this kernel: {why}")]
+    Unsupported { what: &'static str, why: String },
+}
+
+/// How to attach the byte counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachMode {
+    /// Tracepoints where the kernel has them, kprobes otherwise.
+    Auto,
+    /// Tracepoints only; fail if they are missing.
+    Tracepoints,
+    /// The kprobe fallback even where tracepoints exist.
+    Kprobes,
+}
+
+/// Kernel-side settings, from the agent's configuration.
+#[derive(Clone, Debug)]
+pub struct ProbeSettings {
+    pub flow_table_entries: u32,
+    pub socket_table_entries: u32,
+    pub rtt_sample_gap_ns: u64,
+    pub attach_mode: AttachMode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeState {
+    Attached,
+    /// Loaded and verified but not attached, because another hook serves its purpose.
+    Standby,
+    /// Could not attach; the reason is kept for the log and `flowtel status`.
+    Failed(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeReport {
+    pub program: &'static str,
+    pub hook: String,
+    pub state: ProbeState,
+}
+
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub reports: Vec<ProbeReport>,
+}
+
+struct Hook {
+    program: &'static str,
+    kind: HookKind,
+}
+
+enum HookKind {
+    Tracepoint(&'static str, &'static str),
+    Kprobe(&'static str),
+}
+
+const STATE: Hook = Hook { program: "flow_state", kind: HookKind::Tracepoint("sock", "inet_sock_set_state") };
+const RETRANSMIT: Hook = Hook { program: "flow_retransmit", kind: HookKind::Tracepoint("tcp", "tcp_retransmit_skb") };
+const BYTES_TRACEPOINTS: [Hook; 2] = [
+    Hook { program: "flow_send", kind: HookKind::Tracepoint("sock", "sock_send_length") },
+    Hook { program: "flow_recv", kind: HookKind::Tracepoint("sock", "sock_recv_length") },
+];
+const BYTES_KPROBES: [Hook; 4] = [
+    Hook { program: "flow_send_tcp_kprobe", kind: HookKind::Kprobe("tcp_sendmsg") },
+    Hook { program: "flow_recv_tcp_kprobe", kind: HookKind::Kprobe("tcp_cleanup_rbuf") },
+    Hook { program: "flow_send_udp_kprobe", kind: HookKind::Kprobe("udp_sendmsg") },
+    Hook { program: "flow_recv_udp_kprobe", kind: HookKind::Kprobe("skb_consume_udp") },
+];
+
+impl Hook {
+    fn describe(&self) -> String {
+        match self.kind {
+            HookKind::Tracepoint(category, name) => format!("tracepoint {category}:{name}"),
+            HookKind::Kprobe(function) => format!("kprobe {function}"),
+        }
+    }
+
+    fn available(&self) -> bool {
+        match self.kind {
+            HookKind::Tracepoint(category, name) => tracefs::event_exists(category, name),
+            HookKind::Kprobe(_) => kprobes_available(),
+        }
+    }
+
+    fn load(&self, ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+        let program = ebpf.program_mut(self.program).ok_or(ProbeError::NoProgram(self.program))?;
+        let verify = |source| ProbeError::Verify { program: self.program, source };
+        match self.kind {
+            HookKind::Tracepoint(..) => {
+                let tp: &mut TracePoint = program.try_into().map_err(verify)?;
+                tp.load().map_err(verify)
+            }
+            HookKind::Kprobe(_) => {
+                let kp: &mut KProbe = program.try_into().map_err(verify)?;
+                kp.load().map_err(verify)
+            }
+        }
+    }
+
+    fn attach(&self, ebpf: &mut Ebpf) -> ProbeReport {
+        let result = match (ebpf.program_mut(self.program), &self.kind) {
+            (None, _) => Err(format!("no program {}", self.program)),
+            (Some(program), HookKind::Tracepoint(category, name)) => <&mut TracePoint>::try_from(program)
+                .map_err(|e| e.to_string())
+                .and_then(|tp| tp.attach(category, name).map(drop).map_err(|e| e.to_string())),
+            (Some(program), HookKind::Kprobe(function)) => <&mut KProbe>::try_from(program)
+                .map_err(|e| e.to_string())
+                .and_then(|kp| kp.attach(function, 0).map(drop).map_err(|e| e.to_string())),
+        };
+        let state = result.map_or_else(ProbeState::Failed, |()| ProbeState::Attached);
+        ProbeReport { program: self.program, hook: self.describe(), state }
+    }
+
+    fn unavailable(&self, why: &str) -> ProbeReport {
+        ProbeReport { program: self.program, hook: self.describe(), state: ProbeState::Failed(why.to_owned()) }
+    }
+}
+
+/// Whether this kernel can attach kprobes at all (CONFIG_KPROBE_EVENTS).
+pub fn kprobes_available() -> bool {
+    std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
+}
+
+/// Loads every program (so the verifier checks even the ones we will not attach) and
+/// attaches the flow probes.
+pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
+    tracefs::ensure_mounted()?;
+    let config = layout::resolve(settings.rtt_sample_gap_ns)?;
+    let mut ebpf = EbpfLoader::new()
+        .override_global("FLOWTEL_CONFIG", &config, true)
+        .map_max_entries("FLOWS_0", settings.flow_table_entries)
+        .map_max_entries("FLOWS_1", settings.flow_table_entries)
+        .map_max_entries("SOCKETS", settings.socket_table_entries)
+        .load(OBJECT)
+        .map_err(ProbeError::Load)?;
+
+    let all = [&STATE, &RETRANSMIT].into_iter().chain(&BYTES_TRACEPOINTS).chain(&BYTES_KPROBES);
+    for hook in all {
+        hook.load(&mut ebpf)?;
+    }
+
+    let mut reports = vec![STATE.attach(&mut ebpf)];
+    if reports[0].state != ProbeState::Attached {
+        return Err(ProbeError::Unsupported {
+            what: "TCP connections",
+            why: format!("{}: {:?}", STATE.describe(), reports[0].state),
+        });
+    }
+    reports.push(if RETRANSMIT.available() { RETRANSMIT.attach(&mut ebpf) } else { RETRANSMIT.unavailable("not on this kernel") });
+    reports.extend(attach_byte_counters(&mut ebpf, settings.attach_mode)?);
+    Ok(Probes { ebpf, reports })
+}
+
+fn attach_byte_counters(ebpf: &mut Ebpf, mode: AttachMode) -> Result<Vec<ProbeReport>, ProbeError> {
+    let tracepoints_present = BYTES_TRACEPOINTS.iter().all(Hook::available);
+    let use_tracepoints = match mode {
+        AttachMode::Kprobes => false,
+        AttachMode::Auto => tracepoints_present,
+        AttachMode::Tracepoints if tracepoints_present => true,
+        AttachMode::Tracepoints => {
+            return Err(ProbeError::Unsupported {
+                what: "bytes per flow",
+                why: "attach_mode is tracepoints but sock:sock_send_length needs Linux 6.3 or later".into(),
+            });
+        }
+    };
+    let (active, standby): (&[Hook], &[Hook]) =
+        if use_tracepoints { (&BYTES_TRACEPOINTS, &BYTES_KPROBES) } else { (&BYTES_KPROBES, &BYTES_TRACEPOINTS) };
+    if !use_tracepoints && !kprobes_available() {
+        return Err(ProbeError::Unsupported {
+            what: "bytes per flow",
+            why: "the kernel has neither sock:sock_send_length (Linux 6.3+) nor kprobes".into(),
+        });
+    }
+    let mut reports: Vec<ProbeReport> = active.iter().map(|hook| hook.attach(ebpf)).collect();
+    reports.extend(standby.iter().map(|hook| ProbeReport {
+        program: hook.program,
+        hook: hook.describe(),
+        state: ProbeState::Standby,
+    }));
+    Ok(reports)
+}

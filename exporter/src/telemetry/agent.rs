@@ -1,0 +1,97 @@
+//! flowtel's own health under the agent Resource (scope `flowtel.agent`): nothing is
+//! lost silently.
+use flowtel_probes_abi::lost;
+use flowtel_semconv::{attr, metric, resource, scope};
+use opentelemetry::{
+    InstrumentationScope, KeyValue,
+    metrics::{Counter, Gauge, MeterProvider as _},
+};
+use opentelemetry_sdk::metrics::{SdkMeterProvider, data::ResourceMetrics, reader::MetricReader as _};
+
+use super::{
+    reader::SharedReader,
+    workloads::{TelemetrySettings, provider, resource_with},
+};
+use crate::probes::{ProbeReport, ProbeState};
+
+pub struct AgentTelemetry {
+    _provider: SdkMeterProvider,
+    reader: SharedReader,
+    events_lost: Counter<u64>,
+    flows_active: Gauge<u64>,
+    probes_attached: Gauge<u64>,
+    export_failures: Counter<u64>,
+}
+
+/// (probe, cause) of each kernel loss counter.
+const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
+    (lost::FLOW_TABLE_FULL, "netflow", "map_full"),
+    (lost::SOCKET_TABLE_FULL, "netflow", "socket_table_full"),
+    (lost::KERNEL_READ, "netflow", "kernel_read"),
+];
+
+impl AgentTelemetry {
+    pub fn new(settings: &TelemetrySettings) -> Self {
+        let service = std::env::var("OTEL_SERVICE_NAME").ok().filter(|s| !s.is_empty());
+        let mut attrs = settings.host.attributes();
+        attrs.push(KeyValue::new(resource::SERVICE_NAME, service.unwrap_or_else(|| "flowtel".into())));
+        attrs.push(KeyValue::new(resource::SERVICE_VERSION, env!("CARGO_PKG_VERSION")));
+        attrs.push(KeyValue::new(resource::SERVICE_INSTANCE_ID, format!("{}/flowtel", settings.host.name)));
+        let (provider, reader) = provider(settings, resource_with(attrs));
+        let meter = provider.meter_with_scope(
+            InstrumentationScope::builder(scope::AGENT).with_version(env!("CARGO_PKG_VERSION")).build(),
+        );
+        let m = metric::AGENT_EVENTS_LOST;
+        let events_lost = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
+        let m = metric::AGENT_FLOWS_ACTIVE;
+        let flows_active = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
+        let m = metric::AGENT_PROBES_ATTACHED;
+        let probes_attached = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
+        let m = metric::AGENT_EXPORT_FAILURES;
+        let export_failures = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
+        // Zero-valued series from the start, so "no loss" is visible as 0, not as absence.
+        for (_, probe, cause) in LOSS_LABELS {
+            events_lost.add(0, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
+        }
+        export_failures.add(0, &[KeyValue::new(attr::AGENT_SIGNAL, "metrics")]);
+        Self { _provider: provider, reader, events_lost, flows_active, probes_attached, export_failures }
+    }
+
+    pub fn record_lost(&self, lost: &[u64; lost::COUNT as usize]) {
+        for (index, probe, cause) in LOSS_LABELS {
+            let n = lost[index as usize];
+            if n > 0 {
+                self.events_lost
+                    .add(n, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
+            }
+        }
+    }
+
+    /// Loss found in user space (a record the agent could not decode, say).
+    pub fn record_user_space_loss(&self, probe: &'static str, cause: &'static str, n: u64) {
+        self.events_lost.add(n, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
+    }
+
+    pub fn record_flows_active(&self, n: usize) {
+        self.flows_active.record(n as u64, &[]);
+    }
+
+    pub fn record_probes(&self, reports: &[ProbeReport]) {
+        for report in reports {
+            let attached = u64::from(report.state == ProbeState::Attached);
+            self.probes_attached.record(attached, &[KeyValue::new(attr::AGENT_PROBE, report.program)]);
+        }
+    }
+
+    pub fn record_export_failures(&self, n: u64) {
+        if n > 0 {
+            self.export_failures.add(n, &[KeyValue::new(attr::AGENT_SIGNAL, "metrics")]);
+        }
+    }
+
+    pub fn collect(&self) -> Option<ResourceMetrics> {
+        let mut rm = ResourceMetrics::default();
+        self.reader.0.collect(&mut rm).ok()?;
+        Some(rm)
+    }
+}

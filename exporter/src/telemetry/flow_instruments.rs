@@ -1,0 +1,110 @@
+//! The netflow instruments of one workload, and how a flow record lands in them.
+use flowtel_semconv::{attr, metric, value, MetricName};
+use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Gauge, Histogram, Meter},
+};
+
+use crate::aggregation::{Direction, FlowRecord, Transport, classify};
+
+pub struct FlowInstruments {
+    io: Counter<u64>,
+    retransmits: Counter<u64>,
+    rtt: Histogram<f64>,
+    rttvar: Gauge<f64>,
+    opened: Counter<u64>,
+    closed: Counter<u64>,
+    failed: Counter<u64>,
+}
+
+fn counter(meter: &Meter, m: MetricName) -> Counter<u64> {
+    meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build()
+}
+
+impl FlowInstruments {
+    pub fn new(meter: &Meter) -> Self {
+        let rtt = metric::TCP_RTT;
+        let rttvar = metric::TCP_RTTVAR;
+        Self {
+            io: counter(meter, metric::NETWORK_IO),
+            retransmits: counter(meter, metric::TCP_RETRANSMITS),
+            rtt: meter.f64_histogram(rtt.name).with_unit(rtt.unit).with_description(rtt.description).build(),
+            rttvar: meter.f64_gauge(rttvar.name).with_unit(rttvar.unit).with_description(rttvar.description).build(),
+            opened: counter(meter, metric::TCP_CONNECTIONS_OPENED),
+            closed: counter(meter, metric::TCP_CONNECTIONS_CLOSED),
+            failed: counter(meter, metric::TCP_CONNECTIONS_FAILED),
+        }
+    }
+
+    pub fn record(&self, flow: &FlowRecord) {
+        let attrs = flow_attributes(flow);
+        let with = |key: &'static str, v: &'static str| {
+            let mut a = attrs.clone();
+            a.push(KeyValue::new(key, v));
+            a
+        };
+        if flow.bytes_sent > 0 {
+            self.io.add(flow.bytes_sent, &with(attr::NETWORK_IO_DIRECTION, value::TRANSMIT));
+        }
+        if flow.bytes_received > 0 {
+            self.io.add(flow.bytes_received, &with(attr::NETWORK_IO_DIRECTION, value::RECEIVE));
+        }
+        if flow.transport != Transport::Tcp {
+            return;
+        }
+        if flow.retransmits > 0 {
+            self.retransmits.add(flow.retransmits, &attrs);
+        }
+        if flow.opened > 0 {
+            self.opened.add(flow.opened, &attrs);
+        }
+        if flow.closed > 0 {
+            self.closed.add(flow.closed, &attrs);
+        }
+        for &(cause, n) in &flow.failed {
+            self.failed.add(n, &with(attr::ERROR_TYPE, cause.as_str()));
+        }
+        for &(seconds, n) in &flow.rtt_samples {
+            for _ in 0..n {
+                self.rtt.record(seconds, &attrs);
+            }
+        }
+        if let Some(rttvar) = flow.rttvar {
+            self.rttvar.record(rttvar, &attrs);
+        }
+    }
+}
+
+/// The spec's flow attributes. Ports are left out on the ephemeral side, so every value
+/// here is bounded by the services a host talks to, not by its connections.
+pub fn flow_attributes(flow: &FlowRecord) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(10);
+    attrs.push(KeyValue::new(
+        attr::NETWORK_TRANSPORT,
+        match flow.transport {
+            Transport::Tcp => value::TCP,
+            Transport::Udp => value::UDP,
+        },
+    ));
+    attrs.push(KeyValue::new(attr::NETWORK_TYPE, if flow.local.is_ipv4() { value::IPV4 } else { value::IPV6 }));
+    attrs.push(KeyValue::new(
+        attr::FLOW_DIRECTION,
+        match flow.direction {
+            Direction::Incoming => value::INCOMING,
+            Direction::Outgoing => value::OUTGOING,
+        },
+    ));
+    attrs.push(KeyValue::new(attr::NETWORK_LOCAL_ADDRESS, flow.local.to_string()));
+    attrs.push(KeyValue::new(attr::LOCAL_ADDRESS_CLASS, classify(flow.local).as_str()));
+    if let Some(port) = flow.local_port {
+        attrs.push(KeyValue::new(attr::NETWORK_LOCAL_PORT, i64::from(port)));
+    }
+    if let Some(peer) = flow.peer {
+        attrs.push(KeyValue::new(attr::NETWORK_PEER_ADDRESS, peer.to_string()));
+        attrs.push(KeyValue::new(attr::PEER_ADDRESS_CLASS, classify(peer).as_str()));
+    }
+    if let Some(port) = flow.peer_port {
+        attrs.push(KeyValue::new(attr::NETWORK_PEER_PORT, i64::from(port)));
+    }
+    attrs
+}

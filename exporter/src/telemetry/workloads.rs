@@ -1,0 +1,141 @@
+//! One MeterProvider per workload Resource; the host's own flows under the host Resource.
+use std::{collections::HashMap, sync::Arc};
+
+use flowtel_semconv::{metric, resource, scope};
+use opentelemetry::{InstrumentationScope, KeyValue, metrics::MeterProvider as _};
+use opentelemetry_sdk::{
+    Resource,
+    metrics::{
+        Aggregation, Instrument, ManualReader, SdkMeterProvider, Stream, Temporality, data::ResourceMetrics,
+        reader::MetricReader as _,
+    },
+    resource::EnvResourceDetector,
+};
+
+use super::{flow_instruments::FlowInstruments, reader::SharedReader};
+use crate::{
+    aggregation::FlowRecord,
+    enrichment::{HostInfo, ProcessCache, ProcessInfo},
+};
+
+#[derive(Clone, Debug)]
+pub struct TelemetrySettings {
+    pub temporality: Temporality,
+    pub cardinality_limit: usize,
+    pub host: HostInfo,
+    /// Intervals without data after which an exited process's workload is dropped.
+    pub idle_intervals: u32,
+}
+
+struct Workload {
+    provider: SdkMeterProvider,
+    reader: SharedReader,
+    flows: FlowInstruments,
+    idle_intervals: u32,
+}
+
+pub struct Workloads {
+    settings: TelemetrySettings,
+    by_pid: HashMap<u32, Workload>,
+    processes: ProcessCache,
+}
+
+pub fn netflow_scope() -> InstrumentationScope {
+    InstrumentationScope::builder(scope::NETFLOW).with_version(env!("CARGO_PKG_VERSION")).build()
+}
+
+/// A provider with flowtel's views: every instrument capped at the configured
+/// cardinality (the SDK adds its overflow series past it), RTT as a base-2 exponential
+/// histogram.
+pub fn provider(settings: &TelemetrySettings, resource: Resource) -> (SdkMeterProvider, SharedReader) {
+    let reader = SharedReader(Arc::new(ManualReader::builder().with_temporality(settings.temporality).build()));
+    let limit = settings.cardinality_limit;
+    let provider = SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(reader.clone())
+        .with_view(move |instrument: &Instrument| {
+            let stream = Stream::builder().with_cardinality_limit(limit);
+            let stream = if instrument.name() == metric::TCP_RTT.name {
+                stream.with_aggregation(Aggregation::Base2ExponentialHistogram {
+                    max_size: 160,
+                    max_scale: 20,
+                    record_min_max: true,
+                })
+            } else {
+                stream
+            };
+            stream.build().ok()
+        })
+        .build();
+    (provider, reader)
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` merged under flowtel's own attributes: the workload's
+/// identity wins over anything set for the whole node.
+pub fn resource_with(attributes: Vec<KeyValue>) -> Resource {
+    Resource::builder_empty().with_detector(Box::new(EnvResourceDetector::new())).with_attributes(attributes).build()
+}
+
+fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>) -> Resource {
+    let mut attrs = host.attributes();
+    if let Some(p) = process {
+        attrs.push(KeyValue::new(resource::SERVICE_NAME, p.executable_name.clone()));
+        attrs.push(KeyValue::new(resource::SERVICE_INSTANCE_ID, format!("{}/{}", host.name, p.pid)));
+        attrs.push(KeyValue::new(resource::PROCESS_PID, i64::from(p.pid)));
+        attrs.push(KeyValue::new(resource::PROCESS_EXECUTABLE_NAME, p.executable_name.clone()));
+        if let Some(command) = &p.command {
+            attrs.push(KeyValue::new(resource::PROCESS_COMMAND, command.clone()));
+        }
+    }
+    resource_with(attrs)
+}
+
+impl Workloads {
+    pub fn new(settings: TelemetrySettings) -> Self {
+        Self { settings, by_pid: HashMap::new(), processes: ProcessCache::default() }
+    }
+
+    /// Records one interval of flows, each under its process's workload (pid 0: the host).
+    pub fn record(&mut self, flows: &[FlowRecord], kernel_names: &HashMap<u32, String>) {
+        for flow in flows {
+            let pid = flow.pid;
+            let workload = self.by_pid.entry(pid).or_insert_with(|| {
+                let process =
+                    (pid != 0).then(|| self.processes.lookup(pid, kernel_names.get(&pid).map(String::as_str)).clone());
+                let (provider, reader) =
+                    provider(&self.settings, workload_resource(&self.settings.host, process.as_ref()));
+                let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
+                Workload { provider, reader, flows, idle_intervals: 0 }
+            });
+            workload.idle_intervals = 0;
+            workload.flows.record(flow);
+        }
+    }
+
+    /// Collects every workload's metrics for export, then drops workloads of processes
+    /// that have exited and stayed idle: their last interval has just been collected.
+    pub fn collect(&mut self) -> Vec<ResourceMetrics> {
+        let mut batch = Vec::with_capacity(self.by_pid.len());
+        for workload in self.by_pid.values_mut() {
+            let mut rm = ResourceMetrics::default();
+            if workload.reader.0.collect(&mut rm).is_ok() && rm.scope_metrics().next().is_some() {
+                batch.push(rm);
+            }
+            workload.idle_intervals += 1;
+        }
+        let limit = self.settings.idle_intervals;
+        self.by_pid.retain(|&pid, w| {
+            let keep = pid == 0 || w.idle_intervals <= limit || std::path::Path::new(&format!("/proc/{pid}")).exists();
+            if !keep {
+                let _ = w.provider.shutdown();
+            }
+            keep
+        });
+        self.processes.forget_exited();
+        batch
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_pid.len()
+    }
+}

@@ -1,0 +1,184 @@
+//! The types flowtel's kernel programs and user space exchange through maps and globals.
+//!
+//! Everything here is `#[repr(C)]`, made of fixed-width integers with explicit padding, so
+//! that the BPF object and the agent agree byte for byte. Enumerations travel as `u8`
+//! constants; user space turns them into Rust enums with `TryFrom`.
+#![no_std]
+
+use core::mem::size_of;
+
+/// `network.type`, as carried in [`FlowKey::family`].
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// `network.transport`, as carried in [`FlowKey::protocol`] (IANA protocol numbers).
+pub mod protocol {
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+}
+
+/// `flowtel.flow.direction`, as carried in [`FlowKey::direction`].
+pub mod direction {
+    /// This host opened the flow (connect, or a datagram from an ephemeral port).
+    pub const OUTGOING: u8 = 1;
+    /// The peer opened it (accepted connection, or a datagram to a bound local port).
+    pub const INCOMING: u8 = 2;
+}
+
+/// Why a TCP connection failed before it was established: index into [`FlowStats::failed`].
+pub mod failure {
+    pub const REFUSED: usize = 0;
+    pub const TIMEOUT: usize = 1;
+    pub const RESET: usize = 2;
+    pub const OTHER: usize = 3;
+    pub const COUNT: usize = 4;
+}
+
+/// Where the kernel side lost data: index into the `LOST` per-CPU array.
+pub mod lost {
+    /// The active flow table was full, so a flow's counts were dropped.
+    pub const FLOW_TABLE_FULL: u32 = 0;
+    /// The socket table was full: the flow is counted, but its owner and
+    /// connection-open attribution are lost.
+    pub const SOCKET_TABLE_FULL: u32 = 1;
+    /// A read of kernel memory failed (a socket freed under us, say).
+    pub const KERNEL_READ: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Indexes into the `CONTROL` array that user space writes and the probes read.
+pub mod control {
+    /// Which of the two flow tables (0 or 1) the probes write to now.
+    pub const ACTIVE_TABLE: u32 = 0;
+    pub const COUNT: u32 = 1;
+}
+
+/// Number of RTT histogram buckets: bucket `i` counts samples in `[2^i, 2^(i+1))` µs;
+/// the last one also holds everything above (8.4 s and more).
+pub const RTT_BUCKETS: usize = 24;
+
+/// One flow as the kernel aggregates it. The ephemeral side's port is already zero
+/// (the local port of an outgoing flow, the peer port of an incoming one), so that
+/// every connection between the same two services folds into one entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// IPv4 in the first four bytes, or IPv6 (possibly v4-mapped), network order.
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+    /// The owning process (tgid); 0 when no process context was seen.
+    pub pid: u32,
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<FlowKey>() == 44);
+
+/// What the kernel counts for one [`FlowKey`] between two drains of a table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowStats {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub failed: [u64; failure::COUNT],
+    /// Sum of the RTT samples in microseconds, for an exact histogram sum.
+    pub rtt_sum_us: u64,
+    /// When the last RTT sample was taken (`bpf_ktime_get_ns`), to space samples out.
+    pub rtt_last_sample_ns: u64,
+    /// The kernel's RTT variation (`mdev_us >> 2`, what `ss -ti` shows) at the last sample.
+    pub rttvar_us: u32,
+    pub _pad: u32,
+    pub rtt_hist: [u64; RTT_BUCKETS],
+}
+const _: () = assert!(size_of::<FlowStats>() == 288);
+
+impl FlowStats {
+    pub const ZERO: Self = Self {
+        bytes_sent: 0,
+        bytes_received: 0,
+        retransmits: 0,
+        opened: 0,
+        closed: 0,
+        failed: [0; failure::COUNT],
+        rtt_sum_us: 0,
+        rtt_last_sample_ns: 0,
+        rttvar_us: 0,
+        _pad: 0,
+        rtt_hist: [0; RTT_BUCKETS],
+    };
+}
+
+impl Default for FlowStats {
+    fn default() -> Self {
+        Self::ZERO
+    }
+}
+
+/// What the probes remember about one TCP socket between its state changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// The socket's flow key; `pid` is the owner once a process context touched it.
+    pub key: FlowKey,
+    /// 1 while the connection's "opened" count waits for its owner to be known
+    /// (an accepted connection is established in softirq, before accept() runs).
+    pub open_pending: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<SocketInfo>() == 48);
+
+/// Offsets the probes need, resolved by user space at start-up: tracepoint fields from
+/// their `format` files, `struct sock`/`struct tcp_sock` members from the running
+/// kernel's BTF. Nothing about kernel layout is baked in at build time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Minimum gap between two RTT samples of one flow, in nanoseconds.
+    pub rtt_sample_gap_ns: u64,
+    // sock:inet_sock_set_state
+    pub state_skaddr: u16,
+    pub state_oldstate: u16,
+    pub state_newstate: u16,
+    pub state_protocol: u16,
+    // sock:sock_send_length and sock:sock_recv_length share one layout (checked at start-up)
+    pub length_sk: u16,
+    pub length_protocol: u16,
+    pub length_ret: u16,
+    pub length_flags: u16,
+    // tcp:tcp_retransmit_skb
+    pub retransmit_skaddr: u16,
+    // struct sock (through struct sock_common)
+    pub sock_family: u16,
+    pub sock_num: u16,
+    pub sock_dport: u16,
+    pub sock_rcv_saddr: u16,
+    pub sock_daddr: u16,
+    pub sock_v6_rcv_saddr: u16,
+    pub sock_v6_daddr: u16,
+    pub sock_err: u16,
+    pub sock_userlocks: u16,
+    // struct tcp_sock
+    pub tcp_srtt_us: u16,
+    pub tcp_mdev_us: u16,
+}
+const _: () = assert!(size_of::<ProbeConfig>() == 48);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain-old-data: #[repr(C)], integer fields only, explicit padding.
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}

@@ -1,0 +1,56 @@
+//! Every map the probes share with user space, and the loss counter.
+use aya_ebpf::{
+    helpers::bpf_get_current_comm,
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use flowtel_probes_abi::{FlowKey, FlowStats, SocketInfo, control, lost};
+
+/// Default sizes; user space resizes them from its configuration before load.
+const FLOW_TABLE_ENTRIES: u32 = 16_384;
+const SOCKET_TABLE_ENTRIES: u32 = 65_536;
+
+/// Two flow tables: the probes add into the active one while user space drains the
+/// other, so a drain never races an update and nothing is lost between intervals.
+#[map]
+pub static FLOWS_0: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+#[map]
+pub static FLOWS_1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+
+/// TCP sockets seen open, keyed by `struct sock *`; removed when the socket closes.
+#[map]
+pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, 0);
+
+/// `comm` of each process that created a flow, so that a process which exited before
+/// the next drain (a 5 ms curl) is still named. LRU: old names may go, never new ones.
+#[map]
+pub static PROCESS_NAMES: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(8_192, 0);
+
+/// Written by user space: which flow table is active (`control::ACTIVE_TABLE`).
+#[map]
+pub static CONTROL: Array<u32> = Array::with_max_entries(control::COUNT, 0);
+
+/// One zeroed `FlowStats`, the initial value of a new flow (kept out of the 512-byte stack).
+#[map]
+pub static ZERO_STATS: Array<FlowStats> = Array::with_max_entries(1, 0);
+
+/// Events the kernel side had to drop, per cause (`lost::*`), summed by user space.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
+
+#[inline(always)]
+pub fn count_lost(cause: u32) {
+    if let Some(slot) = LOST.get_ptr_mut(cause) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Records the current process's `comm`. Called only on rare events in process context
+/// (a new flow, a connect, a socket changing owner), never per send.
+#[inline(always)]
+pub fn remember_process_name(pid: u32) {
+    if let Ok(comm) = bpf_get_current_comm() {
+        let _ = PROCESS_NAMES.insert(pid, comm, 0);
+    }
+}

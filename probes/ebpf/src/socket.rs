@@ -1,0 +1,65 @@
+//! Reading a `struct sock` through offsets resolved from the running kernel's BTF.
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use flowtel_probes_abi::{FlowKey, ProbeConfig, direction, family, lost};
+
+use crate::maps::count_lost;
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+/// `SOCK_BINDPORT_LOCK`: the user bound the local port explicitly, so it is a service
+/// port and the flow is incoming. Accepted sockets inherit it from their listener.
+/// <https://elixir.bootlin.com/linux/v6.12/source/include/net/sock.h#L1446>
+const SOCK_BINDPORT_LOCK: u8 = 8;
+
+#[inline(always)]
+pub fn read<T>(sk: u64, offset: u16) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel validates the address; a fault returns Err.
+    match unsafe { bpf_probe_read_kernel((sk + u64::from(offset)) as *const T) } {
+        Ok(value) => Some(value),
+        Err(_) => {
+            count_lost(lost::KERNEL_READ);
+            None
+        }
+    }
+}
+
+/// The direction a socket's local port implies when no state change told us.
+#[inline(always)]
+pub fn direction_from_locks(cfg: &ProbeConfig, sk: u64) -> u8 {
+    match read::<u8>(sk, cfg.sock_userlocks) {
+        Some(locks) if locks & SOCK_BINDPORT_LOCK != 0 => direction::INCOMING,
+        _ => direction::OUTGOING,
+    }
+}
+
+/// The socket's flow key, with the ephemeral side's port zeroed.
+#[inline(always)]
+pub fn flow_key(cfg: &ProbeConfig, sk: u64, protocol: u8, dir: u8, pid: u32) -> Option<FlowKey> {
+    let mut key = FlowKey {
+        pid,
+        protocol,
+        direction: dir,
+        ..FlowKey::default()
+    };
+    match read::<u16>(sk, cfg.sock_family)? {
+        AF_INET => {
+            key.family = family::IPV4;
+            let local: [u8; 4] = read(sk, cfg.sock_rcv_saddr)?;
+            let peer: [u8; 4] = read(sk, cfg.sock_daddr)?;
+            key.local_addr[..4].copy_from_slice(&local);
+            key.peer_addr[..4].copy_from_slice(&peer);
+        }
+        AF_INET6 => {
+            key.family = family::IPV6;
+            key.local_addr = read(sk, cfg.sock_v6_rcv_saddr)?;
+            key.peer_addr = read(sk, cfg.sock_v6_daddr)?;
+        }
+        _ => return None,
+    }
+    if dir == direction::INCOMING {
+        key.local_port = read(sk, cfg.sock_num)?;
+    } else {
+        key.peer_port = u16::from_be(read(sk, cfg.sock_dport)?);
+    }
+    Some(key)
+}

@@ -1,0 +1,143 @@
+//! `sock:inet_sock_set_state`: TCP connections opened, closed and failed, and the
+//! direction and owner of each socket.
+//!
+//! Only some transitions run in the owning process's context (connect, close,
+//! shutdown); the rest run in softirq where the current pid is whoever was interrupted.
+//! So the owner is taken only from the process-context transitions and from send/recv
+//! (see `traffic.rs`), and an accepted connection's "opened" waits until its owner is known.
+//! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/sock.h#L144> (>= 4.16)
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
+use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, direction, failure, lost, protocol};
+
+use crate::{
+    config::config,
+    flow_table::count,
+    maps::{SOCKETS, count_lost, remember_process_name},
+    socket::{direction_from_locks, flow_key, read},
+};
+
+// include/net/tcp_states.h
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_LISTEN: i32 = 10;
+
+const ECONNRESET: i32 = 104;
+const ETIMEDOUT: i32 = 110;
+const ECONNREFUSED: i32 = 111;
+
+#[tracepoint]
+pub fn flow_state(ctx: TracePointContext) -> u32 {
+    let _ = try_flow_state(&ctx);
+    0
+}
+
+fn try_flow_state(ctx: &TracePointContext) -> Option<()> {
+    let cfg = config();
+    // SAFETY: offsets come from this tracepoint's format file.
+    let proto: u16 = unsafe { ctx.read_at(cfg.state_protocol.into()) }.ok()?;
+    if proto != u16::from(protocol::TCP) {
+        return None;
+    }
+    // SAFETY: as above.
+    let (sk, old, new): (u64, i32, i32) = unsafe {
+        (
+            ctx.read_at(cfg.state_skaddr.into()).ok()?,
+            ctx.read_at(cfg.state_oldstate.into()).ok()?,
+            ctx.read_at(cfg.state_newstate.into()).ok()?,
+        )
+    };
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    match (old, new) {
+        (TCP_CLOSE, TCP_SYN_SENT) => {
+            // connect(): process context. The tuple is not final yet (no source port).
+            let info = SocketInfo {
+                key: FlowKey { pid, direction: direction::OUTGOING, ..FlowKey::default() },
+                ..SocketInfo::default()
+            };
+            remember(sk, &info);
+            remember_process_name(pid);
+        }
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
+            let owner = owner_of(sk);
+            let key = flow_key(&cfg, sk, protocol::TCP, direction::OUTGOING, owner)?;
+            remember(sk, &SocketInfo { key, ..SocketInfo::default() });
+            count(&key, |s| unsafe { &raw mut (*s).opened });
+        }
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
+            let key = flow_key(&cfg, sk, protocol::TCP, direction::INCOMING, 0)?;
+            remember(sk, &SocketInfo { key, open_pending: 1, ..SocketInfo::default() });
+        }
+        (TCP_SYN_SENT | TCP_SYN_RECV, TCP_CLOSE) => {
+            let dir = if old == TCP_SYN_SENT { direction::OUTGOING } else { direction::INCOMING };
+            let key = flow_key(&cfg, sk, protocol::TCP, dir, owner_of(sk))?;
+            let cause = failure_cause(&cfg, sk);
+            // SAFETY: `s` points into a live map value; `cause` < failure::COUNT.
+            count(&key, |s| unsafe { &raw mut (*s).failed[cause] });
+            forget(sk);
+        }
+        (_, TCP_FIN_WAIT1 | TCP_LAST_ACK) => claim(sk, pid),
+        (TCP_LISTEN, _) | (_, TCP_LISTEN) => {}
+        (_, TCP_CLOSE) => close(&cfg, sk),
+        _ => {}
+    }
+    Some(())
+}
+
+fn failure_cause(cfg: &ProbeConfig, sk: u64) -> usize {
+    match read::<i32>(sk, cfg.sock_err) {
+        Some(ECONNREFUSED) => failure::REFUSED,
+        Some(ETIMEDOUT) => failure::TIMEOUT,
+        Some(ECONNRESET) => failure::RESET,
+        _ => failure::OTHER,
+    }
+}
+
+fn owner_of(sk: u64) -> u32 {
+    // SAFETY: read-only copy of a map value.
+    unsafe { SOCKETS.get(sk) }.map_or(0, |info| info.key.pid)
+}
+
+fn remember(sk: u64, info: &SocketInfo) {
+    if SOCKETS.insert(sk, info, 0).is_err() {
+        count_lost(lost::SOCKET_TABLE_FULL);
+    }
+}
+
+fn forget(sk: u64) {
+    let _ = SOCKETS.remove(sk);
+}
+
+/// A process-context transition: the current process owns the socket from now on.
+pub fn claim(sk: u64, pid: u32) {
+    let Some(info) = SOCKETS.get_ptr_mut(sk) else { return };
+    // SAFETY: `info` points into a live map value.
+    unsafe {
+        (*info).key.pid = pid;
+        if (*info).open_pending == 1 {
+            (*info).open_pending = 0;
+            let key = (*info).key;
+            count(&key, |s| &raw mut (*s).opened);
+        }
+    }
+}
+
+fn close(cfg: &ProbeConfig, sk: u64) {
+    // SAFETY: read-only copy of a map value.
+    let (key, open_pending) = match unsafe { SOCKETS.get(sk) } {
+        Some(info) => (info.key, info.open_pending),
+        // A connection that predates the agent: name it from the socket itself.
+        None => match flow_key(cfg, sk, protocol::TCP, direction_from_locks(cfg, sk), 0) {
+            Some(key) => (key, 0),
+            None => return,
+        },
+    };
+    if open_pending == 1 {
+        count(&key, |s: *mut FlowStats| unsafe { &raw mut (*s).opened });
+    }
+    count(&key, |s| unsafe { &raw mut (*s).closed });
+    forget(sk);
+}

@@ -1,0 +1,125 @@
+//! `sock:sock_send_length` and `sock:sock_recv_length`: bytes per flow and process, and
+//! RTT samples taken from the socket while it is in use.
+//!
+//! Both fire in the calling process's context, once per sendmsg/recvmsg on any socket
+//! (write/read/send/recv and their vector forms all go through them).
+//! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/sock.h#L265> (>= 6.3)
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, lost, protocol};
+
+use crate::{
+    config::config,
+    flow_table::{add, record_rtt, stats_for},
+    maps::{SOCKETS, count_lost, remember_process_name},
+    socket::{direction_from_locks, flow_key, read},
+    state::claim,
+};
+
+const MSG_PEEK: i32 = 2;
+
+#[tracepoint]
+pub fn flow_send(ctx: TracePointContext) -> u32 {
+    let _ = try_flow_length(&ctx, true);
+    0
+}
+
+#[tracepoint]
+pub fn flow_recv(ctx: TracePointContext) -> u32 {
+    let _ = try_flow_length(&ctx, false);
+    0
+}
+
+fn try_flow_length(ctx: &TracePointContext, sent: bool) -> Option<()> {
+    let cfg = config();
+    // SAFETY: offsets come from the tracepoint's format file.
+    let (ret, proto, flags, sk): (i32, u16, i32, u64) = unsafe {
+        (
+            ctx.read_at(cfg.length_ret.into()).ok()?,
+            ctx.read_at(cfg.length_protocol.into()).ok()?,
+            ctx.read_at(cfg.length_flags.into()).ok()?,
+            ctx.read_at(cfg.length_sk.into()).ok()?,
+        )
+    };
+    if ret <= 0 || (!sent && flags & MSG_PEEK != 0) {
+        return None;
+    }
+    account(&cfg, sk, proto, ret as u64, sent)
+}
+
+/// Adds `bytes` to the flow of socket `sk`; shared with the kprobe fallback.
+#[inline(always)]
+pub fn account(cfg: &ProbeConfig, sk: u64, proto: u16, bytes: u64, sent: bool) -> Option<()> {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = if proto == u16::from(protocol::TCP) {
+        tcp_key(cfg, sk, pid)?
+    } else if proto == u16::from(protocol::UDP) {
+        flow_key(cfg, sk, protocol::UDP, direction_from_locks(cfg, sk), pid)?
+    } else {
+        return None;
+    };
+    let (stats, created) = stats_for(&key)?;
+    if created {
+        remember_process_name(pid);
+    }
+    // SAFETY: `stats` points into a live map value.
+    unsafe {
+        if sent {
+            add(&raw mut (*stats).bytes_sent, bytes);
+        } else {
+            add(&raw mut (*stats).bytes_received, bytes);
+        }
+    }
+    if proto == u16::from(protocol::TCP) {
+        sample_rtt(cfg, sk, stats);
+    }
+    Some(())
+}
+
+/// The TCP socket's cached key, claimed by the current process.
+#[inline(always)]
+fn tcp_key(cfg: &ProbeConfig, sk: u64, pid: u32) -> Option<FlowKey> {
+    // SAFETY: read-only copy of a map value.
+    if let Some(info) = unsafe { SOCKETS.get(sk) } {
+        if info.key.pid != pid || info.open_pending == 1 {
+            claim(sk, pid);
+            remember_process_name(pid);
+        }
+        let mut key = info.key;
+        key.pid = pid;
+        return Some(key);
+    }
+    // Opened before the agent started (or the table was full when it opened).
+    let key = flow_key(cfg, sk, protocol::TCP, direction_from_locks(cfg, sk), pid)?;
+    if SOCKETS.insert(sk, SocketInfo { key, ..SocketInfo::default() }, 0).is_err() {
+        count_lost(lost::SOCKET_TABLE_FULL);
+    }
+    remember_process_name(pid);
+    Some(key)
+}
+
+/// Samples the socket's smoothed RTT at most once per `rtt_sample_gap_ns` per flow, so a
+/// long connection contributes samples over its whole life, not one at close.
+#[inline(always)]
+fn sample_rtt(cfg: &ProbeConfig, sk: u64, stats: *mut FlowStats) {
+    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `stats` points into a live map value; a racing sampler only adds a sample.
+    unsafe {
+        if now.wrapping_sub((*stats).rtt_last_sample_ns) < cfg.rtt_sample_gap_ns {
+            return;
+        }
+        (*stats).rtt_last_sample_ns = now;
+    }
+    let (Some(srtt), Some(mdev)) = (read::<u32>(sk, cfg.tcp_srtt_us), read::<u32>(sk, cfg.tcp_mdev_us)) else {
+        return;
+    };
+    // The kernel keeps srtt << 3 and mdev << 2 (RFC 6298 fixed point); 0 = no sample yet.
+    // <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp.c#L3858> (tcp_get_info)
+    if srtt >> 3 != 0 {
+        record_rtt(stats, srtt >> 3, mdev >> 2);
+    }
+}

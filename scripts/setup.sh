@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One idempotent setup step for a fresh Debian host (root): the Debian packages the
+# tests drive, the nightly pieces the kernel programs need, and bpf-linker built
+# against the nightly toolchain's own libLLVM (Debian ships no LLVM that
+# bpf-linker's default features accept). Both the README and .ci/run call this.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+apt_packages=(iproute2 iptables iperf3 procps curl python3-pip)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# rotel: a third-party (Rust) OpenTelemetry collector, used as a real OTLP peer in tests.
+if ! command -v rotel-agent >/dev/null 2>&1 && ! python3 -c 'import rotel' >/dev/null 2>&1; then
+  log "installing rotel from PyPI"
+  python3 -m pip install -q rotel
+fi
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+  log "installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+  log "adding rust-src to nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version >/dev/null 2>&1; then
+  sysroot=$(rustc +nightly --print sysroot)
+  llvm_major=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+  libllvm=$(basename "$(ls "$sysroot"/lib/libLLVM.so.* | head -n 1)")
+  log "building bpf-linker against $libllvm (LLVM $llvm_major)"
+  RUSTFLAGS="-C link-arg=-L$sysroot/lib -C link-arg=-l:$libllvm -C link-arg=-Wl,-rpath,$sysroot/lib" \
+    cargo +nightly install --locked bpf-linker --no-default-features \
+      --features "llvm-$llvm_major,no-llvm-linking"
+fi
+log "ready: $(bpf-linker --version)"

@@ -1,0 +1,148 @@
+//! Every name flowtel emits: metrics, attributes, units and scopes. This crate is the
+//! authoritative copy of the telemetry contract (`docs/telemetry.md` documents it for
+//! users); a name here changes only with a migration note in the CHANGELOG.
+//!
+//! OpenTelemetry semantic-convention names are used wherever one exists; everything
+//! else lives under the `flowtel.` vendor prefix. Units are UCUM; durations are seconds.
+
+/// One metric instrument of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricName {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub description: &'static str,
+}
+
+pub mod scope {
+    pub const NETFLOW: &str = "flowtel.netflow";
+    pub const AGENT: &str = "flowtel.agent";
+}
+
+pub mod metric {
+    use super::MetricName;
+
+    pub const NETWORK_IO: MetricName = MetricName {
+        name: "flowtel.network.io",
+        unit: "By",
+        description: "Bytes sent (network.io.direction=transmit) and received (=receive) by the local process on the flow.",
+    };
+    pub const TCP_RETRANSMITS: MetricName = MetricName {
+        name: "flowtel.tcp.retransmits",
+        unit: "{segment}",
+        description: "TCP segments retransmitted on the flow.",
+    };
+    pub const TCP_RTT: MetricName = MetricName {
+        name: "flowtel.tcp.rtt",
+        unit: "s",
+        description: "Smoothed round-trip time, sampled throughout each connection's life.",
+    };
+    pub const TCP_RTTVAR: MetricName = MetricName {
+        name: "flowtel.tcp.rttvar",
+        unit: "s",
+        description: "The kernel's smoothed RTT variation at the flow's last RTT sample.",
+    };
+    pub const TCP_CONNECTIONS_OPENED: MetricName = MetricName {
+        name: "flowtel.tcp.connections.opened",
+        unit: "{connection}",
+        description: "TCP connections established.",
+    };
+    pub const TCP_CONNECTIONS_CLOSED: MetricName = MetricName {
+        name: "flowtel.tcp.connections.closed",
+        unit: "{connection}",
+        description: "Established TCP connections closed.",
+    };
+    pub const TCP_CONNECTIONS_FAILED: MetricName = MetricName {
+        name: "flowtel.tcp.connections.failed",
+        unit: "{connection}",
+        description: "TCP connections that failed before they were established, by error.type.",
+    };
+    pub const AGENT_EVENTS_LOST: MetricName = MetricName {
+        name: "flowtel.agent.events.lost",
+        unit: "{event}",
+        description: "Events the agent could not count, by probe and cause.",
+    };
+    pub const AGENT_FLOWS_ACTIVE: MetricName = MetricName {
+        name: "flowtel.agent.flows.active",
+        unit: "{flow}",
+        description: "Flows read from the kernel in the last interval.",
+    };
+    pub const AGENT_PROBES_ATTACHED: MetricName = MetricName {
+        name: "flowtel.agent.probes.attached",
+        unit: "{probe}",
+        description: "1 for each attached probe, 0 for one loaded but not attached.",
+    };
+    pub const AGENT_EXPORT_FAILURES: MetricName = MetricName {
+        name: "flowtel.agent.export.failures",
+        unit: "{export}",
+        description: "Exports that failed, by signal.",
+    };
+
+    /// Every metric flowtel can emit.
+    pub const ALL: [MetricName; 11] = [
+        NETWORK_IO,
+        TCP_RETRANSMITS,
+        TCP_RTT,
+        TCP_RTTVAR,
+        TCP_CONNECTIONS_OPENED,
+        TCP_CONNECTIONS_CLOSED,
+        TCP_CONNECTIONS_FAILED,
+        AGENT_EVENTS_LOST,
+        AGENT_FLOWS_ACTIVE,
+        AGENT_PROBES_ATTACHED,
+        AGENT_EXPORT_FAILURES,
+    ];
+}
+
+pub mod attr {
+    pub const NETWORK_TRANSPORT: &str = "network.transport";
+    pub const NETWORK_TYPE: &str = "network.type";
+    pub const NETWORK_LOCAL_ADDRESS: &str = "network.local.address";
+    pub const NETWORK_LOCAL_PORT: &str = "network.local.port";
+    pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+    pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+    pub const NETWORK_IO_DIRECTION: &str = "network.io.direction";
+    pub const FLOW_DIRECTION: &str = "flowtel.flow.direction";
+    pub const LOCAL_ADDRESS_CLASS: &str = "flowtel.local.address.class";
+    pub const PEER_ADDRESS_CLASS: &str = "flowtel.peer.address.class";
+    pub const ERROR_TYPE: &str = "error.type";
+    /// `flowtel.agent.*`: which probe.
+    pub const AGENT_PROBE: &str = "flowtel.probe";
+    /// `flowtel.agent.events.lost`: why.
+    pub const AGENT_LOSS_CAUSE: &str = "flowtel.loss.cause";
+    /// `flowtel.agent.export.failures`: which signal (`metrics`, `traces`).
+    pub const AGENT_SIGNAL: &str = "flowtel.signal";
+}
+
+pub mod resource {
+    pub const SERVICE_NAME: &str = "service.name";
+    pub const SERVICE_VERSION: &str = "service.version";
+    pub const SERVICE_INSTANCE_ID: &str = "service.instance.id";
+    pub const PROCESS_PID: &str = "process.pid";
+    pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
+    pub const PROCESS_COMMAND: &str = "process.command";
+    pub const HOST_NAME: &str = "host.name";
+    pub const HOST_ID: &str = "host.id";
+    pub const HOST_ARCH: &str = "host.arch";
+    pub const OS_TYPE: &str = "os.type";
+    pub const OS_VERSION: &str = "os.version";
+}
+
+/// Attribute values with a closed set.
+pub mod value {
+    pub const TCP: &str = "tcp";
+    pub const UDP: &str = "udp";
+    pub const IPV4: &str = "ipv4";
+    pub const IPV6: &str = "ipv6";
+    pub const TRANSMIT: &str = "transmit";
+    pub const RECEIVE: &str = "receive";
+    pub const INCOMING: &str = "incoming";
+    pub const OUTGOING: &str = "outgoing";
+    pub const LOOPBACK: &str = "loopback";
+    pub const PRIVATE: &str = "private";
+    pub const LINK_LOCAL: &str = "link_local";
+    pub const MULTICAST: &str = "multicast";
+    pub const OTHER: &str = "other";
+    pub const REFUSED: &str = "refused";
+    pub const TIMEOUT: &str = "timeout";
+    pub const RESET: &str = "reset";
+}

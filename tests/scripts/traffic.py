@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Exact, known traffic for flowtel's end-to-end tests.
+
+tcp-server PORT CONNS RECV SEND  accept CONNS connections; from each read exactly RECV
+                                 bytes, answer SEND bytes, close.
+tcp-client HOST PORT CONNS SEND RECV
+                                 open CONNS connections in turn; on each send SEND bytes,
+                                 read until the server closes (expects RECV bytes).
+udp-server PORT COUNT SIZE       receive COUNT datagrams (recvfrom), echo each back (sendto).
+udp-client HOST PORT COUNT SIZE  connected UDP socket: send COUNT datagrams of SIZE bytes,
+                                 read each echo.
+Each prints "ready" (servers) or "done" once finished, so tests can sequence on it.
+"""
+import socket
+import sys
+
+
+def recv_exact(sock, n):
+    got = 0
+    while got < n:
+        chunk = sock.recv(min(65536, n - got))
+        if not chunk:
+            raise SystemExit(f"peer closed after {got} of {n} bytes")
+        got += len(chunk)
+
+
+def tcp_server(port, conns, recv, send):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", port))
+    srv.listen(64)
+    print("ready", flush=True)
+    for _ in range(conns):
+        conn, _ = srv.accept()
+        recv_exact(conn, recv)
+        conn.sendall(b"s" * send)
+        conn.close()
+    print("done", flush=True)
+
+
+def tcp_client(host, port, conns, send, recv):
+    for _ in range(conns):
+        conn = socket.create_connection((host, port))
+        conn.sendall(b"c" * send)
+        got = 0
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            got += len(chunk)
+        if got != recv:
+            raise SystemExit(f"expected {recv} bytes, got {got}")
+        conn.close()
+    print("done", flush=True)
+
+
+def udp_server(port, count, size):
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("0.0.0.0", port))
+    print("ready", flush=True)
+    for _ in range(count):
+        data, peer = srv.recvfrom(65536)
+        srv.sendto(data, peer)
+    print("done", flush=True)
+
+
+def udp_client(host, port, count, size):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((host, port))
+    sock.settimeout(5)
+    for _ in range(count):
+        sock.send(b"u" * size)
+        sock.recv(65536)
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "tcp-server":
+        tcp_server(*map(int, args))
+    elif cmd == "tcp-client":
+        tcp_client(args[0], *map(int, args[1:]))
+    elif cmd == "udp-server":
+        udp_server(*map(int, args))
+    elif cmd == "udp-client":
+        udp_client(args[0], *map(int, args[1:]))
+    else:
+        raise SystemExit(f"unknown command {cmd}")

@@ -1,0 +1,31 @@
+//! What the end-to-end tests share: a real OTLP receiver (gRPC and HTTP/protobuf), the
+//! agent as a child process, test hosts in network namespaces, and queries over what
+//! the receiver decoded.
+//!
+//! These tests need root and a BPF-capable kernel. Without them they skip with a loud
+//! message on a developer machine; under `CI=true` they fail instead.
+pub mod agent;
+pub mod netns;
+pub mod query;
+pub mod receiver;
+pub mod traffic;
+
+/// Returns false (after saying so loudly) when privileged tests cannot run here.
+/// Under CI they must run: panics instead.
+pub fn privileged_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc_geteuid() } == 0;
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    if root && btf {
+        return true;
+    }
+    let why = format!("{test} needs root and /sys/kernel/btf/vmlinux (root={root}, btf={btf})");
+    assert!(std::env::var("CI").is_err(), "under CI nothing skips: {why}");
+    eprintln!("\n!!!!!!!! SKIPPED: {why} !!!!!!!!\n");
+    false
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -1,0 +1,62 @@
+//! Real programs driving known traffic: `scripts/traffic.py` (exact byte counts) run
+//! inside a test host's namespace.
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, ChildStdout, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::netns::Link;
+
+pub fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/traffic.py")
+}
+
+/// A running traffic program whose stdout lines we can wait for.
+pub struct Traffic {
+    pub child: Child,
+    lines: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Traffic {
+    pub fn spawn(ns: &str, args: &[&str]) -> Self {
+        let mut child = Link::exec(ns, "python3")
+            .arg(script())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn python3 traffic.py");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait_line(&mut self, expected: &str) {
+        match self.lines.next() {
+            Some(Ok(line)) if line == expected => {}
+            other => panic!("traffic.py: expected {expected:?}, got {other:?}"),
+        }
+    }
+
+    /// Waits for the program to finish successfully.
+    pub fn finish(mut self) {
+        let status = self.child.wait().expect("wait traffic.py");
+        assert!(status.success(), "traffic.py failed: {status}");
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it did.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check()
+}

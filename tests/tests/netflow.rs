@@ -1,0 +1,106 @@
+//! Flows end to end: the real agent, real TCP traffic between two test hosts, exact
+//! counts read back from a real OTLP receiver.
+use std::time::Duration;
+
+use flowtel_e2e::{
+    agent::Agent,
+    netns::Link,
+    privileged_or_skip,
+    query::{matching, points, total},
+    receiver::Receiver,
+    traffic::{Traffic, eventually},
+};
+
+const IO: &str = "flowtel.network.io";
+
+#[test]
+fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
+    if !privileged_or_skip("tcp_bytes_connections_and_direction_are_exact_at_both_ends") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let endpoint = format!("http://{}", receiver.addr);
+    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let link = Link::new("tcp", 11);
+    let (server_ip, client_ip) = (link.addr_a.to_string(), link.addr_b.to_string());
+
+    let (conns, up, down) = (3u64, 1111u64, 22222u64);
+    let mut server = Traffic::spawn(&link.a, &["tcp-server", "9000", "3", "1111", "22222"]);
+    server.wait_line("ready");
+    let mut client = Traffic::spawn(&link.b, &["tcp-client", &server_ip, "9000", "3", "1111", "22222"]);
+    let (server_pid, client_pid) = (server.pid().to_string(), client.pid().to_string());
+    client.wait_line("done");
+    client.finish();
+    server.wait_line("done");
+    server.finish();
+    // A refused connection from a short-lived curl.
+    let curl = Link::exec(&link.b, "curl").args(["-s", "--max-time", "3", &format!("http://{server_ip}:9001/")]).spawn();
+    let mut curl = curl.expect("spawn curl");
+    let curl_pid = curl.id().to_string();
+    let _ = curl.wait();
+
+    let client_res = [("process.pid", client_pid.as_str())];
+    let server_res = [("process.pid", server_pid.as_str())];
+    let to_server = [("network.peer.address", server_ip.as_str()), ("network.peer.port", "9000")];
+    let delivered = eventually(Duration::from_secs(20), || {
+        let got = receiver.received.snapshot();
+        let closed = points(&got, "flowtel.tcp.connections.closed");
+        total(&points(&got, IO), &server_res, &[("network.io.direction", "transmit")]) == (conns * down) as f64
+            && total(&closed, &server_res, &[]) == conns as f64
+            && total(&closed, &client_res, &[]) == conns as f64
+            && !points(&got, "flowtel.tcp.connections.failed").is_empty()
+    });
+    let got = receiver.received.snapshot();
+    let io = points(&got, IO);
+    assert!(delivered, "flows never fully arrived; io points: {io:#?}\nagent log:\n{}", agent.log());
+
+    // Client side: outgoing, peer port kept, local (ephemeral) port collapsed.
+    let out = [("flowtel.flow.direction", "outgoing"), ("network.transport", "tcp"), to_server[0], to_server[1]];
+    let tx = [out.as_slice(), &[("network.io.direction", "transmit")]].concat();
+    let rx = [out.as_slice(), &[("network.io.direction", "receive")]].concat();
+    assert_eq!(total(&io, &client_res, &tx), (conns * up) as f64);
+    assert_eq!(total(&io, &client_res, &rx), (conns * down) as f64);
+    for p in matching(&io, &client_res, &[]) {
+        assert!(!p.attrs.contains_key("network.local.port"), "ephemeral local port leaked: {p:?}");
+        assert_eq!(p.attrs["network.local.address"], client_ip);
+        assert_eq!(p.attrs["flowtel.peer.address.class"], "private");
+        assert_eq!(p.scope, "flowtel.netflow");
+    }
+    let client_point = matching(&io, &client_res, &[])[0];
+    assert!(client_point.resource["process.executable.name"].starts_with("python"), "{client_point:?}");
+    assert_eq!(client_point.resource["service.name"], client_point.resource["process.executable.name"]);
+    assert!(client_point.resource.contains_key("host.name") && client_point.resource.contains_key("os.type"));
+
+    // Server side: incoming, local port kept, peer (ephemeral) port collapsed.
+    let inc = [("flowtel.flow.direction", "incoming"), ("network.local.port", "9000"), ("network.peer.address", client_ip.as_str())];
+    let tx = [inc.as_slice(), &[("network.io.direction", "transmit")]].concat();
+    let rx = [inc.as_slice(), &[("network.io.direction", "receive")]].concat();
+    assert_eq!(total(&io, &server_res, &rx), (conns * up) as f64);
+    assert_eq!(total(&io, &server_res, &tx), (conns * down) as f64);
+    for p in matching(&io, &server_res, &[]) {
+        assert!(!p.attrs.contains_key("network.peer.port"), "ephemeral peer port leaked: {p:?}");
+    }
+
+    // Connections: opened and closed once each, at both ends, with the right direction.
+    let opened = points(&got, "flowtel.tcp.connections.opened");
+    let closed = points(&got, "flowtel.tcp.connections.closed");
+    assert_eq!(total(&opened, &client_res, &out), conns as f64);
+    assert_eq!(total(&closed, &client_res, &out), conns as f64);
+    assert_eq!(total(&opened, &server_res, &inc), conns as f64);
+    assert_eq!(total(&closed, &server_res, &inc), conns as f64);
+
+    // The refused connect: under curl's own Resource, though curl exited long before export.
+    let failed = points(&got, "flowtel.tcp.connections.failed");
+    let curl_res = [("process.pid", curl_pid.as_str())];
+    assert_eq!(total(&failed, &curl_res, &[("error.type", "refused"), ("network.peer.port", "9001")]), 1.0, "{failed:#?}");
+    assert_eq!(matching(&failed, &curl_res, &[])[0].resource["process.executable.name"], "curl");
+
+    // Nothing lost, and the agent reports its probes.
+    let lost = points(&got, "flowtel.agent.events.lost");
+    assert!(!lost.is_empty() && lost.iter().all(|p| p.value == 0.0), "{lost:#?}");
+    let attached = points(&got, "flowtel.agent.probes.attached");
+    assert_eq!(total(&attached, &[("service.name", "flowtel")], &[("flowtel.probe", "flow_send")]), 1.0);
+
+    let (status, log) = agent.stop();
+    assert!(status.success(), "agent exit {status}; log:\n{log}");
+}
