@@ -104,3 +104,64 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     let (status, log) = agent.stop();
     assert!(status.success(), "agent exit {status}; log:\n{log}");
 }
+
+#[test]
+fn udp_bytes_are_exact_at_both_ends_with_unconnected_server() {
+    if !privileged_or_skip("udp_bytes_are_exact_at_both_ends_with_unconnected_server") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let endpoint = format!("http://{}", receiver.addr);
+    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let link = Link::new("udp", 12);
+    let (server_ip, client_ip) = (link.addr_a.to_string(), link.addr_b.to_string());
+    let (count, size) = (40u64, 700u64);
+
+    // The server receives with recvfrom and answers with sendto: its socket has no peer.
+    let mut server = Traffic::spawn(&link.a, &["udp-server", "9100", "40", "700"]);
+    server.wait_line("ready");
+    let mut client = Traffic::spawn(&link.b, &["udp-client", &server_ip, "9100", "40", "700"]);
+    let (server_pid, client_pid) = (server.pid().to_string(), client.pid().to_string());
+    client.wait_line("done");
+    client.finish();
+    server.wait_line("done");
+    server.finish();
+
+    let bytes = (count * size) as f64;
+    let server_res = [("process.pid", server_pid.as_str())];
+    let client_res = [("process.pid", client_pid.as_str())];
+    let inc = [
+        ("network.transport", "udp"),
+        ("flowtel.flow.direction", "incoming"),
+        ("network.local.port", "9100"),
+        ("network.peer.address", client_ip.as_str()),
+    ];
+    let out = [
+        ("network.transport", "udp"),
+        ("flowtel.flow.direction", "outgoing"),
+        ("network.peer.address", server_ip.as_str()),
+        ("network.peer.port", "9100"),
+    ];
+    let with = |base: &[(&'static str, &str)], dir: &'static str| -> Vec<(String, String)> {
+        base.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).chain([("network.io.direction".to_owned(), dir.to_owned())]).collect()
+    };
+    let total_of = |pts: &[flowtel_e2e::query::Point], res: &[(&str, &str)], attrs: &[(String, String)]| {
+        let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        total(pts, res, &attrs)
+    };
+    let arrived = eventually(Duration::from_secs(20), || {
+        let io = points(&receiver.received.snapshot(), IO);
+        total_of(&io, &server_res, &with(&inc, "transmit")) == bytes && total_of(&io, &client_res, &with(&out, "receive")) == bytes
+    });
+    let io = points(&receiver.received.snapshot(), IO);
+    assert!(arrived, "UDP flows never arrived exactly; io points: {:#?}\nlog:\n{}", matching(&io, &[], &[("network.transport", "udp")]), agent.log());
+    assert_eq!(total_of(&io, &server_res, &with(&inc, "receive")), bytes);
+    assert_eq!(total_of(&io, &server_res, &with(&inc, "transmit")), bytes);
+    assert_eq!(total_of(&io, &client_res, &with(&out, "transmit")), bytes);
+    assert_eq!(total_of(&io, &client_res, &with(&out, "receive")), bytes);
+    // Every UDP byte of these two processes has its peer: none went to a peer-less series.
+    for p in matching(&io, &server_res, &[("network.transport", "udp")]).into_iter().chain(matching(&io, &client_res, &[])) {
+        assert!(p.attrs.contains_key("network.peer.address"), "peer missing: {p:?}");
+    }
+    drop(agent);
+}

@@ -94,6 +94,19 @@ const BYTES_TRACEPOINTS: [Hook; 2] = [
     Hook { program: "flow_send", kind: HookKind::Tracepoint("sock", "sock_send_length") },
     Hook { program: "flow_recv", kind: HookKind::Tracepoint("sock", "sock_recv_length") },
 ];
+/// Peers of unconnected UDP sockets, from the syscalls' address arguments (datagram.rs).
+const DATAGRAM_PEERS: [Hook; 6] = [
+    Hook { program: "datagram_sendto_enter", kind: HookKind::Tracepoint("syscalls", "sys_enter_sendto") },
+    Hook { program: "datagram_sendmsg_enter", kind: HookKind::Tracepoint("syscalls", "sys_enter_sendmsg") },
+    Hook { program: "datagram_send_exit", kind: HookKind::Tracepoint("syscalls", "sys_exit_sendto") },
+    Hook { program: "datagram_send_exit", kind: HookKind::Tracepoint("syscalls", "sys_exit_sendmsg") },
+    Hook { program: "datagram_recvfrom_enter", kind: HookKind::Tracepoint("syscalls", "sys_enter_recvfrom") },
+    Hook { program: "datagram_recvmsg_enter", kind: HookKind::Tracepoint("syscalls", "sys_enter_recvmsg") },
+];
+const DATAGRAM_RECEIVE_EXITS: [Hook; 2] = [
+    Hook { program: "datagram_recv_exit", kind: HookKind::Tracepoint("syscalls", "sys_exit_recvfrom") },
+    Hook { program: "datagram_recv_exit", kind: HookKind::Tracepoint("syscalls", "sys_exit_recvmsg") },
+];
 const BYTES_KPROBES: [Hook; 4] = [
     Hook { program: "flow_send_tcp_kprobe", kind: HookKind::Kprobe("tcp_sendmsg") },
     Hook { program: "flow_recv_tcp_kprobe", kind: HookKind::Kprobe("tcp_cleanup_rbuf") },
@@ -102,6 +115,11 @@ const BYTES_KPROBES: [Hook; 4] = [
 ];
 
 impl Hook {
+    /// Programs attached at two hooks appear twice in the tables; load them once.
+    fn kind_is_first_use(&self) -> bool {
+        !matches!(self.kind, HookKind::Tracepoint("syscalls", "sys_exit_sendmsg" | "sys_exit_recvmsg"))
+    }
+
     fn describe(&self) -> String {
         match self.kind {
             HookKind::Tracepoint(category, name) => format!("tracepoint {category}:{name}"),
@@ -168,8 +186,10 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
 
+    // A program attached at two hooks is loaded once.
     let all = [&STATE, &RETRANSMIT].into_iter().chain(&BYTES_TRACEPOINTS).chain(&BYTES_KPROBES);
-    for hook in all {
+    let datagram = DATAGRAM_PEERS.iter().chain(&DATAGRAM_RECEIVE_EXITS).filter(|h| h.kind_is_first_use());
+    for hook in all.chain(datagram) {
         hook.load(&mut ebpf)?;
     }
 
@@ -182,6 +202,9 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
     }
     reports.push(if RETRANSMIT.available() { RETRANSMIT.attach(&mut ebpf) } else { RETRANSMIT.unavailable("not on this kernel") });
     reports.extend(attach_byte_counters(&mut ebpf, settings.attach_mode)?);
+    reports.extend(DATAGRAM_PEERS.iter().chain(&DATAGRAM_RECEIVE_EXITS).map(|hook| {
+        if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)") }
+    }));
     Ok(Probes { ebpf, reports })
 }
 

@@ -28,6 +28,7 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
     (lost::FLOW_TABLE_FULL, "netflow", "map_full"),
     (lost::SOCKET_TABLE_FULL, "netflow", "socket_table_full"),
     (lost::KERNEL_READ, "netflow", "kernel_read"),
+    (lost::PEER_TABLE_FULL, "netflow", "peer_table_full"),
 ];
 
 impl AgentTelemetry {

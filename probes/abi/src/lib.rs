@@ -45,7 +45,10 @@ pub mod lost {
     pub const SOCKET_TABLE_FULL: u32 = 1;
     /// A read of kernel memory failed (a socket freed under us, say).
     pub const KERNEL_READ: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// The per-thread table of datagram peers was full: the bytes of an unconnected UDP
+    /// socket are counted, but without their peer address.
+    pub const PEER_TABLE_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Indexes into the `CONTROL` array that user space writes and the probes read.
@@ -168,8 +171,42 @@ pub struct ProbeConfig {
     // struct tcp_sock
     pub tcp_srtt_us: u16,
     pub tcp_mdev_us: u16,
+    // syscalls:sys_enter_{sendto,sendmsg,recvfrom,recvmsg}: where the peer's address is
+    pub sendto_addr: u16,
+    pub sendmsg_msg: u16,
+    pub recvfrom_addr: u16,
+    pub recvmsg_msg: u16,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 48);
+const _: () = assert!(size_of::<ProbeConfig>() == 56);
+
+/// The peer address of a datagram on an unconnected UDP socket, taken from the
+/// sendto/sendmsg arguments while the syscall runs (keyed by thread).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatagramPeer {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<DatagramPeer>() == 20);
+
+/// A receive on an unconnected UDP socket, held from `sock_recv_length` until the
+/// syscall returns and the sender's address is in user memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingReceive {
+    /// The user's `struct sockaddr *` (recvfrom) or `struct user_msghdr *` (recvmsg).
+    pub user_ptr: u64,
+    pub bytes: u64,
+    pub key: FlowKey,
+    /// 1 when `user_ptr` is a msghdr.
+    pub is_msghdr: u8,
+    /// 1 once `sock_recv_length` filled `key` and `bytes`.
+    pub has_data: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<PendingReceive>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -181,4 +218,8 @@ mod pod {
     unsafe impl aya::Pod for super::SocketInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DatagramPeer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingReceive {}
 }

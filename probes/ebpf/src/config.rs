@@ -25,6 +25,10 @@ static FLOWTEL_CONFIG: ProbeConfig = ProbeConfig {
     sock_userlocks: 0,
     tcp_srtt_us: 0,
     tcp_mdev_us: 0,
+    sendto_addr: 0,
+    sendmsg_msg: 0,
+    recvfrom_addr: 0,
+    recvmsg_msg: 0,
 };
 
 /// The configuration as patched by user space. A volatile read keeps the compiler from

@@ -8,6 +8,7 @@
 #![feature(core_intrinsics)]
 
 mod config;
+mod datagram;
 mod fallback;
 mod flow_table;
 mod maps;

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use flowtel_probes_abi::{FlowKey, FlowStats, SocketInfo, control, lost};
+use flowtel_probes_abi::{DatagramPeer, FlowKey, FlowStats, PendingReceive, SocketInfo, control, lost};
 
 /// Default sizes; user space resizes them from its configuration before load.
 const FLOW_TABLE_ENTRIES: u32 = 16_384;
@@ -25,6 +25,14 @@ pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(SOCKET_
 /// the next drain (a 5 ms curl) is still named. LRU: old names may go, never new ones.
 #[map]
 pub static PROCESS_NAMES: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(8_192, 0);
+
+/// Peer of the sendto/sendmsg in progress on each thread (unconnected UDP).
+#[map]
+pub static DATAGRAM_PEERS: HashMap<u64, DatagramPeer> = HashMap::with_max_entries(16_384, 0);
+
+/// recvfrom/recvmsg in progress on each thread (unconnected UDP).
+#[map]
+pub static PENDING_RECEIVES: HashMap<u64, PendingReceive> = HashMap::with_max_entries(16_384, 0);
 
 /// Written by user space: which flow table is active (`control::ACTIVE_TABLE`).
 #[map]

@@ -13,6 +13,7 @@ use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, lost, prot
 
 use crate::{
     config::config,
+    datagram,
     flow_table::{add, record_rtt, stats_for},
     maps::{SOCKETS, count_lost, remember_process_name},
     socket::{direction_from_locks, flow_key, read},
@@ -57,7 +58,16 @@ pub fn account(cfg: &ProbeConfig, sk: u64, proto: u16, bytes: u64, sent: bool) -
     let key = if proto == u16::from(protocol::TCP) {
         tcp_key(cfg, sk, pid)?
     } else if proto == u16::from(protocol::UDP) {
-        flow_key(cfg, sk, protocol::UDP, direction_from_locks(cfg, sk), pid)?
+        let mut key = flow_key(cfg, sk, protocol::UDP, direction_from_locks(cfg, sk), pid)?;
+        if key.peer_addr == [0; 16] {
+            // Unconnected: the peer is in the syscall's arguments (datagram.rs).
+            if sent {
+                datagram::peer_of_send(&mut key);
+            } else if datagram::park_receive(&key, bytes) {
+                return Some(());
+            }
+        }
+        key
     } else {
         return None;
     };
