@@ -20,6 +20,7 @@ pub enum LayoutError {
 pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
     let state = Format::read("sock", "inet_sock_set_state")?;
     let retransmit = Format::read("tcp", "tcp_retransmit_skb").ok();
+    let probe = Format::read("tcp", "tcp_probe").ok();
     // sock_send_length and sock_recv_length are declared from one event class, so one
     // format serves both; absent before Linux 6.3 (the kprobe fallback ignores them).
     let length = Format::read("sock", "sock_send_length").ok();
@@ -55,6 +56,10 @@ pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
         sendmsg_msg: syscall("sys_enter_sendmsg", "msg"),
         recvfrom_addr: syscall("sys_enter_recvfrom", "addr"),
         recvmsg_msg: syscall("sys_enter_recvmsg", "msg"),
+        probe_skaddr: probe.as_ref().map_or(Ok(0), |f| f.offset("skaddr"))?,
+        probe_srtt: probe.as_ref().map_or(Ok(0), |f| f.offset("srtt"))?,
+        tcp_total_retrans: offset16(&btf, "tcp_sock", "total_retrans")?,
+        _pad: 0,
     })
 }
 

@@ -90,6 +90,7 @@ enum HookKind {
 
 const STATE: Hook = Hook { program: "flow_state", kind: HookKind::Tracepoint("sock", "inet_sock_set_state") };
 const RETRANSMIT: Hook = Hook { program: "flow_retransmit", kind: HookKind::Tracepoint("tcp", "tcp_retransmit_skb") };
+const RTT: Hook = Hook { program: "flow_rtt", kind: HookKind::Tracepoint("tcp", "tcp_probe") };
 const BYTES_TRACEPOINTS: [Hook; 2] = [
     Hook { program: "flow_send", kind: HookKind::Tracepoint("sock", "sock_send_length") },
     Hook { program: "flow_recv", kind: HookKind::Tracepoint("sock", "sock_recv_length") },
@@ -187,7 +188,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .map_err(ProbeError::Load)?;
 
     // A program attached at two hooks is loaded once.
-    let all = [&STATE, &RETRANSMIT].into_iter().chain(&BYTES_TRACEPOINTS).chain(&BYTES_KPROBES);
+    let all = [&STATE, &RETRANSMIT, &RTT].into_iter().chain(&BYTES_TRACEPOINTS).chain(&BYTES_KPROBES);
     let datagram = DATAGRAM_PEERS.iter().chain(&DATAGRAM_RECEIVE_EXITS).filter(|h| h.kind_is_first_use());
     for hook in all.chain(datagram) {
         hook.load(&mut ebpf)?;
@@ -200,7 +201,9 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
             why: format!("{}: {:?}", STATE.describe(), reports[0].state),
         });
     }
-    reports.push(if RETRANSMIT.available() { RETRANSMIT.attach(&mut ebpf) } else { RETRANSMIT.unavailable("not on this kernel") });
+    for hook in [&RETRANSMIT, &RTT] {
+        reports.push(if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("not on this kernel") });
+    }
     reports.extend(attach_byte_counters(&mut ebpf, settings.attach_mode)?);
     reports.extend(DATAGRAM_PEERS.iter().chain(&DATAGRAM_RECEIVE_EXITS).map(|hook| {
         if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)") }

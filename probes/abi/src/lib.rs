@@ -94,14 +94,12 @@ pub struct FlowStats {
     pub failed: [u64; failure::COUNT],
     /// Sum of the RTT samples in microseconds, for an exact histogram sum.
     pub rtt_sum_us: u64,
-    /// When the last RTT sample was taken (`bpf_ktime_get_ns`), to space samples out.
-    pub rtt_last_sample_ns: u64,
     /// The kernel's RTT variation (`mdev_us >> 2`, what `ss -ti` shows) at the last sample.
     pub rttvar_us: u32,
     pub _pad: u32,
     pub rtt_hist: [u64; RTT_BUCKETS],
 }
-const _: () = assert!(size_of::<FlowStats>() == 288);
+const _: () = assert!(size_of::<FlowStats>() == 280);
 
 impl FlowStats {
     pub const ZERO: Self = Self {
@@ -112,7 +110,6 @@ impl FlowStats {
         closed: 0,
         failed: [0; failure::COUNT],
         rtt_sum_us: 0,
-        rtt_last_sample_ns: 0,
         rttvar_us: 0,
         _pad: 0,
         rtt_hist: [0; RTT_BUCKETS],
@@ -131,12 +128,17 @@ impl Default for FlowStats {
 pub struct SocketInfo {
     /// The socket's flow key; `pid` is the owner once a process context touched it.
     pub key: FlowKey,
+    /// The socket's `total_retrans` already counted: retransmits are added as deltas of
+    /// the kernel's own per-socket counter, so they match `TcpRetransSegs` exactly.
+    pub retrans_seen: u32,
+    /// When this socket last gave an RTT sample (`bpf_ktime_get_ns`).
+    pub last_rtt_sample_ns: u64,
     /// 1 while the connection's "opened" count waits for its owner to be known
     /// (an accepted connection is established in softirq, before accept() runs).
     pub open_pending: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<SocketInfo>() == 48);
+const _: () = assert!(size_of::<SocketInfo>() == 64);
 
 /// Offsets the probes need, resolved by user space at start-up: tracepoint fields from
 /// their `format` files, `struct sock`/`struct tcp_sock` members from the running
@@ -144,7 +146,7 @@ const _: () = assert!(size_of::<SocketInfo>() == 48);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
-    /// Minimum gap between two RTT samples of one flow, in nanoseconds.
+    /// Minimum gap between two RTT samples of one socket, in nanoseconds.
     pub rtt_sample_gap_ns: u64,
     // sock:inet_sock_set_state
     pub state_skaddr: u16,
@@ -176,8 +178,14 @@ pub struct ProbeConfig {
     pub sendmsg_msg: u16,
     pub recvfrom_addr: u16,
     pub recvmsg_msg: u16,
+    // tcp:tcp_probe (one event per received segment: the RTT sampler)
+    pub probe_skaddr: u16,
+    pub probe_srtt: u16,
+    // struct tcp_sock
+    pub tcp_total_retrans: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 56);
+const _: () = assert!(size_of::<ProbeConfig>() == 64);
 
 /// The peer address of a datagram on an unconnected UDP socket, taken from the
 /// sendto/sendmsg arguments while the syscall runs (keyed by thread).

@@ -29,6 +29,10 @@ static FLOWTEL_CONFIG: ProbeConfig = ProbeConfig {
     sendmsg_msg: 0,
     recvfrom_addr: 0,
     recvmsg_msg: 0,
+    probe_skaddr: 0,
+    probe_srtt: 0,
+    tcp_total_retrans: 0,
+    _pad: 0,
 };
 
 /// The configuration as patched by user space. A volatile read keeps the compiler from

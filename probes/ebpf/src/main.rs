@@ -13,6 +13,7 @@ mod fallback;
 mod flow_table;
 mod maps;
 mod retransmit;
+mod rtt;
 mod socket;
 mod state;
 mod traffic;

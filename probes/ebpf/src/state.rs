@@ -11,6 +11,7 @@ use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, direction,
 
 use crate::{
     config::config,
+    retransmit::count_new_retransmits,
     flow_table::count,
     maps::{SOCKETS, count_lost, remember_process_name},
     socket::{direction_from_locks, flow_key, read},
@@ -64,7 +65,9 @@ fn try_flow_state(ctx: &TracePointContext) -> Option<()> {
         (TCP_SYN_SENT, TCP_ESTABLISHED) => {
             let owner = owner_of(sk);
             let key = flow_key(&cfg, sk, protocol::TCP, direction::OUTGOING, owner)?;
-            remember(sk, &SocketInfo { key, ..SocketInfo::default() });
+            // Keep retrans_seen: SYN retransmits are counted on this connection's flow.
+            let retrans_seen = unsafe { SOCKETS.get(sk) }.map_or(0, |info| info.retrans_seen);
+            remember(sk, &SocketInfo { key, retrans_seen, ..SocketInfo::default() });
             count(&key, |s| unsafe { &raw mut (*s).opened });
         }
         (TCP_SYN_RECV, TCP_ESTABLISHED) => {
@@ -74,6 +77,12 @@ fn try_flow_state(ctx: &TracePointContext) -> Option<()> {
         (TCP_SYN_SENT | TCP_SYN_RECV, TCP_CLOSE) => {
             let dir = if old == TCP_SYN_SENT { direction::OUTGOING } else { direction::INCOMING };
             let key = flow_key(&cfg, sk, protocol::TCP, dir, owner_of(sk))?;
+            if let Some(info) = SOCKETS.get_ptr_mut(sk) {
+                // SAFETY: `info` points into a live map value. Its SYN retransmits
+                // belong to this failed attempt's flow.
+                unsafe { (*info).key = key };
+                count_new_retransmits(&cfg, sk, info);
+            }
             let cause = failure_cause(&cfg, sk);
             // SAFETY: `s` points into a live map value; `cause` < failure::COUNT.
             count(&key, |s| unsafe { &raw mut (*s).failed[cause] });
@@ -126,6 +135,9 @@ pub fn claim(sk: u64, pid: u32) {
 }
 
 fn close(cfg: &ProbeConfig, sk: u64) {
+    if let Some(info) = SOCKETS.get_ptr_mut(sk) {
+        count_new_retransmits(cfg, sk, info);
+    }
     // SAFETY: read-only copy of a map value.
     let (key, open_pending) = match unsafe { SOCKETS.get(sk) } {
         Some(info) => (info.key, info.open_pending),

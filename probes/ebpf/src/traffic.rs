@@ -1,20 +1,19 @@
-//! `sock:sock_send_length` and `sock:sock_recv_length`: bytes per flow and process, and
-//! RTT samples taken from the socket while it is in use.
+//! `sock:sock_send_length` and `sock:sock_recv_length`: bytes per flow and process.
 //!
 //! Both fire in the calling process's context, once per sendmsg/recvmsg on any socket
 //! (write/read/send/recv and their vector forms all go through them).
 //! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/sock.h#L265> (>= 6.3)
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     macros::tracepoint,
     programs::TracePointContext,
 };
-use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, lost, protocol};
+use flowtel_probes_abi::{FlowKey, ProbeConfig, SocketInfo, lost, protocol};
 
 use crate::{
     config::config,
     datagram,
-    flow_table::{add, record_rtt, stats_for},
+    flow_table::{add, stats_for},
     maps::{SOCKETS, count_lost, remember_process_name},
     socket::{direction_from_locks, flow_key, read},
     state::claim,
@@ -83,9 +82,6 @@ pub fn account(cfg: &ProbeConfig, sk: u64, proto: u16, bytes: u64, sent: bool) -
             add(&raw mut (*stats).bytes_received, bytes);
         }
     }
-    if proto == u16::from(protocol::TCP) {
-        sample_rtt(cfg, sk, stats);
-    }
     Some(())
 }
 
@@ -102,34 +98,13 @@ fn tcp_key(cfg: &ProbeConfig, sk: u64, pid: u32) -> Option<FlowKey> {
         key.pid = pid;
         return Some(key);
     }
-    // Opened before the agent started (or the table was full when it opened).
+    // Opened before the agent started (or the table was full when it opened): its
+    // earlier retransmits are not ours to count.
     let key = flow_key(cfg, sk, protocol::TCP, direction_from_locks(cfg, sk), pid)?;
-    if SOCKETS.insert(sk, SocketInfo { key, ..SocketInfo::default() }, 0).is_err() {
+    let retrans_seen = read::<u32>(sk, cfg.tcp_total_retrans).unwrap_or(0);
+    if SOCKETS.insert(sk, SocketInfo { key, retrans_seen, ..SocketInfo::default() }, 0).is_err() {
         count_lost(lost::SOCKET_TABLE_FULL);
     }
     remember_process_name(pid);
     Some(key)
-}
-
-/// Samples the socket's smoothed RTT at most once per `rtt_sample_gap_ns` per flow, so a
-/// long connection contributes samples over its whole life, not one at close.
-#[inline(always)]
-fn sample_rtt(cfg: &ProbeConfig, sk: u64, stats: *mut FlowStats) {
-    // SAFETY: `bpf_ktime_get_ns` has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `stats` points into a live map value; a racing sampler only adds a sample.
-    unsafe {
-        if now.wrapping_sub((*stats).rtt_last_sample_ns) < cfg.rtt_sample_gap_ns {
-            return;
-        }
-        (*stats).rtt_last_sample_ns = now;
-    }
-    let (Some(srtt), Some(mdev)) = (read::<u32>(sk, cfg.tcp_srtt_us), read::<u32>(sk, cfg.tcp_mdev_us)) else {
-        return;
-    };
-    // The kernel keeps srtt << 3 and mdev << 2 (RFC 6298 fixed point); 0 = no sample yet.
-    // <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/tcp.c#L3858> (tcp_get_info)
-    if srtt >> 3 != 0 {
-        record_rtt(stats, srtt >> 3, mdev >> 2);
-    }
 }
