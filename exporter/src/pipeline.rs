@@ -81,6 +81,14 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         batch.extend(agent.collect());
         let outcome = sink.export(&batch).await;
         agent.record_export_failures(outcome.failed);
+        if outcome.failed == 0 {
+            workloads.retire_delivered();
+        } else {
+            let dropped = workloads.bound_backlog();
+            if dropped > 0 {
+                agent.record_user_space_loss("export", "backlog_full", dropped);
+            }
+        }
         tracing::debug!(flows = flows.len(), workloads = workloads.len(), ?outcome, "interval exported");
         if last {
             break;

@@ -56,7 +56,9 @@ impl Receiver {
         let received = Received::default();
         let listener = runtime.block_on(TcpListener::bind(addr)).expect("bind gRPC receiver");
         let local = listener.local_addr().unwrap();
-        let service = MetricsServiceServer::new(Service(received.clone()));
+        // Collectors (rotel among them) send gzip by default, as a real receiver accepts.
+        let service = MetricsServiceServer::new(Service(received.clone()))
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         runtime.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;

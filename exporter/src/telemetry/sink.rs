@@ -61,26 +61,25 @@ impl MetricsSink {
         let mut outcome = ExportOutcome::default();
         match (&self.otlp, self.kind) {
             (Some(exporter), _) => {
-                let mut first_error = None;
-                for rm in batch {
+                for (sent, rm) in batch.iter().enumerate() {
                     match exporter.export(rm).await {
                         Ok(()) => outcome.exported += 1,
                         Err(err) => {
-                            outcome.failed += 1;
-                            first_error.get_or_insert(err);
+                            // The collector is unreachable: stop this interval rather than
+                            // retry every workload in turn (each export retries with
+                            // backoff). Cumulative totals carry the rest next time.
+                            outcome.failed += (batch.len() - sent) as u64;
+                            if !self.in_outage {
+                                tracing::warn!(error = %err, "metric export failed; observing on, will deliver totals when the collector is back");
+                                self.in_outage = true;
+                            }
+                            return outcome;
                         }
                     }
                 }
-                match (first_error, self.in_outage) {
-                    (Some(err), false) => {
-                        tracing::warn!(error = %err, "metric export failed; observing on, will deliver totals when the collector is back");
-                        self.in_outage = true;
-                    }
-                    (None, true) if outcome.exported > 0 => {
-                        tracing::info!("metric export recovered");
-                        self.in_outage = false;
-                    }
-                    _ => {}
+                if self.in_outage && outcome.exported > 0 {
+                    tracing::info!("metric export recovered");
+                    self.in_outage = false;
                 }
             }
             (None, SinkKind::Console) => {

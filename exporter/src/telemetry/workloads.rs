@@ -34,6 +34,13 @@ struct Workload {
     idle_intervals: u32,
 }
 
+/// Workloads of exited processes kept, undelivered, through a collector outage.
+const MAX_RETAINED_EXITED: usize = 4_096;
+
+fn process_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 pub struct Workloads {
     settings: TelemetrySettings,
     by_pid: HashMap<u32, Workload>,
@@ -112,8 +119,7 @@ impl Workloads {
         }
     }
 
-    /// Collects every workload's metrics for export, then drops workloads of processes
-    /// that have exited and stayed idle: their last interval has just been collected.
+    /// Collects every workload's metrics for export.
     pub fn collect(&mut self) -> Vec<ResourceMetrics> {
         let mut batch = Vec::with_capacity(self.by_pid.len());
         for workload in self.by_pid.values_mut() {
@@ -123,16 +129,45 @@ impl Workloads {
             }
             workload.idle_intervals += 1;
         }
+        batch
+    }
+
+    /// After a successful export: drops workloads of processes that have exited and
+    /// stayed idle, since their last interval has now been delivered. Not called after
+    /// a failed export, so an outage never loses an exited process's totals (see
+    /// `bound_backlog` for the memory bound).
+    pub fn retire_delivered(&mut self) {
         let limit = self.settings.idle_intervals;
         self.by_pid.retain(|&pid, w| {
-            let keep = pid == 0 || w.idle_intervals <= limit || std::path::Path::new(&format!("/proc/{pid}")).exists();
+            let keep = pid == 0 || w.idle_intervals <= limit || process_alive(pid);
             if !keep {
                 let _ = w.provider.shutdown();
             }
             keep
         });
         self.processes.forget_exited();
-        batch
+    }
+
+    /// During an outage: bounds memory by dropping the exited workloads idle longest
+    /// beyond `MAX_RETAINED_EXITED`. Returns how many were dropped (their totals lost).
+    pub fn bound_backlog(&mut self) -> u64 {
+        let mut exited: Vec<(u32, u32)> = self
+            .by_pid
+            .iter()
+            .filter(|&(&pid, w)| pid != 0 && w.idle_intervals > self.settings.idle_intervals && !process_alive(pid))
+            .map(|(&pid, w)| (w.idle_intervals, pid))
+            .collect();
+        if exited.len() <= MAX_RETAINED_EXITED {
+            return 0;
+        }
+        exited.sort_unstable_by(|a, b| b.cmp(a));
+        let excess = exited.len() - MAX_RETAINED_EXITED;
+        for &(_, pid) in &exited[..excess] {
+            if let Some(w) = self.by_pid.remove(&pid) {
+                let _ = w.provider.shutdown();
+            }
+        }
+        excess as u64
     }
 
     pub fn len(&self) -> usize {
