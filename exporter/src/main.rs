@@ -2,6 +2,8 @@
 mod aggregation;
 mod cli;
 mod config;
+#[cfg(test)]
+mod docs_sync;
 mod enrichment;
 mod events;
 mod pipeline;

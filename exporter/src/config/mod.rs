@@ -9,6 +9,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+pub use env::settings;
 pub use otel::{OtelSettings, otel_from_env};
 
 use crate::probes::AttachMode;
