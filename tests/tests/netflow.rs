@@ -99,7 +99,10 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     let lost = points(&got, "flowtel.agent.events.lost");
     assert!(!lost.is_empty() && lost.iter().all(|p| p.value == 0.0), "{lost:#?}");
     let attached = points(&got, "flowtel.agent.probes.attached");
-    assert_eq!(total(&attached, &[("service.name", "flowtel")], &[("flowtel.probe", "flow_send")]), 1.0);
+    let agent_res = [("service.name", "flowtel")];
+    let send_hooks = total(&attached, &agent_res, &[("flowtel.probe", "flow_send_raw")])
+        + total(&attached, &agent_res, &[("flowtel.probe", "flow_send")]);
+    assert_eq!(send_hooks, 1.0, "exactly one byte-counting hook for sends: {attached:#?}");
 
     let (status, log) = agent.stop();
     assert!(status.success(), "agent exit {status}; log:\n{log}");

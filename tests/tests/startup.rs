@@ -59,8 +59,16 @@ fn status_reports_attached_probes_and_verifies_the_kprobe_fallback() {
     let (status, out) = run_to_exit(&["status"], &[]);
     assert!(status.success(), "{out}");
     let line = |program: &str| out.lines().find(|l| l.trim_start().starts_with(&format!("{program} "))).unwrap_or_default().to_owned();
-    for program in ["flow_state", "flow_send", "flow_recv", "flow_retransmit", "flow_rtt"] {
+    for program in ["flow_state", "flow_retransmit"] {
         assert!(line(program).ends_with("attached"), "{program}: {out}");
+    }
+    // Each of these is attached either as a raw tracepoint (where BTF shows the expected
+    // prototype) or as the classic tracepoint; the other is verified and on standby.
+    for program in ["flow_send", "flow_recv", "flow_rtt"] {
+        let (classic, raw) = (line(program), line(&format!("{program}_raw")));
+        let attached = [&classic, &raw].iter().filter(|l| l.ends_with("attached")).count();
+        assert_eq!(attached, 1, "{program}: {out}");
+        assert!(classic.contains("verified") || raw.contains("verified"), "{program}: {out}");
     }
     // The kprobe fallback went through the verifier even though it is not attached.
     for program in ["flow_send_tcp_kprobe", "flow_recv_tcp_kprobe", "flow_send_udp_kprobe", "flow_recv_udp_kprobe"] {

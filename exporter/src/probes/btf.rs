@@ -23,6 +23,7 @@ pub enum BtfError {
 
 const MAGIC: u16 = 0xeb9f;
 const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
 const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
@@ -58,6 +59,18 @@ pub struct Btf {
     types: Vec<Type>,
     strings: Vec<u8>,
     structs_by_name: HashMap<String, u32>,
+    /// `btf_trace_<event>` typedefs: the raw tracepoints' prototypes.
+    raw_tracepoints: HashMap<String, u32>,
+}
+
+/// One argument of a raw tracepoint, as far as the probes care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Param {
+    /// A pointer; the pointee struct's name, or empty for anything else.
+    Pointer(String),
+    /// An integer of this many bytes.
+    Int(u32),
+    Other,
 }
 
 impl Btf {
@@ -108,19 +121,35 @@ impl Btf {
                     }
                     pos += vlen * 12;
                 }
+                KIND_FUNC_PROTO => {
+                    for i in 0..vlen {
+                        let p = pos + i * 8;
+                        let (Some(name), Some(type_id)) = (u32_at(p), u32_at(p + 4)) else {
+                            return Err(BtfError::Malformed("type section truncated"));
+                        };
+                        members.push(Member { name, type_id, bit_offset: 0, bit_size: 0 });
+                    }
+                    pos += vlen * 8;
+                }
                 KIND_INT | KIND_VAR | KIND_DECL_TAG => pos += 4,
                 KIND_ARRAY => pos += 12,
-                KIND_ENUM | KIND_FUNC_PROTO => pos += vlen * 8,
+                KIND_ENUM => pos += vlen * 8,
                 KIND_DATASEC | KIND_ENUM64 => pos += vlen * 12,
                 _ => {}
             }
             types.push(Type { kind, name, size_or_type, members });
         }
-        let mut btf = Self { types, strings, structs_by_name: HashMap::new() };
+        let mut btf = Self { types, strings, structs_by_name: HashMap::new(), raw_tracepoints: HashMap::new() };
         for (id, ty) in btf.types.iter().enumerate() {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
             if ty.kind == KIND_STRUCT && ty.name != 0 {
                 let name = btf.string(ty.name).to_owned();
-                btf.structs_by_name.entry(name).or_insert(u32::try_from(id).unwrap_or(u32::MAX));
+                btf.structs_by_name.entry(name).or_insert(id);
+            } else if ty.kind == KIND_TYPEDEF
+                && let Some(event) = btf.string(ty.name).strip_prefix("btf_trace_")
+            {
+                let event = event.to_owned();
+                btf.raw_tracepoints.insert(event, id);
             }
         }
         Ok(btf)
@@ -165,6 +194,26 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// The arguments of raw tracepoint `event` (its `TP_PROTO`), from the
+    /// `btf_trace_<event>` typedef; `None` when the kernel's BTF does not describe it.
+    pub fn raw_tracepoint_params(&self, event: &str) -> Option<Vec<Param>> {
+        let typedef = self.types.get(*self.raw_tracepoints.get(event)? as usize)?;
+        let pointer = self.types.get(typedef.size_or_type as usize).filter(|t| t.kind == KIND_PTR)?;
+        let proto = self.types.get(pointer.size_or_type as usize).filter(|t| t.kind == KIND_FUNC_PROTO)?;
+        // The first parameter is the tracepoint's private `void *__data`.
+        let params = proto.members.iter().skip(1).map(|param| match self.resolve(param.type_id) {
+            Some(t) if t.kind == KIND_PTR => Param::Pointer(
+                self.resolve(t.size_or_type)
+                    .filter(|p| matches!(p.kind, KIND_STRUCT | KIND_UNION))
+                    .map(|p| self.string(p.name).to_owned())
+                    .unwrap_or_default(),
+            ),
+            Some(t) if t.kind == KIND_INT => Param::Int(t.size_or_type),
+            _ => Param::Other,
+        });
+        Some(params.collect())
+    }
+
     fn find_member(&self, ty: &Type, name: &str) -> Option<(u32, u32, Option<&Type>)> {
         for member in &ty.members {
             let member_ty = self.resolve(member.type_id);
@@ -204,6 +253,11 @@ mod tests {
         assert!(btf.offset_of("tcp_sock", "srtt_us").unwrap() > 1000);
         assert!(matches!(btf.offset_of("sock", "no_such_member"), Err(BtfError::NoMember { .. })));
         assert!(matches!(btf.offset_of("no_such_struct", "x"), Err(BtfError::NoStruct(_))));
+        let send = btf.raw_tracepoint_params("sock_send_length").unwrap();
+        assert_eq!(send, vec![Param::Pointer("sock".into()), Param::Int(4), Param::Int(4)]);
+        let probe = btf.raw_tracepoint_params("tcp_probe").unwrap();
+        assert_eq!(probe, vec![Param::Pointer("sock".into()), Param::Pointer("sk_buff".into())]);
+        assert_eq!(btf.raw_tracepoint_params("no_such_event"), None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use flowtel_probes_abi::ProbeConfig;
 
 use super::{
-    btf::{Btf, BtfError},
+    btf::{Btf, BtfError, Param},
     tracefs::{Format, TracefsError},
 };
 
@@ -59,8 +59,28 @@ pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
         probe_skaddr: probe.as_ref().map_or(Ok(0), |f| f.offset("skaddr"))?,
         probe_srtt: probe.as_ref().map_or(Ok(0), |f| f.offset("srtt"))?,
         tcp_total_retrans: offset16(&btf, "tcp_sock", "total_retrans")?,
-        _pad: 0,
+        // A bit field before Linux 5.6: then only the classic tracepoints can be used.
+        sock_protocol: offset16(&btf, "sock", "sk_protocol").unwrap_or(0),
     })
+}
+
+/// Which raw tracepoints the running kernel declares with the prototype the raw
+/// programs read (checked in BTF; a mismatch means the classic tracepoint is used).
+pub fn raw_tracepoints_usable(config: &ProbeConfig) -> RawSupport {
+    let Ok(btf) = Btf::from_kernel() else { return RawSupport::default() };
+    let sock = || Param::Pointer("sock".into());
+    let length = [sock(), Param::Int(4), Param::Int(4)];
+    let ok = |event: &str, expected: &[Param]| btf.raw_tracepoint_params(event).is_some_and(|p| p == expected);
+    RawSupport {
+        lengths: config.sock_protocol != 0 && ok("sock_send_length", &length) && ok("sock_recv_length", &length),
+        tcp_probe: ok("tcp_probe", &[sock(), Param::Pointer("sk_buff".into())]),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawSupport {
+    pub lengths: bool,
+    pub tcp_probe: bool,
 }
 
 fn offset16(btf: &Btf, strukt: &str, member: &str) -> Result<u16, LayoutError> {

@@ -8,7 +8,7 @@ mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{KProbe, TracePoint},
+    programs::{KProbe, RawTracePoint, TracePoint},
 };
 
 pub use layout::LayoutError;
@@ -85,12 +85,19 @@ struct Hook {
 
 enum HookKind {
     Tracepoint(&'static str, &'static str),
+    /// A raw tracepoint: the `TP_PROTO` arguments, no trace record built.
+    Raw(&'static str),
     Kprobe(&'static str),
 }
 
 const STATE: Hook = Hook { program: "flow_state", kind: HookKind::Tracepoint("sock", "inet_sock_set_state") };
 const RETRANSMIT: Hook = Hook { program: "flow_retransmit", kind: HookKind::Tracepoint("tcp", "tcp_retransmit_skb") };
 const RTT: Hook = Hook { program: "flow_rtt", kind: HookKind::Tracepoint("tcp", "tcp_probe") };
+const RTT_RAW: Hook = Hook { program: "flow_rtt_raw", kind: HookKind::Raw("tcp_probe") };
+const BYTES_RAW: [Hook; 2] = [
+    Hook { program: "flow_send_raw", kind: HookKind::Raw("sock_send_length") },
+    Hook { program: "flow_recv_raw", kind: HookKind::Raw("sock_recv_length") },
+];
 const BYTES_TRACEPOINTS: [Hook; 2] = [
     Hook { program: "flow_send", kind: HookKind::Tracepoint("sock", "sock_send_length") },
     Hook { program: "flow_recv", kind: HookKind::Tracepoint("sock", "sock_recv_length") },
@@ -124,6 +131,7 @@ impl Hook {
     fn describe(&self) -> String {
         match self.kind {
             HookKind::Tracepoint(category, name) => format!("tracepoint {category}:{name}"),
+            HookKind::Raw(name) => format!("raw_tracepoint {name}"),
             HookKind::Kprobe(function) => format!("kprobe {function}"),
         }
     }
@@ -131,6 +139,8 @@ impl Hook {
     fn available(&self) -> bool {
         match self.kind {
             HookKind::Tracepoint(category, name) => tracefs::event_exists(category, name),
+            // Checked against BTF before the raw hooks are chosen.
+            HookKind::Raw(_) => true,
             HookKind::Kprobe(_) => kprobes_available(),
         }
     }
@@ -142,6 +152,10 @@ impl Hook {
             HookKind::Tracepoint(..) => {
                 let tp: &mut TracePoint = program.try_into().map_err(verify)?;
                 tp.load().map_err(verify)
+            }
+            HookKind::Raw(_) => {
+                let raw: &mut RawTracePoint = program.try_into().map_err(verify)?;
+                raw.load().map_err(verify)
             }
             HookKind::Kprobe(_) => {
                 let kp: &mut KProbe = program.try_into().map_err(verify)?;
@@ -156,6 +170,9 @@ impl Hook {
             (Some(program), HookKind::Tracepoint(category, name)) => <&mut TracePoint>::try_from(program)
                 .map_err(|e| e.to_string())
                 .and_then(|tp| tp.attach(category, name).map(drop).map_err(|e| e.to_string())),
+            (Some(program), HookKind::Raw(name)) => <&mut RawTracePoint>::try_from(program)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| raw.attach(name).map(drop).map_err(|e| e.to_string())),
             (Some(program), HookKind::Kprobe(function)) => <&mut KProbe>::try_from(program)
                 .map_err(|e| e.to_string())
                 .and_then(|kp| kp.attach(function, 0).map(drop).map_err(|e| e.to_string())),
@@ -188,7 +205,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .map_err(ProbeError::Load)?;
 
     // A program attached at two hooks is loaded once.
-    let all = [&STATE, &RETRANSMIT, &RTT].into_iter().chain(&BYTES_TRACEPOINTS).chain(&BYTES_KPROBES);
+    let all = [&STATE, &RETRANSMIT, &RTT, &RTT_RAW].into_iter().chain(&BYTES_RAW).chain(&BYTES_TRACEPOINTS).chain(&BYTES_KPROBES);
     let datagram = DATAGRAM_PEERS.iter().chain(&DATAGRAM_RECEIVE_EXITS).filter(|h| h.kind_is_first_use());
     for hook in all.chain(datagram) {
         hook.load(&mut ebpf)?;
@@ -201,17 +218,29 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
             why: format!("{}: {:?}", STATE.describe(), reports[0].state),
         });
     }
-    for hook in [&RETRANSMIT, &RTT] {
-        reports.push(if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("not on this kernel") });
-    }
-    reports.extend(attach_byte_counters(&mut ebpf, settings.attach_mode)?);
+    let raw = layout::raw_tracepoints_usable(&config);
+    reports.push(if RETRANSMIT.available() { RETRANSMIT.attach(&mut ebpf) } else { RETRANSMIT.unavailable("not on this kernel") });
+    reports.extend(prefer_raw(&mut ebpf, raw.tcp_probe, &[RTT_RAW], &[RTT]));
+    reports.extend(attach_byte_counters(&mut ebpf, settings.attach_mode, raw.lengths)?);
     reports.extend(DATAGRAM_PEERS.iter().chain(&DATAGRAM_RECEIVE_EXITS).map(|hook| {
         if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)") }
     }));
     Ok(Probes { ebpf, reports })
 }
 
-fn attach_byte_counters(ebpf: &mut Ebpf, mode: AttachMode) -> Result<Vec<ProbeReport>, ProbeError> {
+/// Attaches the raw-tracepoint programs when usable, else the classic ones; the others
+/// stay loaded (verified) as standby.
+fn prefer_raw(ebpf: &mut Ebpf, raw_usable: bool, raw: &[Hook], classic: &[Hook]) -> Vec<ProbeReport> {
+    let (active, standby) = if raw_usable { (raw, classic) } else { (classic, raw) };
+    let mut reports: Vec<ProbeReport> = active
+        .iter()
+        .map(|hook| if hook.available() { hook.attach(ebpf) } else { hook.unavailable("not on this kernel") })
+        .collect();
+    reports.extend(standby.iter().map(|hook| ProbeReport { program: hook.program, hook: hook.describe(), state: ProbeState::Standby }));
+    reports
+}
+
+fn attach_byte_counters(ebpf: &mut Ebpf, mode: AttachMode, raw_usable: bool) -> Result<Vec<ProbeReport>, ProbeError> {
     let tracepoints_present = BYTES_TRACEPOINTS.iter().all(Hook::available);
     let use_tracepoints = match mode {
         AttachMode::Kprobes => false,
@@ -224,19 +253,19 @@ fn attach_byte_counters(ebpf: &mut Ebpf, mode: AttachMode) -> Result<Vec<ProbeRe
             });
         }
     };
-    let (active, standby): (&[Hook], &[Hook]) =
-        if use_tracepoints { (&BYTES_TRACEPOINTS, &BYTES_KPROBES) } else { (&BYTES_KPROBES, &BYTES_TRACEPOINTS) };
     if !use_tracepoints && !kprobes_available() {
         return Err(ProbeError::Unsupported {
             what: "bytes per flow",
             why: "the kernel has neither sock:sock_send_length (Linux 6.3+) nor kprobes".into(),
         });
     }
-    let mut reports: Vec<ProbeReport> = active.iter().map(|hook| hook.attach(ebpf)).collect();
-    reports.extend(standby.iter().map(|hook| ProbeReport {
-        program: hook.program,
-        hook: hook.describe(),
-        state: ProbeState::Standby,
-    }));
+    let tracepoints = prefer_raw(ebpf, raw_usable, &BYTES_RAW, &BYTES_TRACEPOINTS);
+    if !use_tracepoints {
+        let mut reports: Vec<ProbeReport> = BYTES_KPROBES.iter().map(|hook| hook.attach(ebpf)).collect();
+        reports.extend(tracepoints.into_iter().map(|r| ProbeReport { state: ProbeState::Standby, ..r }));
+        return Ok(reports);
+    }
+    let mut reports = tracepoints;
+    reports.extend(BYTES_KPROBES.iter().map(|hook| ProbeReport { program: hook.program, hook: hook.describe(), state: ProbeState::Standby }));
     Ok(reports)
 }

@@ -183,7 +183,8 @@ pub struct ProbeConfig {
     pub probe_srtt: u16,
     // struct tcp_sock
     pub tcp_total_retrans: u16,
-    pub _pad: u16,
+    // struct sock: for the raw tracepoints, whose arguments carry no protocol
+    pub sock_protocol: u16,
 }
 const _: () = assert!(size_of::<ProbeConfig>() == 64);
 

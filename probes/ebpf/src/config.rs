@@ -32,7 +32,7 @@ static FLOWTEL_CONFIG: ProbeConfig = ProbeConfig {
     probe_skaddr: 0,
     probe_srtt: 0,
     tcp_total_retrans: 0,
-    _pad: 0,
+    sock_protocol: 0,
 };
 
 /// The configuration as patched by user space. A volatile read keeps the compiler from

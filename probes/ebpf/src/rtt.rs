@@ -3,7 +3,12 @@
 //! (a bulk sender sees ACKs, a receiver sees data), at most once per configured gap per
 //! socket, so a connection contributes samples over its whole life, not one at close.
 //! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/tcp.h#L268> (>= 4.16)
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use flowtel_probes_abi::ProbeConfig;
 
 use crate::{
     config::config,
@@ -22,6 +27,24 @@ fn try_flow_rtt(ctx: &TracePointContext) -> Option<()> {
     let cfg = config();
     // SAFETY: offsets from the tracepoint's format file.
     let sk: u64 = unsafe { ctx.read_at(cfg.probe_skaddr.into()) }.ok()?;
+    // The tracepoint already shifted srtt to microseconds.
+    // SAFETY: as above.
+    sample(&cfg, sk, || unsafe { ctx.read_at::<u32>(cfg.probe_srtt.into()) }.ok())
+}
+
+/// The raw tracepoint (args: sk, skb), attached instead where BTF shows that prototype.
+#[raw_tracepoint(tracepoint = "tcp_probe")]
+pub fn flow_rtt_raw(ctx: RawTracePointContext) -> i32 {
+    let cfg = config();
+    let sk: u64 = ctx.arg(0);
+    // srtt_us is kept << 3 (RFC 6298 fixed point).
+    let _ = sample(&cfg, sk, || read::<u32>(sk, cfg.tcp_srtt_us).map(|srtt| srtt >> 3));
+    0
+}
+
+/// Takes a sample when this socket's last one is older than the configured gap.
+#[inline(always)]
+fn sample(cfg: &ProbeConfig, sk: u64, srtt_us: impl FnOnce() -> Option<u32>) -> Option<()> {
     // Only sockets whose flow (and owner) we know; others join at their next send/recv.
     let info = SOCKETS.get_ptr_mut(sk)?;
     // SAFETY: `bpf_ktime_get_ns` has no preconditions.
@@ -34,12 +57,8 @@ fn try_flow_rtt(ctx: &TracePointContext) -> Option<()> {
         (*info).last_rtt_sample_ns = now;
         (*info).key
     };
-    // The tracepoint already shifted srtt to microseconds; 0 means no sample yet.
-    // SAFETY: offset from the tracepoint's format file.
-    let srtt_us: u32 = unsafe { ctx.read_at(cfg.probe_srtt.into()) }.ok()?;
-    if srtt_us == 0 {
-        return None;
-    }
+    // 0 means the connection has no RTT sample yet.
+    let srtt_us = srtt_us().filter(|&v| v != 0)?;
     // mdev_us is kept << 2 (RFC 6298 fixed point); `ss -ti` shows mdev_us >> 2.
     let rttvar_us = read::<u32>(sk, cfg.tcp_mdev_us).map_or(0, |mdev| mdev >> 2);
     let (stats, _) = stats_for(&key)?;

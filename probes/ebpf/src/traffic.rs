@@ -5,8 +5,8 @@
 //! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/sock.h#L265> (>= 6.3)
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use flowtel_probes_abi::{FlowKey, ProbeConfig, SocketInfo, lost, protocol};
 
@@ -31,6 +31,34 @@ pub fn flow_send(ctx: TracePointContext) -> u32 {
 pub fn flow_recv(ctx: TracePointContext) -> u32 {
     let _ = try_flow_length(&ctx, false);
     0
+}
+
+/// The same hooks as raw tracepoints: the kernel hands over the `TP_PROTO` arguments
+/// (sk, ret, flags) without building a trace record, several times cheaper than the
+/// classic tracepoint. User space attaches these when the running kernel's BTF shows
+/// that prototype, and the classic ones otherwise.
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn flow_send_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_raw_length(&ctx, true);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn flow_recv_raw(ctx: RawTracePointContext) -> i32 {
+    let _ = try_raw_length(&ctx, false);
+    0
+}
+
+fn try_raw_length(ctx: &RawTracePointContext, sent: bool) -> Option<()> {
+    let cfg = config();
+    let sk: u64 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
+    if ret <= 0 || (!sent && flags & MSG_PEEK != 0) {
+        return None;
+    }
+    let proto: u16 = read(sk, cfg.sock_protocol)?;
+    account(&cfg, sk, proto, ret as u64, sent)
 }
 
 fn try_flow_length(ctx: &TracePointContext, sent: bool) -> Option<()> {

@@ -74,7 +74,9 @@ fn main() {
     let (rounds, seconds) = (env_or("BENCH_ROUNDS", 3), env_or("BENCH_SECONDS", 5));
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let stats_before = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
-    std::fs::write(stats_path, "1").expect("enable kernel.bpf_stats_enabled");
+    // BENCH_NO_STATS=1 measures throughput without the kernel's own accounting cost.
+    let stats_on = std::env::var_os("BENCH_NO_STATS").is_none();
+    std::fs::write(stats_path, if stats_on { "1" } else { "0" }).expect("set kernel.bpf_stats_enabled");
 
     let receiver = Receiver::grpc("127.0.0.1:0");
     let endpoint = format!("http://{}", receiver.addr);
