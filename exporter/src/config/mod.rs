@@ -51,7 +51,8 @@ pub struct ProbesConfig {
     pub attach_mode: AttachMode,
     /// Distinct flows (process × endpoints × direction) the kernel holds per interval.
     pub flow_table_entries: u32,
-    /// TCP sockets tracked at once (owner and open state of each connection).
+    /// TCP sockets tracked at once (owner and open state of each connection), and
+    /// sockets with traffic per interval (the per-socket byte tables).
     pub socket_table_entries: u32,
     /// Minimum gap between two RTT samples of one flow, in microseconds.
     pub rtt_sample_interval_us: u64,
@@ -61,8 +62,8 @@ impl Default for ProbesConfig {
     fn default() -> Self {
         Self {
             attach_mode: AttachMode::Auto,
-            flow_table_entries: 16_384,
-            socket_table_entries: 65_536,
+            flow_table_entries: 8_192,
+            socket_table_entries: 32_768,
             rtt_sample_interval_us: 1_000,
         }
     }

@@ -4,7 +4,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
 };
-use flowtel_probes_abi::{FlowKey, FlowStats, control, lost};
+use flowtel_probes_abi::{FlowKey, FlowStats, SocketKey, SocketTraffic, control, lost};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -28,6 +28,7 @@ pub struct KernelFlow {
 /// Owns the maps user space reads; the programs stay in the `Ebpf` that owns the links.
 pub struct FlowReader {
     tables: [HashMap<MapData, FlowKey, FlowStats>; 2],
+    traffic: [HashMap<MapData, SocketKey, SocketTraffic>; 2],
     control: Array<MapData, u32>,
     lost: PerCpuArray<MapData, u64>,
     // An LRU hash in the kernel; aya reads it through the plain HashMap type.
@@ -52,6 +53,7 @@ impl FlowReader {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
         Ok(Self {
             tables: [take(ebpf, "FLOWS_0")?, take(ebpf, "FLOWS_1")?],
+            traffic: [take(ebpf, "TRAFFIC_0")?, take(ebpf, "TRAFFIC_1")?],
             control: take(ebpf, "CONTROL")?,
             lost: take(ebpf, "LOST")?,
             names: take(ebpf, "PROCESS_NAMES")?,
@@ -69,20 +71,27 @@ impl FlowReader {
             .set(control::ACTIVE_TABLE, self.active, 0)
             .map_err(|source| ReadError::Map { map: "CONTROL", source })?;
         std::thread::sleep(GRACE);
-        let table = &mut self.tables[retiring as usize];
-        let mut flows = Vec::new();
-        for entry in table.iter() {
-            match entry {
-                Ok((key, stats)) => flows.push(KernelFlow { key, stats }),
-                // An entry deleted while iterating restarts nothing; skip it.
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(ReadError::Map { map: "FLOWS", source }),
-            }
+        // Per-socket TCP bytes fold into their flows here, with the per-flow entries.
+        let mut by_flow: StdHashMap<FlowKey, FlowStats> = StdHashMap::new();
+        let flows = &mut self.tables[retiring as usize];
+        let entries: Vec<(FlowKey, FlowStats)> = read_all(flows, "FLOWS")?;
+        for (key, _) in &entries {
+            let _ = flows.remove(key);
         }
-        for flow in &flows {
-            let _ = table.remove(&flow.key);
+        for (key, stats) in entries {
+            by_flow.insert(key, stats);
         }
-        Ok(flows)
+        let traffic = &mut self.traffic[retiring as usize];
+        let sockets: Vec<(SocketKey, SocketTraffic)> = read_all(traffic, "TRAFFIC")?;
+        for (key, _) in &sockets {
+            let _ = traffic.remove(key);
+        }
+        for (_, t) in sockets {
+            let stats = by_flow.entry(t.flow).or_default();
+            stats.bytes_sent += t.bytes_sent;
+            stats.bytes_received += t.bytes_received;
+        }
+        Ok(by_flow.into_iter().map(|(key, stats)| KernelFlow { key, stats }).collect())
     }
 
     /// Newly lost events per cause (`lost::*`) since the last call.
@@ -108,4 +117,20 @@ impl FlowReader {
             })
             .collect()
     }
+}
+
+/// Every entry of a drained table. An entry that disappears while iterating is skipped.
+fn read_all<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
+    table: &HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, ReadError> {
+    let mut out = Vec::new();
+    for entry in table.iter() {
+        match entry {
+            Ok(kv) => out.push(kv),
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(ReadError::Map { map: name, source }),
+        }
+    }
+    Ok(out)
 }

@@ -201,6 +201,8 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .map_max_entries("FLOWS_0", settings.flow_table_entries)
         .map_max_entries("FLOWS_1", settings.flow_table_entries)
         .map_max_entries("SOCKETS", settings.socket_table_entries)
+        .map_max_entries("TRAFFIC_0", settings.socket_table_entries)
+        .map_max_entries("TRAFFIC_1", settings.socket_table_entries)
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
 

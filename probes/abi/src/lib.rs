@@ -38,7 +38,7 @@ pub mod failure {
 
 /// Where the kernel side lost data: index into the `LOST` per-CPU array.
 pub mod lost {
-    /// The active flow table was full, so a flow's counts were dropped.
+    /// The active flow (or per-socket byte) table was full, so counts were dropped.
     pub const FLOW_TABLE_FULL: u32 = 0;
     /// The socket table was full: the flow is counted, but its owner and
     /// connection-open attribution are lost.
@@ -121,6 +121,30 @@ impl Default for FlowStats {
         Self::ZERO
     }
 }
+
+/// Key of the per-socket byte tables: one TCP socket as used by one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketKey {
+    /// `struct sock *`, only an identity here.
+    pub sk: u64,
+    pub pid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<SocketKey>() == 16);
+
+/// Bytes of one TCP socket and process since the last drain, with the flow they
+/// belong to. Counting per socket costs one small-key lookup per send/recv; user space
+/// folds these into flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketTraffic {
+    pub flow: FlowKey,
+    pub _pad: u32,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+}
+const _: () = assert!(size_of::<SocketTraffic>() == 64);
 
 /// What the probes remember about one TCP socket between its state changes.
 #[repr(C)]
@@ -229,6 +253,10 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DatagramPeer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SocketTraffic {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingReceive {}
 }

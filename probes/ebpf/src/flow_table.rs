@@ -3,19 +3,71 @@
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::maps::HashMap;
-use flowtel_probes_abi::{FlowKey, FlowStats, RTT_BUCKETS, control, lost};
+use flowtel_probes_abi::{FlowKey, FlowStats, RTT_BUCKETS, SocketKey, SocketTraffic, control, lost};
 
-use crate::maps::{CONTROL, FLOWS_0, FLOWS_1, ZERO_STATS, count_lost};
+use crate::maps::{CONTROL, FLOWS_0, FLOWS_1, TRAFFIC_0, TRAFFIC_1, ZERO_STATS, count_lost};
 
 const BPF_NOEXIST: u64 = 1;
 const EEXIST: i64 = 17;
 
 #[inline(always)]
+fn active_index() -> u32 {
+    CONTROL.get(control::ACTIVE_TABLE).copied().unwrap_or(0)
+}
+
+#[inline(always)]
 fn active_table() -> &'static HashMap<FlowKey, FlowStats> {
-    match CONTROL.get(control::ACTIVE_TABLE) {
-        Some(1) => &FLOWS_1,
-        _ => &FLOWS_0,
+    if active_index() == 1 { &FLOWS_1 } else { &FLOWS_0 }
+}
+
+/// Adds `bytes` to the socket's entry in the active per-socket table if it has one:
+/// the whole cost of a send or receive on a busy TCP socket.
+#[inline(always)]
+pub fn add_to_existing_socket(key: &SocketKey, sent: bool, bytes: u64) -> bool {
+    let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
+    let Some(entry) = table.get_ptr_mut(key) else { return false };
+    // SAFETY: `entry` points into a live map value.
+    unsafe {
+        if sent {
+            add(&raw mut (*entry).bytes_sent, bytes);
+        } else {
+            add(&raw mut (*entry).bytes_received, bytes);
+        }
     }
+    true
+}
+
+/// Adds `bytes` to the socket's entry in the active per-socket table, creating it with
+/// `flow()` on the first send/recv of this socket and process in this interval. `flow`
+/// runs only then, so the usual cost is one lookup. Returns false when the table is
+/// full (counted).
+#[inline(always)]
+pub fn add_socket_bytes(key: &SocketKey, sent: bool, bytes: u64, flow: impl FnOnce() -> Option<FlowKey>) -> bool {
+    let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
+    let entry = match table.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => {
+            let Some(flow) = flow() else { return false };
+            let fresh = SocketTraffic { flow, ..SocketTraffic::default() };
+            if let Err(err) = table.insert(key, &fresh, BPF_NOEXIST)
+                && i64::from(err) != -EEXIST
+            {
+                count_lost(lost::FLOW_TABLE_FULL);
+                return false;
+            }
+            let Some(entry) = table.get_ptr_mut(key) else { return false };
+            entry
+        }
+    };
+    // SAFETY: `entry` points into a live map value.
+    unsafe {
+        if sent {
+            add(&raw mut (*entry).bytes_sent, bytes);
+        } else {
+            add(&raw mut (*entry).bytes_received, bytes);
+        }
+    }
+    true
 }
 
 /// The counters of `key` in the active table, created zeroed on first use (then the
@@ -88,4 +140,21 @@ fn log2(mut v: u32) -> u32 {
         r += 1;
     }
     r
+}
+
+/// Moves a closing socket's bytes from the per-socket table to its flow, so that a new
+/// socket allocated at the same address in this interval starts clean.
+#[inline(always)]
+pub fn fold_socket_bytes(key: &SocketKey) {
+    let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
+    // SAFETY: read-only copy of a map value.
+    let Some(entry) = (unsafe { table.get(key) }).copied() else { return };
+    let _ = table.remove(key);
+    if let Some((stats, _)) = stats_for(&entry.flow) {
+        // SAFETY: `stats` points into a live map value.
+        unsafe {
+            add(&raw mut (*stats).bytes_sent, entry.bytes_sent);
+            add(&raw mut (*stats).bytes_received, entry.bytes_received);
+        }
+    }
 }

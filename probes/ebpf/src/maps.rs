@@ -4,11 +4,13 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use flowtel_probes_abi::{DatagramPeer, FlowKey, FlowStats, PendingReceive, SocketInfo, control, lost};
+use flowtel_probes_abi::{
+    DatagramPeer, FlowKey, FlowStats, PendingReceive, SocketInfo, SocketKey, SocketTraffic, control, lost,
+};
 
 /// Default sizes; user space resizes them from its configuration before load.
-const FLOW_TABLE_ENTRIES: u32 = 16_384;
-const SOCKET_TABLE_ENTRIES: u32 = 65_536;
+const FLOW_TABLE_ENTRIES: u32 = 8_192;
+const SOCKET_TABLE_ENTRIES: u32 = 32_768;
 
 /// Two flow tables: the probes add into the active one while user space drains the
 /// other, so a drain never races an update and nothing is lost between intervals.
@@ -16,6 +18,13 @@ const SOCKET_TABLE_ENTRIES: u32 = 65_536;
 pub static FLOWS_0: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
 #[map]
 pub static FLOWS_1: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(FLOW_TABLE_ENTRIES, 0);
+
+/// TCP bytes per socket and process, double-buffered like the flow tables. The hot
+/// path (every send and receive) costs one lookup with a 16-byte key here.
+#[map]
+pub static TRAFFIC_0: HashMap<SocketKey, SocketTraffic> = HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, 0);
+#[map]
+pub static TRAFFIC_1: HashMap<SocketKey, SocketTraffic> = HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, 0);
 
 /// TCP sockets seen open, keyed by `struct sock *`; removed when the socket closes.
 #[map]

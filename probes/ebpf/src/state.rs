@@ -7,12 +7,12 @@
 //! (see `traffic.rs`), and an accepted connection's "opened" waits until its owner is known.
 //! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/sock.h#L144> (>= 4.16)
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
-use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, direction, failure, lost, protocol};
+use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, SocketKey, direction, failure, lost, protocol};
 
 use crate::{
     config::config,
     retransmit::count_new_retransmits,
-    flow_table::count,
+    flow_table::{count, fold_socket_bytes},
     maps::{SOCKETS, count_lost, remember_process_name},
     socket::{direction_from_locks, flow_key, read},
 };
@@ -147,6 +147,7 @@ fn close(cfg: &ProbeConfig, sk: u64) {
             None => return,
         },
     };
+    fold_socket_bytes(&SocketKey { sk, pid: key.pid, _pad: 0 });
     if open_pending == 1 {
         count(&key, |s: *mut FlowStats| unsafe { &raw mut (*s).opened });
     }

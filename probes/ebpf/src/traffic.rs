@@ -8,12 +8,12 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use flowtel_probes_abi::{FlowKey, ProbeConfig, SocketInfo, lost, protocol};
+use flowtel_probes_abi::{FlowKey, ProbeConfig, SocketInfo, SocketKey, lost, protocol};
 
 use crate::{
     config::config,
     datagram,
-    flow_table::{add, stats_for},
+    flow_table::{add, add_socket_bytes, add_to_existing_socket, stats_for},
     maps::{SOCKETS, count_lost, remember_process_name},
     socket::{direction_from_locks, flow_key, read},
     state::claim,
@@ -57,8 +57,7 @@ fn try_raw_length(ctx: &RawTracePointContext, sent: bool) -> Option<()> {
     if ret <= 0 || (!sent && flags & MSG_PEEK != 0) {
         return None;
     }
-    let proto: u16 = read(sk, cfg.sock_protocol)?;
-    account(&cfg, sk, proto, ret as u64, sent)
+    account(&cfg, sk, || read::<u16>(sk, cfg.sock_protocol), ret as u64, sent)
 }
 
 fn try_flow_length(ctx: &TracePointContext, sent: bool) -> Option<()> {
@@ -75,29 +74,43 @@ fn try_flow_length(ctx: &TracePointContext, sent: bool) -> Option<()> {
     if ret <= 0 || (!sent && flags & MSG_PEEK != 0) {
         return None;
     }
-    account(&cfg, sk, proto, ret as u64, sent)
+    account(&cfg, sk, || Some(proto), ret as u64, sent)
 }
 
-/// Adds `bytes` to the flow of socket `sk`; shared with the kprobe fallback.
+/// Adds `bytes` to the flow of socket `sk`; shared with the kprobe fallback. `proto`
+/// is asked only when the socket has no entry yet this interval (a kernel read on the
+/// raw path), so a busy TCP socket costs one lookup and an atomic add.
 #[inline(always)]
-pub fn account(cfg: &ProbeConfig, sk: u64, proto: u16, bytes: u64, sent: bool) -> Option<()> {
+pub fn account(cfg: &ProbeConfig, sk: u64, proto: impl FnOnce() -> Option<u16>, bytes: u64, sent: bool) -> Option<()> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let key = if proto == u16::from(protocol::TCP) {
-        tcp_key(cfg, sk, pid)?
-    } else if proto == u16::from(protocol::UDP) {
-        let mut key = flow_key(cfg, sk, protocol::UDP, direction_from_locks(cfg, sk), pid)?;
-        if key.peer_addr == [0; 16] {
-            // Unconnected: the peer is in the syscall's arguments (datagram.rs).
-            if sent {
-                datagram::peer_of_send(&mut key);
-            } else if datagram::park_receive(&key, bytes) {
-                return Some(());
-            }
+    let key = SocketKey { sk, pid, _pad: 0 };
+    if add_to_existing_socket(&key, sent, bytes) {
+        return Some(());
+    }
+    match proto()? {
+        p if p == u16::from(protocol::TCP) => {
+            // First send/recv of this socket by this process in the interval: work out
+            // its flow key once.
+            add_socket_bytes(&key, sent, bytes, || tcp_key(cfg, sk, pid)).then_some(())
         }
-        key
-    } else {
-        return None;
-    };
+        p if p == u16::from(protocol::UDP) => account_udp(cfg, sk, pid, bytes, sent),
+        _ => None,
+    }
+}
+
+/// UDP goes by flow: an unconnected socket's peer changes with every datagram. A
+/// separate BPF function, so that each path's stack frame stays within the limit.
+#[inline(never)]
+fn account_udp(cfg: &ProbeConfig, sk: u64, pid: u32, bytes: u64, sent: bool) -> Option<()> {
+    let mut key = flow_key(cfg, sk, protocol::UDP, direction_from_locks(cfg, sk), pid)?;
+    if key.peer_addr == [0; 16] {
+        // Unconnected: the peer is in the syscall's arguments (datagram.rs).
+        if sent {
+            datagram::peer_of_send(&mut key);
+        } else if datagram::park_receive(&key, bytes) {
+            return Some(());
+        }
+    }
     let (stats, created) = stats_for(&key)?;
     if created {
         remember_process_name(pid);
@@ -113,8 +126,9 @@ pub fn account(cfg: &ProbeConfig, sk: u64, proto: u16, bytes: u64, sent: bool) -
     Some(())
 }
 
-/// The TCP socket's cached key, claimed by the current process.
-#[inline(always)]
+/// The TCP socket's cached key, claimed by the current process. Runs once per socket,
+/// process and interval (the per-socket table's miss path), in its own stack frame.
+#[inline(never)]
 fn tcp_key(cfg: &ProbeConfig, sk: u64, pid: u32) -> Option<FlowKey> {
     // SAFETY: read-only copy of a map value.
     if let Some(info) = unsafe { SOCKETS.get(sk) } {
