@@ -27,47 +27,35 @@ pub fn add_to_existing_socket(key: &SocketKey, sent: bool, bytes: u64) -> bool {
     let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
     let Some(entry) = table.get_ptr_mut(key) else { return false };
     // SAFETY: `entry` points into a live map value.
-    unsafe {
-        if sent {
-            add(&raw mut (*entry).bytes_sent, bytes);
-        } else {
-            add(&raw mut (*entry).bytes_received, bytes);
-        }
-    }
+    unsafe { add_bytes(&raw mut (*entry).bytes_sent, &raw mut (*entry).bytes_received, sent, bytes) };
     true
 }
 
 /// Adds `bytes` to the socket's entry in the active per-socket table, creating it with
 /// `flow()` on the first send/recv of this socket and process in this interval. `flow`
-/// runs only then, so the usual cost is one lookup. Returns false when the table is
-/// full (counted).
+/// runs only then. Returns false when the table is full (counted).
 #[inline(always)]
 pub fn add_socket_bytes(key: &SocketKey, sent: bool, bytes: u64, flow: impl FnOnce() -> Option<FlowKey>) -> bool {
-    let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
-    let entry = match table.get_ptr_mut(key) {
-        Some(entry) => entry,
-        None => {
-            let Some(flow) = flow() else { return false };
-            let fresh = SocketTraffic { flow, ..SocketTraffic::default() };
-            if let Err(err) = table.insert(key, &fresh, BPF_NOEXIST)
-                && i64::from(err) != -EEXIST
-            {
-                count_lost(lost::FLOW_TABLE_FULL);
-                return false;
-            }
-            let Some(entry) = table.get_ptr_mut(key) else { return false };
-            entry
-        }
-    };
-    // SAFETY: `entry` points into a live map value.
-    unsafe {
-        if sent {
-            add(&raw mut (*entry).bytes_sent, bytes);
-        } else {
-            add(&raw mut (*entry).bytes_received, bytes);
-        }
+    if add_to_existing_socket(key, sent, bytes) {
+        return true;
     }
-    true
+    let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
+    let Some(flow) = flow() else { return false };
+    let fresh = SocketTraffic { flow, ..SocketTraffic::default() };
+    // EEXIST: another CPU created it between our lookup and insert; add to theirs.
+    if let Err(err) = table.insert(key, &fresh, BPF_NOEXIST)
+        && i64::from(err) != -EEXIST
+    {
+        count_lost(lost::FLOW_TABLE_FULL);
+        return false;
+    }
+    add_to_existing_socket(key, sent, bytes)
+}
+
+/// Adds to the sent or the received counter.
+#[inline(always)]
+pub fn add_bytes(sent_counter: *mut u64, received_counter: *mut u64, sent: bool, bytes: u64) {
+    add(if sent { sent_counter } else { received_counter }, bytes);
 }
 
 /// The counters of `key` in the active table, created zeroed on first use (then the

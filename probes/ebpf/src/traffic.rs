@@ -13,7 +13,7 @@ use flowtel_probes_abi::{FlowKey, ProbeConfig, SocketInfo, SocketKey, lost, prot
 use crate::{
     config::config,
     datagram,
-    flow_table::{add, add_socket_bytes, add_to_existing_socket, stats_for},
+    flow_table::{add_bytes, add_socket_bytes, add_to_existing_socket, stats_for},
     maps::{SOCKETS, count_lost, remember_process_name},
     socket::{direction_from_locks, flow_key, read},
     state::claim,
@@ -116,13 +116,7 @@ fn account_udp(cfg: &ProbeConfig, sk: u64, pid: u32, bytes: u64, sent: bool) -> 
         remember_process_name(pid);
     }
     // SAFETY: `stats` points into a live map value.
-    unsafe {
-        if sent {
-            add(&raw mut (*stats).bytes_sent, bytes);
-        } else {
-            add(&raw mut (*stats).bytes_received, bytes);
-        }
-    }
+    unsafe { add_bytes(&raw mut (*stats).bytes_sent, &raw mut (*stats).bytes_received, sent, bytes) };
     Some(())
 }
 
