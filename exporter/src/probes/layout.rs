@@ -24,9 +24,6 @@ pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
     // sock_send_length and sock_recv_length are declared from one event class, so one
     // format serves both; absent before Linux 6.3 (the kprobe fallback ignores them).
     let length = Format::read("sock", "sock_send_length").ok();
-    // Syscall tracepoints need CONFIG_FTRACE_SYSCALLS; without them, unconnected UDP
-    // flows are counted without their peer.
-    let syscall = |name: &str, field: &str| Format::read("syscalls", name).and_then(|f| f.offset(field)).unwrap_or(0);
     let btf = Btf::from_kernel()?;
     let sock = |member: &str| offset16(&btf, "sock", member);
     let length_field = |field| length.as_ref().map_or(Ok(0), |f| f.offset(field));
@@ -52,10 +49,6 @@ pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
         sock_userlocks: sock("sk_userlocks")?,
         tcp_srtt_us: offset16(&btf, "tcp_sock", "srtt_us")?,
         tcp_mdev_us: offset16(&btf, "tcp_sock", "mdev_us")?,
-        sendto_addr: syscall("sys_enter_sendto", "addr"),
-        sendmsg_msg: syscall("sys_enter_sendmsg", "msg"),
-        recvfrom_addr: syscall("sys_enter_recvfrom", "addr"),
-        recvmsg_msg: syscall("sys_enter_recvmsg", "msg"),
         probe_skaddr: probe.as_ref().map_or(Ok(0), |f| f.offset("skaddr"))?,
         probe_srtt: probe.as_ref().map_or(Ok(0), |f| f.offset("srtt"))?,
         tcp_total_retrans: offset16(&btf, "tcp_sock", "total_retrans")?,

@@ -8,7 +8,7 @@ mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{KProbe, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
 };
 
 pub use layout::LayoutError;
@@ -87,6 +87,8 @@ enum HookKind {
     Tracepoint(&'static str, &'static str),
     /// A raw tracepoint: the `TP_PROTO` arguments, no trace record built.
     Raw(&'static str),
+    /// A cgroup sock_addr hook at the cgroup v2 root (the type is in the program's section).
+    Cgroup,
     Kprobe(&'static str),
 }
 
@@ -102,18 +104,12 @@ const BYTES_TRACEPOINTS: [Hook; 2] = [
     Hook { program: "flow_send", kind: HookKind::Tracepoint("sock", "sock_send_length") },
     Hook { program: "flow_recv", kind: HookKind::Tracepoint("sock", "sock_recv_length") },
 ];
-/// Peers of unconnected UDP sockets, from the syscalls' address arguments (datagram.rs).
-const DATAGRAM_PEERS: [Hook; 6] = [
-    Hook { program: "datagram_sendto_enter", kind: HookKind::Tracepoint("syscalls", "sys_enter_sendto") },
-    Hook { program: "datagram_sendmsg_enter", kind: HookKind::Tracepoint("syscalls", "sys_enter_sendmsg") },
-    Hook { program: "datagram_send_exit", kind: HookKind::Tracepoint("syscalls", "sys_exit_sendto") },
-    Hook { program: "datagram_send_exit", kind: HookKind::Tracepoint("syscalls", "sys_exit_sendmsg") },
-    Hook { program: "datagram_recvfrom_enter", kind: HookKind::Tracepoint("syscalls", "sys_enter_recvfrom") },
-    Hook { program: "datagram_recvmsg_enter", kind: HookKind::Tracepoint("syscalls", "sys_enter_recvmsg") },
-];
-const DATAGRAM_RECEIVE_EXITS: [Hook; 2] = [
-    Hook { program: "datagram_recv_exit", kind: HookKind::Tracepoint("syscalls", "sys_exit_recvfrom") },
-    Hook { program: "datagram_recv_exit", kind: HookKind::Tracepoint("syscalls", "sys_exit_recvmsg") },
+/// Peers of unconnected UDP sockets, from the cgroup sock_addr hooks (datagram.rs).
+const DATAGRAM_PEERS: [Hook; 4] = [
+    Hook { program: "datagram_sendmsg4", kind: HookKind::Cgroup },
+    Hook { program: "datagram_recvmsg4", kind: HookKind::Cgroup },
+    Hook { program: "datagram_sendmsg6", kind: HookKind::Cgroup },
+    Hook { program: "datagram_recvmsg6", kind: HookKind::Cgroup },
 ];
 const BYTES_KPROBES: [Hook; 4] = [
     Hook { program: "flow_send_tcp_kprobe", kind: HookKind::Kprobe("tcp_sendmsg") },
@@ -123,15 +119,11 @@ const BYTES_KPROBES: [Hook; 4] = [
 ];
 
 impl Hook {
-    /// Programs attached at two hooks appear twice in the tables; load them once.
-    fn kind_is_first_use(&self) -> bool {
-        !matches!(self.kind, HookKind::Tracepoint("syscalls", "sys_exit_sendmsg" | "sys_exit_recvmsg"))
-    }
-
     fn describe(&self) -> String {
         match self.kind {
             HookKind::Tracepoint(category, name) => format!("tracepoint {category}:{name}"),
             HookKind::Raw(name) => format!("raw_tracepoint {name}"),
+            HookKind::Cgroup => format!("cgroup/{}", self.program.trim_start_matches("datagram_")),
             HookKind::Kprobe(function) => format!("kprobe {function}"),
         }
     }
@@ -141,6 +133,7 @@ impl Hook {
             HookKind::Tracepoint(category, name) => tracefs::event_exists(category, name),
             // Checked against BTF before the raw hooks are chosen.
             HookKind::Raw(_) => true,
+            HookKind::Cgroup => cgroup2_root().is_some(),
             HookKind::Kprobe(_) => kprobes_available(),
         }
     }
@@ -157,6 +150,10 @@ impl Hook {
                 let raw: &mut RawTracePoint = program.try_into().map_err(verify)?;
                 raw.load().map_err(verify)
             }
+            HookKind::Cgroup => {
+                let hook: &mut CgroupSockAddr = program.try_into().map_err(verify)?;
+                hook.load().map_err(verify)
+            }
             HookKind::Kprobe(_) => {
                 let kp: &mut KProbe = program.try_into().map_err(verify)?;
                 kp.load().map_err(verify)
@@ -169,13 +166,23 @@ impl Hook {
             (None, _) => Err(format!("no program {}", self.program)),
             (Some(program), HookKind::Tracepoint(category, name)) => <&mut TracePoint>::try_from(program)
                 .map_err(|e| e.to_string())
-                .and_then(|tp| tp.attach(category, name).map(drop).map_err(|e| e.to_string())),
+                .and_then(|tp| tp.attach(category, name).map(drop).map_err(|e| with_sources(&e))),
             (Some(program), HookKind::Raw(name)) => <&mut RawTracePoint>::try_from(program)
                 .map_err(|e| e.to_string())
-                .and_then(|raw| raw.attach(name).map(drop).map_err(|e| e.to_string())),
+                .and_then(|raw| raw.attach(name).map(drop).map_err(|e| with_sources(&e))),
+            (Some(program), HookKind::Cgroup) => match cgroup2_root().map(std::fs::File::open) {
+                Some(Ok(root)) => <&mut CgroupSockAddr>::try_from(program).map_err(|e| e.to_string()).and_then(|hook| {
+                    // aya attaches through a bpf_link (Linux 5.7+), which always coexists
+                    // with other tools' programs (meshes, socket load balancers); the link
+                    // API takes no mode flags, so `Single` (0) is the one that works.
+                    hook.attach(&root, CgroupAttachMode::Single).map(drop).map_err(|e| with_sources(&e))
+                }),
+                Some(Err(err)) => Err(format!("cannot open the cgroup v2 root: {err}")),
+                None => Err("no cgroup v2 hierarchy mounted".into()),
+            },
             (Some(program), HookKind::Kprobe(function)) => <&mut KProbe>::try_from(program)
                 .map_err(|e| e.to_string())
-                .and_then(|kp| kp.attach(function, 0).map(drop).map_err(|e| e.to_string())),
+                .and_then(|kp| kp.attach(function, 0).map(drop).map_err(|e| with_sources(&e))),
         };
         let state = result.map_or_else(ProbeState::Failed, |()| ProbeState::Attached);
         ProbeReport { program: self.program, hook: self.describe(), state }
@@ -184,6 +191,17 @@ impl Hook {
     fn unavailable(&self, why: &str) -> ProbeReport {
         ProbeReport { program: self.program, hook: self.describe(), state: ProbeState::Failed(why.to_owned()) }
     }
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones), from the mount table.
+pub fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, path, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| std::path::PathBuf::from(path))
+    })
 }
 
 /// Whether this kernel can attach kprobes at all (CONFIG_KPROBE_EVENTS).
@@ -208,8 +226,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
 
     // A program attached at two hooks is loaded once.
     let all = [&STATE, &RETRANSMIT, &RTT, &RTT_RAW].into_iter().chain(&BYTES_RAW).chain(&BYTES_TRACEPOINTS).chain(&BYTES_KPROBES);
-    let datagram = DATAGRAM_PEERS.iter().chain(&DATAGRAM_RECEIVE_EXITS).filter(|h| h.kind_is_first_use());
-    for hook in all.chain(datagram) {
+    for hook in all.chain(&DATAGRAM_PEERS) {
         hook.load(&mut ebpf)?;
     }
 
@@ -224,8 +241,8 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
     reports.push(if RETRANSMIT.available() { RETRANSMIT.attach(&mut ebpf) } else { RETRANSMIT.unavailable("not on this kernel") });
     reports.extend(prefer_raw(&mut ebpf, raw.tcp_probe, &[RTT_RAW], &[RTT]));
     reports.extend(attach_byte_counters(&mut ebpf, settings.attach_mode, raw.lengths)?);
-    reports.extend(DATAGRAM_PEERS.iter().chain(&DATAGRAM_RECEIVE_EXITS).map(|hook| {
-        if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)") }
+    reports.extend(DATAGRAM_PEERS.iter().map(|hook| {
+        if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("no cgroup v2 hierarchy mounted") }
     }));
     Ok(Probes { ebpf, reports })
 }
@@ -270,4 +287,17 @@ fn attach_byte_counters(ebpf: &mut Ebpf, mode: AttachMode, raw_usable: bool) -> 
     let mut reports = tracepoints;
     reports.extend(BYTES_KPROBES.iter().map(|hook| ProbeReport { program: hook.program, hook: hook.describe(), state: ProbeState::Standby }));
     Ok(reports)
+}
+
+/// An error with its causes, for the status report (aya's messages name the call, the
+/// source names the errno).
+fn with_sources(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

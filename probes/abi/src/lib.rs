@@ -45,8 +45,8 @@ pub mod lost {
     pub const SOCKET_TABLE_FULL: u32 = 1;
     /// A read of kernel memory failed (a socket freed under us, say).
     pub const KERNEL_READ: u32 = 2;
-    /// The per-thread table of datagram peers was full: the bytes of an unconnected UDP
-    /// socket are counted, but without their peer address.
+    /// A datagram peer could not be stashed: the bytes of an unconnected UDP socket are
+    /// counted, but without their peer address.
     pub const PEER_TABLE_FULL: u32 = 3;
     pub const COUNT: u32 = 4;
 }
@@ -197,11 +197,6 @@ pub struct ProbeConfig {
     // struct tcp_sock
     pub tcp_srtt_us: u16,
     pub tcp_mdev_us: u16,
-    // syscalls:sys_enter_{sendto,sendmsg,recvfrom,recvmsg}: where the peer's address is
-    pub sendto_addr: u16,
-    pub sendmsg_msg: u16,
-    pub recvfrom_addr: u16,
-    pub recvmsg_msg: u16,
     // tcp:tcp_probe (one event per received segment: the RTT sampler)
     pub probe_skaddr: u16,
     pub probe_srtt: u16,
@@ -210,10 +205,10 @@ pub struct ProbeConfig {
     // struct sock: for the raw tracepoints, whose arguments carry no protocol
     pub sock_protocol: u16,
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 64);
+const _: () = assert!(size_of::<ProbeConfig>() == 56);
 
-/// The peer address of a datagram on an unconnected UDP socket, taken from the
-/// sendto/sendmsg arguments while the syscall runs (keyed by thread).
+/// The peer address of a datagram on an unconnected UDP socket, stashed per thread by
+/// the cgroup sendmsg/recvmsg hooks while the syscall runs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatagramPeer {
@@ -224,22 +219,6 @@ pub struct DatagramPeer {
 }
 const _: () = assert!(size_of::<DatagramPeer>() == 20);
 
-/// A receive on an unconnected UDP socket, held from `sock_recv_length` until the
-/// syscall returns and the sender's address is in user memory.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PendingReceive {
-    /// The user's `struct sockaddr *` (recvfrom) or `struct user_msghdr *` (recvmsg).
-    pub user_ptr: u64,
-    pub bytes: u64,
-    pub key: FlowKey,
-    /// 1 when `user_ptr` is a msghdr.
-    pub is_msghdr: u8,
-    /// 1 once `sock_recv_length` filled `key` and `bytes`.
-    pub has_data: u8,
-    pub _pad: [u8; 2],
-}
-const _: () = assert!(size_of::<PendingReceive>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -257,6 +236,4 @@ mod pod {
     unsafe impl aya::Pod for super::SocketKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketTraffic {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for super::PendingReceive {}
 }

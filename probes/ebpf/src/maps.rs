@@ -4,9 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use flowtel_probes_abi::{
-    DatagramPeer, FlowKey, FlowStats, PendingReceive, SocketInfo, SocketKey, SocketTraffic, control, lost,
-};
+use flowtel_probes_abi::{DatagramPeer, FlowKey, FlowStats, SocketInfo, SocketKey, SocketTraffic, control, lost};
 
 /// Default sizes; user space resizes them from its configuration before load.
 const FLOW_TABLE_ENTRIES: u32 = 8_192;
@@ -35,13 +33,10 @@ pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(SOCKET_
 #[map]
 pub static PROCESS_NAMES: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(8_192, 0);
 
-/// Peer of the sendto/sendmsg in progress on each thread (unconnected UDP).
+/// Peer of the datagram being sent or received on each thread (unconnected UDP). LRU,
+/// so entries of threads that exited make room by themselves.
 #[map]
-pub static DATAGRAM_PEERS: HashMap<u64, DatagramPeer> = HashMap::with_max_entries(16_384, 0);
-
-/// recvfrom/recvmsg in progress on each thread (unconnected UDP).
-#[map]
-pub static PENDING_RECEIVES: HashMap<u64, PendingReceive> = HashMap::with_max_entries(16_384, 0);
+pub static DATAGRAM_PEERS: LruHashMap<u64, DatagramPeer> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Written by user space: which flow table is active (`control::ACTIVE_TABLE`).
 #[map]

@@ -104,12 +104,8 @@ pub fn account(cfg: &ProbeConfig, sk: u64, proto: impl FnOnce() -> Option<u16>, 
 fn account_udp(cfg: &ProbeConfig, sk: u64, pid: u32, bytes: u64, sent: bool) -> Option<()> {
     let mut key = flow_key(cfg, sk, protocol::UDP, direction_from_locks(cfg, sk), pid)?;
     if key.peer_addr == [0; 16] {
-        // Unconnected: the peer is in the syscall's arguments (datagram.rs).
-        if sent {
-            datagram::peer_of_send(&mut key);
-        } else if datagram::park_receive(&key, bytes) {
-            return Some(());
-        }
+        // Unconnected: the peer comes from the cgroup sock_addr hook (datagram.rs).
+        datagram::take_peer(&mut key);
     }
     let (stats, created) = stats_for(&key)?;
     if created {
