@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Exact, known traffic for flowtel's end-to-end tests.
 
-tcp-server PORT CONNS RECV SEND  accept CONNS connections; from each read exactly RECV
-                                 bytes, answer SEND bytes, close.
+tcp-server PORT CONNS RECV SEND  accept CONNS connections (dual-stack socket); from each
+                                 read exactly RECV bytes, answer SEND bytes, close.
 tcp-client HOST PORT CONNS SEND RECV
                                  open CONNS connections in turn; on each send SEND bytes,
                                  read until the server closes (expects RECV bytes).
@@ -25,9 +25,11 @@ def recv_exact(sock, n):
 
 
 def tcp_server(port, conns, recv, send):
-    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Dual stack: IPv6 clients, and IPv4 clients as v4-mapped addresses.
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.bind(("::", port))
     srv.listen(64)
     print("ready", flush=True)
     for _ in range(conns):

@@ -168,3 +168,40 @@ fn udp_bytes_are_exact_at_both_ends_with_unconnected_server() {
     }
     drop(agent);
 }
+
+#[test]
+fn tcp_over_ipv6_is_exact_and_names_ipv6() {
+    if !privileged_or_skip("tcp_over_ipv6_is_exact_and_names_ipv6") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let endpoint = format!("http://{}", receiver.addr);
+    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let link = Link::new("tcp6", 15);
+    let (server_ip, client_ip) = (link.addr6_a.to_string(), link.addr6_b.to_string());
+    let mut server = Traffic::spawn(&link.a, &["tcp-server", "9700", "2", "3000", "5000"]);
+    server.wait_line("ready");
+    let mut client = Traffic::spawn(&link.b, &["tcp-client", &server_ip, "9700", "2", "3000", "5000"]);
+    let (server_pid, client_pid) = (server.pid().to_string(), client.pid().to_string());
+    client.wait_line("done");
+    client.finish();
+    server.wait_line("done");
+    server.finish();
+
+    let client_res = [("process.pid", client_pid.as_str())];
+    let server_res = [("process.pid", server_pid.as_str())];
+    let v6_out = [("network.type", "ipv6"), ("network.peer.address", server_ip.as_str()), ("network.peer.port", "9700")];
+    let v6_in = [("network.type", "ipv6"), ("network.peer.address", client_ip.as_str()), ("network.local.port", "9700")];
+    let arrived = eventually(Duration::from_secs(20), || {
+        let io = points(&receiver.received.snapshot(), IO);
+        total(&io, &server_res, &[v6_in.as_slice(), &[("network.io.direction", "transmit")]].concat()) == 10000.0
+    });
+    let io = points(&receiver.received.snapshot(), IO);
+    assert!(arrived, "IPv6 flows did not arrive; {:#?}\nlog:\n{}", matching(&io, &server_res, &[]), agent.log());
+    assert_eq!(total(&io, &client_res, &[v6_out.as_slice(), &[("network.io.direction", "transmit")]].concat()), 6000.0);
+    assert_eq!(total(&io, &client_res, &[v6_out.as_slice(), &[("network.io.direction", "receive")]].concat()), 10000.0);
+    assert_eq!(total(&io, &server_res, &[v6_in.as_slice(), &[("network.io.direction", "receive")]].concat()), 6000.0);
+    let opened = points(&receiver.received.snapshot(), "flowtel.tcp.connections.opened");
+    assert_eq!(total(&opened, &server_res, &v6_in), 2.0);
+    assert_eq!(matching(&io, &server_res, &[])[0].attrs["flowtel.local.address.class"], "private");
+}

@@ -5,4 +5,6 @@ mod address;
 mod flow;
 
 pub use address::classify;
+#[cfg(test)]
+pub use flow::Failure;
 pub use flow::{Direction, FlowRecord, Transport, from_kernel};

@@ -14,3 +14,6 @@ mod workloads;
 pub use agent::AgentTelemetry;
 pub use sink::{MetricsSink, SinkKind};
 pub use workloads::{TelemetrySettings, Workloads};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+//! Names, units, attributes and Resources as the SDK produces them: flow records go in,
+//! the manual reader's output is checked against the telemetry contract.
+use std::{collections::HashMap, net::IpAddr};
+
+use flowtel_semconv::{attr, metric, resource, scope};
+use opentelemetry::{Key, KeyValue, Value};
+use opentelemetry_sdk::metrics::{
+    Temporality,
+    data::{AggregatedMetrics, MetricData, ResourceMetrics},
+};
+
+use super::{TelemetrySettings, Workloads};
+use crate::{
+    aggregation::{Direction, Failure, FlowRecord, Transport},
+    enrichment::HostInfo,
+};
+
+fn settings(limit: usize) -> TelemetrySettings {
+    TelemetrySettings {
+        temporality: Temporality::Cumulative,
+        cardinality_limit: limit,
+        host: HostInfo { name: "node-1".into(), id: Some("abc".into()), arch: "amd64", os_version: Some("6.18".into()) },
+        idle_intervals: 2,
+    }
+}
+
+fn flow(pid: u32, peer: &str) -> FlowRecord {
+    FlowRecord {
+        pid,
+        transport: Transport::Tcp,
+        direction: Direction::Outgoing,
+        local: "10.0.0.1".parse().unwrap(),
+        local_port: None,
+        peer: Some(peer.parse::<IpAddr>().unwrap()),
+        peer_port: Some(443),
+        bytes_sent: 100,
+        bytes_received: 2000,
+        retransmits: 3,
+        opened: 1,
+        closed: 1,
+        failed: vec![(Failure::Refused, 2)],
+        rtt_samples: vec![(0.001, 4), (0.004, 1)],
+        rttvar: Some(0.0005),
+    }
+}
+
+fn resource_value(rm: &ResourceMetrics, key: &'static str) -> Option<Value> {
+    rm.resource().get(&Key::from_static_str(key))
+}
+
+/// (metric name, unit, attributes, value or count) of every data point.
+fn data_points(rm: &ResourceMetrics) -> Vec<(String, String, Vec<KeyValue>, f64)> {
+    let mut out = Vec::new();
+    for sm in rm.scope_metrics() {
+        assert_eq!(sm.scope().name(), scope::NETFLOW);
+        for m in sm.metrics() {
+            let (name, unit) = (m.name().to_owned(), m.unit().to_owned());
+            let mut push = |attrs: Vec<KeyValue>, v: f64| out.push((name.clone(), unit.clone(), attrs, v));
+            match m.data() {
+                AggregatedMetrics::U64(MetricData::Sum(s)) => {
+                    s.data_points().for_each(|p| push(p.attributes().cloned().collect(), p.value() as f64));
+                }
+                AggregatedMetrics::F64(MetricData::Gauge(g)) => {
+                    g.data_points().for_each(|p| push(p.attributes().cloned().collect(), p.value()));
+                }
+                AggregatedMetrics::F64(MetricData::ExponentialHistogram(h)) => {
+                    h.data_points().for_each(|p| push(p.attributes().cloned().collect(), p.count() as f64));
+                }
+                other => panic!("unexpected aggregation for {name}: {other:?}"),
+            }
+        }
+    }
+    out
+}
+
+fn has(attrs: &[KeyValue], key: &str, value: &str) -> bool {
+    attrs.iter().any(|kv| kv.key.as_str() == key && kv.value.as_str() == value)
+}
+
+#[test]
+fn a_flow_becomes_the_contracts_metrics_under_its_process() {
+    let me = std::process::id();
+    let mut workloads = Workloads::new(settings(100));
+    workloads.record(&[flow(me, "192.0.2.7")], &HashMap::new());
+    let batch = workloads.collect();
+    assert_eq!(batch.len(), 1);
+    let rm = &batch[0];
+    assert_eq!(resource_value(rm, resource::PROCESS_PID), Some(Value::I64(i64::from(me))));
+    assert_eq!(resource_value(rm, resource::SERVICE_NAME), resource_value(rm, resource::PROCESS_EXECUTABLE_NAME));
+    assert_eq!(resource_value(rm, resource::HOST_NAME), Some(Value::from("node-1")));
+    assert_eq!(resource_value(rm, resource::SERVICE_INSTANCE_ID), Some(Value::from(format!("node-1/{me}"))));
+
+    let points = data_points(rm);
+    let find = |name: &str, extra: &[(&str, &str)]| {
+        points
+            .iter()
+            .filter(|(n, _, a, _)| n == name && extra.iter().all(|(k, v)| has(a, k, v)))
+            .map(|(_, u, a, v)| (u.clone(), a.clone(), *v))
+            .collect::<Vec<_>>()
+    };
+    let tx = find(metric::NETWORK_IO.name, &[(attr::NETWORK_IO_DIRECTION, "transmit")]);
+    assert_eq!(tx.len(), 1);
+    let (unit, attrs, value) = &tx[0];
+    assert_eq!((unit.as_str(), *value), ("By", 100.0));
+    for (k, v) in [
+        (attr::NETWORK_TRANSPORT, "tcp"),
+        (attr::NETWORK_TYPE, "ipv4"),
+        (attr::FLOW_DIRECTION, "outgoing"),
+        (attr::NETWORK_PEER_ADDRESS, "192.0.2.7"),
+        (attr::PEER_ADDRESS_CLASS, "other"),
+        (attr::LOCAL_ADDRESS_CLASS, "private"),
+    ] {
+        assert!(has(attrs, k, v), "{k}={v} missing from {attrs:?}");
+    }
+    assert!(attrs.iter().any(|kv| kv.key.as_str() == attr::NETWORK_PEER_PORT && kv.value == Value::I64(443)));
+    assert!(!attrs.iter().any(|kv| kv.key.as_str() == attr::NETWORK_LOCAL_PORT), "ephemeral port on a metric");
+    assert_eq!(find(metric::NETWORK_IO.name, &[(attr::NETWORK_IO_DIRECTION, "receive")])[0].2, 2000.0);
+    assert_eq!(find(metric::TCP_RETRANSMITS.name, &[])[0].2, 3.0);
+    assert_eq!(find(metric::TCP_CONNECTIONS_FAILED.name, &[(attr::ERROR_TYPE, "refused")])[0].2, 2.0);
+    let (unit, _, count) = &find(metric::TCP_RTT.name, &[])[0];
+    assert_eq!((unit.as_str(), *count), ("s", 5.0));
+    assert_eq!(find(metric::TCP_RTTVAR.name, &[])[0].2, 0.0005);
+}
+
+#[test]
+fn flows_without_a_process_go_under_the_host_resource() {
+    let mut workloads = Workloads::new(settings(100));
+    workloads.record(&[flow(0, "192.0.2.7")], &HashMap::new());
+    let batch = workloads.collect();
+    assert_eq!(resource_value(&batch[0], resource::PROCESS_PID), None);
+    assert_eq!(resource_value(&batch[0], resource::HOST_NAME), Some(Value::from("node-1")));
+}
+
+#[test]
+fn past_the_cardinality_limit_the_sdk_overflow_series_keeps_the_total() {
+    let mut workloads = Workloads::new(settings(5));
+    let peers: Vec<FlowRecord> = (1..=20).map(|i| flow(0, &format!("192.0.2.{i}"))).collect();
+    workloads.record(&peers, &HashMap::new());
+    let points = data_points(&workloads.collect()[0]);
+    let io: Vec<_> = points.iter().filter(|(n, _, _, _)| n == metric::NETWORK_IO.name).collect();
+    assert!(io.len() <= 6, "limit 5 (+1 overflow) exceeded: {}", io.len());
+    // The overflow series carries only `otel.metric.overflow=true`: both directions.
+    assert!(io.iter().any(|(_, _, a, _)| a.iter().any(|kv| kv.key.as_str() == "otel.metric.overflow")), "{io:?}");
+    let total: f64 = io.iter().map(|(_, _, _, v)| v).sum();
+    assert_eq!(total, 20.0 * (100.0 + 2000.0), "no bytes lost to the limit");
+}
