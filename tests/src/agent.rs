@@ -98,3 +98,10 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) 
     let out = base_command().args(args).envs(env.iter().copied()).output().expect("run flowtel");
     (out.status, String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout))
 }
+
+/// The usual arrangement: a gRPC receiver and an agent exporting to it every second.
+pub fn with_grpc_receiver() -> (crate::receiver::Receiver, Agent) {
+    let receiver = crate::receiver::Receiver::grpc("127.0.0.1:0");
+    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr))]);
+    (receiver, agent)
+}

@@ -60,3 +60,19 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// `conns` TCP connections from host `b` to a server on host `a` (over IPv6 when `v6`),
+/// each sending `up` bytes and getting `down` back. Returns (server pid, client pid).
+pub fn tcp_exchange(link: &Link, v6: bool, port: u16, conns: u64, up: u64, down: u64) -> (String, String) {
+    let server_ip = if v6 { link.addr6_a.to_string() } else { link.addr_a.to_string() };
+    let (port, conns, up, down) = (port.to_string(), conns.to_string(), up.to_string(), down.to_string());
+    let mut server = Traffic::spawn(&link.a, &["tcp-server", &port, &conns, &up, &down]);
+    server.wait_line("ready");
+    let mut client = Traffic::spawn(&link.b, &["tcp-client", &server_ip, &port, &conns, &up, &down]);
+    let pids = (server.pid().to_string(), client.pid().to_string());
+    client.wait_line("done");
+    client.finish();
+    server.wait_line("done");
+    server.finish();
+    pids
+}

@@ -12,21 +12,12 @@ use flowtel_e2e::{
     privileged_or_skip,
     query::{points, total},
     receiver::{Receiver, Received},
-    traffic::{Traffic, eventually},
+    traffic::{eventually, tcp_exchange},
 };
 
-/// Known TCP traffic between two fresh hosts; returns the client's pid.
-fn exchange(link: &Link, port: &str, up: &str, down: &str) -> String {
-    let server_ip = link.addr_a.to_string();
-    let mut server = Traffic::spawn(&link.a, &["tcp-server", port, "1", up, down]);
-    server.wait_line("ready");
-    let mut client = Traffic::spawn(&link.b, &["tcp-client", &server_ip, port, "1", up, down]);
-    let pid = client.pid().to_string();
-    client.wait_line("done");
-    client.finish();
-    server.wait_line("done");
-    server.finish();
-    pid
+/// One known TCP exchange between two fresh hosts; returns the client's pid.
+fn exchange(link: &Link, port: u16, up: u64, down: u64) -> String {
+    tcp_exchange(link, false, port, 1, up, down).1
 }
 
 fn client_sent(received: &Received, pid: &str) -> f64 {
@@ -52,7 +43,7 @@ fn http_protobuf_export_and_sigterm_flushes_the_last_interval() {
         ("OTEL_METRIC_EXPORT_INTERVAL", "600000"),
     ]);
     let link = Link::new("http", 21);
-    let client = exchange(&link, "9400", "4321", "8765");
+    let client = exchange(&link, 9400, 4321, 8765);
     assert!(receiver.received.snapshot().is_empty(), "nothing should be exported before the interval");
     let (status, log) = agent.stop();
     assert!(status.success(), "exit {status}; log:\n{log}");
@@ -69,7 +60,7 @@ fn collector_outage_is_logged_once_and_totals_arrive_when_it_returns() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
     let link = Link::new("outage", 22);
-    let client = exchange(&link, "9500", "2222", "3333");
+    let client = exchange(&link, 9500, 2222, 3333);
     // Several intervals fail while nothing listens.
     std::thread::sleep(Duration::from_secs(4));
     let log = agent.log();
@@ -123,7 +114,7 @@ fn through_a_third_party_collector() {
     assert!(up, "rotel did not listen on {grpc}");
     let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://127.0.0.1:{grpc}"))]);
     let link = Link::new("rotel", 23);
-    let client = exchange(&link, "9600", "1357", "2468");
+    let client = exchange(&link, 9600, 1357, 2468);
     let delivered = eventually(Duration::from_secs(30), || client_sent(&receiver.received, &client) == 1357.0);
     let got = receiver.received.snapshot();
     assert!(

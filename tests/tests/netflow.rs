@@ -3,12 +3,11 @@
 use std::time::Duration;
 
 use flowtel_e2e::{
-    agent::Agent,
+    agent::with_grpc_receiver,
     netns::Link,
     privileged_or_skip,
     query::{matching, points, total},
-    receiver::Receiver,
-    traffic::{Traffic, eventually},
+    traffic::{Traffic, eventually, tcp_exchange},
 };
 
 const IO: &str = "flowtel.network.io";
@@ -18,21 +17,11 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     if !privileged_or_skip("tcp_bytes_connections_and_direction_are_exact_at_both_ends") {
         return;
     }
-    let receiver = Receiver::grpc("127.0.0.1:0");
-    let endpoint = format!("http://{}", receiver.addr);
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("tcp", 11);
     let (server_ip, client_ip) = (link.addr_a.to_string(), link.addr_b.to_string());
-
     let (conns, up, down) = (3u64, 1111u64, 22222u64);
-    let mut server = Traffic::spawn(&link.a, &["tcp-server", "9000", "3", "1111", "22222"]);
-    server.wait_line("ready");
-    let mut client = Traffic::spawn(&link.b, &["tcp-client", &server_ip, "9000", "3", "1111", "22222"]);
-    let (server_pid, client_pid) = (server.pid().to_string(), client.pid().to_string());
-    client.wait_line("done");
-    client.finish();
-    server.wait_line("done");
-    server.finish();
+    let (server_pid, client_pid) = tcp_exchange(&link, false, 9000, conns, up, down);
     // A refused connection from a short-lived curl.
     let curl = Link::exec(&link.b, "curl").args(["-s", "--max-time", "3", &format!("http://{server_ip}:9001/")]).spawn();
     let mut curl = curl.expect("spawn curl");
@@ -113,9 +102,7 @@ fn udp_bytes_are_exact_at_both_ends_with_unconnected_server() {
     if !privileged_or_skip("udp_bytes_are_exact_at_both_ends_with_unconnected_server") {
         return;
     }
-    let receiver = Receiver::grpc("127.0.0.1:0");
-    let endpoint = format!("http://{}", receiver.addr);
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("udp", 12);
     let (server_ip, client_ip) = (link.addr_a.to_string(), link.addr_b.to_string());
     let (count, size) = (40u64, 700u64);
@@ -174,19 +161,10 @@ fn tcp_over_ipv6_is_exact_and_names_ipv6() {
     if !privileged_or_skip("tcp_over_ipv6_is_exact_and_names_ipv6") {
         return;
     }
-    let receiver = Receiver::grpc("127.0.0.1:0");
-    let endpoint = format!("http://{}", receiver.addr);
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("tcp6", 15);
     let (server_ip, client_ip) = (link.addr6_a.to_string(), link.addr6_b.to_string());
-    let mut server = Traffic::spawn(&link.a, &["tcp-server", "9700", "2", "3000", "5000"]);
-    server.wait_line("ready");
-    let mut client = Traffic::spawn(&link.b, &["tcp-client", &server_ip, "9700", "2", "3000", "5000"]);
-    let (server_pid, client_pid) = (server.pid().to_string(), client.pid().to_string());
-    client.wait_line("done");
-    client.finish();
-    server.wait_line("done");
-    server.finish();
+    let (server_pid, client_pid) = tcp_exchange(&link, true, 9700, 2, 3000, 5000);
 
     let client_res = [("process.pid", client_pid.as_str())];
     let server_res = [("process.pid", server_pid.as_str())];

@@ -10,12 +10,11 @@ use std::{
 };
 
 use flowtel_e2e::{
-    agent::Agent,
+    agent::with_grpc_receiver,
     netns::Link,
     privileged_or_skip,
     query::{matching, points, total},
-    receiver::Receiver,
-    traffic::{Traffic, eventually},
+    traffic::{Traffic, eventually, tcp_exchange},
 };
 
 fn in_ns(ns: &str, program: &str, args: &[&str]) -> String {
@@ -48,24 +47,14 @@ fn retransmits_under_real_loss_match_the_kernel_counter() {
     if !privileged_or_skip("retransmits_under_real_loss_match_the_kernel_counter") {
         return;
     }
-    let receiver = Receiver::grpc("127.0.0.1:0");
-    let endpoint = format!("http://{}", receiver.addr);
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("rtx", 13);
     // Drop 10% of what each host receives (veth packets are large GSO packets, so
     // this is far fewer than 10% of segments): both sides retransmit.
     for ns in [&link.a, &link.b] {
         in_ns(ns, "iptables", &["-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability", "0.1", "-j", "DROP"]);
     }
-    let server_ip = link.addr_a.to_string();
-    let mut server = Traffic::spawn(&link.a, &["tcp-server", "9200", "4", "400000", "300000"]);
-    server.wait_line("ready");
-    let mut client = Traffic::spawn(&link.b, &["tcp-client", &server_ip, "9200", "4", "400000", "300000"]);
-    let (server_pid, client_pid) = (server.pid().to_string(), client.pid().to_string());
-    client.wait_line("done");
-    client.finish();
-    server.wait_line("done");
-    server.finish();
+    let (server_pid, client_pid) = tcp_exchange(&link, false, 9200, 4, 400_000, 300_000);
     settle(&link.a);
     settle(&link.b);
     let (kernel_server, kernel_client) = (retrans_segs(&link.a), retrans_segs(&link.b));
@@ -103,9 +92,7 @@ fn rtt_is_a_distribution_over_the_connection_consistent_with_ss() {
     if !privileged_or_skip("rtt_is_a_distribution_over_the_connection_consistent_with_ss") {
         return;
     }
-    let receiver = Receiver::grpc("127.0.0.1:0");
-    let endpoint = format!("http://{}", receiver.addr);
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("rtt", 14);
     // A slow link from the server: its queue makes the RTT grow to tens of ms.
     let veth = link.veth(true);
