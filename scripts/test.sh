@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --release --locked --all-targets -- -D warnings
 cargo build --release --locked
 log=$(mktemp)
 status=0

@@ -13,7 +13,10 @@ fn every_metric_is_documented_with_its_unit() {
     for m in flowtel_semconv::metric::ALL {
         let row = format!("`{}`", m.name);
         for (doc, text) in [("README.md", &readme), ("docs/telemetry.md", &reference)] {
-            let line = text.lines().find(|l| l.starts_with(&format!("| {row}"))).unwrap_or_else(|| panic!("{} missing from {doc}", m.name));
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("| {row}")))
+                .unwrap_or_else(|| panic!("{} missing from {doc}", m.name));
             assert!(line.contains(&format!("`{}`", m.unit)), "{doc}: {} should say unit {}", m.name, m.unit);
         }
     }
@@ -24,7 +27,10 @@ fn every_setting_is_documented_with_its_variable() {
     let readme = read("README.md");
     let example = read("examples/flowtel.yaml");
     for (key, var) in crate::config::settings() {
-        let line = readme.lines().find(|l| l.starts_with(&format!("| `{key}`"))).unwrap_or_else(|| panic!("{key} missing from README"));
+        let line = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{key}`")))
+            .unwrap_or_else(|| panic!("{key} missing from README"));
         assert!(line.contains(&format!("`{var}`")), "README row for {key} should name {var}");
         let leaf = key.rsplit('.').next().unwrap_or(&key);
         assert!(example.contains(&format!("{leaf}:")), "examples/flowtel.yaml lacks {key}");

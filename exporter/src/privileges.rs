@@ -24,8 +24,8 @@ fn effective_capabilities() -> u64 {
         .unwrap_or(0)
 }
 
-/// CAP_BPF loads programs and maps, CAP_PERFMON attaches tracepoints and reads kernel
-/// memory (Linux 5.8+); CAP_SYS_ADMIN alone covers both on older kernels.
+/// `CAP_BPF` loads programs and maps, `CAP_PERFMON` attaches tracepoints and reads kernel
+/// memory (Linux 5.8+); `CAP_SYS_ADMIN` alone covers both on older kernels.
 pub fn check() -> Result<(), PrivilegeError> {
     check_mask(effective_capabilities())
 }

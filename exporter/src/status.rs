@@ -15,15 +15,14 @@ pub fn kernel_facts() -> Vec<(&'static str, String)> {
 }
 
 pub fn render_reports(reports: &[ProbeReport]) -> String {
-    reports
-        .iter()
-        .map(|r| {
-            let state = match &r.state {
-                ProbeState::Attached => "attached".to_owned(),
-                ProbeState::Standby => "verified, standby (fallback not needed)".to_owned(),
-                ProbeState::Failed(why) => format!("not attached: {why}"),
-            };
-            format!("  {:<22} {:<40} {state}\n", r.program, r.hook)
-        })
-        .collect()
+    use std::fmt::Write as _;
+    reports.iter().fold(String::new(), |mut out, r| {
+        let state = match &r.state {
+            ProbeState::Attached => "attached".to_owned(),
+            ProbeState::Standby => "verified, standby (fallback not needed)".to_owned(),
+            ProbeState::Failed(why) => format!("not attached: {why}"),
+        };
+        let _ = writeln!(out, "  {:<22} {:<40} {state}", r.program, r.hook);
+        out
+    })
 }

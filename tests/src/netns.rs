@@ -9,7 +9,7 @@ fn ip(args: &[&str]) {
     assert!(status.success(), "ip {} failed", args.join(" "));
 }
 
-/// Hosts `a` (10.201.N.1, fd00:201:N::1) and `b` (10.201.N.2, fd00:201:N::2). `subnet`
+/// Hosts `a` (10.201.N.1, `fd00:201:N::1`) and `b` (10.201.N.2, `fd00:201:N::2`). `subnet`
 /// must be unique per test so tests can run in parallel and filter on their addresses.
 pub struct Link {
     pub a: String,

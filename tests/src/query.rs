@@ -53,21 +53,35 @@ pub fn points(requests: &[ExportMetricsServiceRequest], metric: &str) -> Vec<Poi
                         Some(Data::Sum(sum)) => {
                             for dp in &sum.data_points {
                                 let value = match dp.value {
-                                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => i as f64,
-                                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
+                                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(
+                                        i,
+                                    )) => i as f64,
+                                    Some(
+                                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d),
+                                    ) => d,
                                     None => 0.0,
                                 };
-                                found.push((dp.time_unix_nano, Point { attrs: attrs(&dp.attributes), value, ..base.clone() }));
+                                found.push((
+                                    dp.time_unix_nano,
+                                    Point { attrs: attrs(&dp.attributes), value, ..base.clone() },
+                                ));
                             }
                         }
                         Some(Data::Gauge(g)) => {
                             for dp in &g.data_points {
                                 let value = match dp.value {
-                                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(i)) => i as f64,
-                                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d)) => d,
+                                    Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(
+                                        i,
+                                    )) => i as f64,
+                                    Some(
+                                        opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(d),
+                                    ) => d,
                                     None => 0.0,
                                 };
-                                found.push((dp.time_unix_nano, Point { attrs: attrs(&dp.attributes), value, ..base.clone() }));
+                                found.push((
+                                    dp.time_unix_nano,
+                                    Point { attrs: attrs(&dp.attributes), value, ..base.clone() },
+                                ));
                             }
                         }
                         Some(Data::ExponentialHistogram(h)) => {
@@ -120,7 +134,8 @@ pub fn points(requests: &[ExportMetricsServiceRequest], metric: &str) -> Vec<Poi
 
 /// Points whose resource and attributes contain every given pair.
 pub fn matching<'a>(points: &'a [Point], resource: &[(&str, &str)], attributes: &[(&str, &str)]) -> Vec<&'a Point> {
-    let has = |map: &Attrs, pairs: &[(&str, &str)]| pairs.iter().all(|(k, v)| map.get(*k).map(String::as_str) == Some(*v));
+    let has =
+        |map: &Attrs, pairs: &[(&str, &str)]| pairs.iter().all(|(k, v)| map.get(*k).map(String::as_str) == Some(*v));
     points.iter().filter(|p| has(&p.resource, resource) && has(&p.attrs, attributes)).collect()
 }
 

@@ -100,8 +100,8 @@ async fn serve_http(mut stream: tokio::net::TcpStream, sink: Received) {
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
+        let mut chunk = vec![0u8; 65536];
         while buf.len() < head_end + 4 + length {
-            let mut chunk = [0u8; 65536];
             match stream.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),

@@ -1,5 +1,6 @@
 //! Delivery: both OTLP protocols, a flush on SIGTERM, a collector outage, and a
 //! third-party collector (rotel) in the path.
+#![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
 use std::{
     net::TcpListener,
     process::{Child, Command},
@@ -11,7 +12,7 @@ use flowtel_e2e::{
     netns::Link,
     privileged_or_skip,
     query::{points, total},
-    receiver::{Receiver, Received},
+    receiver::{Received, Receiver},
     traffic::{eventually, tcp_exchange},
 };
 
@@ -121,7 +122,10 @@ fn through_a_third_party_collector() {
         delivered,
         "agent -> rotel -> receiver did not deliver: {} requests, io points {:#?}; log:\n{}",
         got.len(),
-        points(&got, "flowtel.network.io").iter().filter(|p| p.resource.get("process.pid") == Some(&client)).collect::<Vec<_>>(),
+        points(&got, "flowtel.network.io")
+            .iter()
+            .filter(|p| p.resource.get("process.pid") == Some(&client))
+            .collect::<Vec<_>>(),
         agent.log()
     );
 }

@@ -1,5 +1,6 @@
 //! Flows end to end: the real agent, real TCP traffic between two test hosts, exact
 //! counts read back from a real OTLP receiver.
+#![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
 use std::time::Duration;
 
 use flowtel_e2e::{
@@ -23,7 +24,8 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     let (conns, up, down) = (3u64, 1111u64, 22222u64);
     let (server_pid, client_pid) = tcp_exchange(&link, false, 9000, conns, up, down);
     // A refused connection from a short-lived curl.
-    let curl = Link::exec(&link.b, "curl").args(["-s", "--max-time", "3", &format!("http://{server_ip}:9001/")]).spawn();
+    let curl =
+        Link::exec(&link.b, "curl").args(["-s", "--max-time", "3", &format!("http://{server_ip}:9001/")]).spawn();
     let mut curl = curl.expect("spawn curl");
     let curl_pid = curl.id().to_string();
     let _ = curl.wait();
@@ -61,7 +63,11 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     assert!(client_point.resource.contains_key("host.name") && client_point.resource.contains_key("os.type"));
 
     // Server side: incoming, local port kept, peer (ephemeral) port collapsed.
-    let inc = [("flowtel.flow.direction", "incoming"), ("network.local.port", "9000"), ("network.peer.address", client_ip.as_str())];
+    let inc = [
+        ("flowtel.flow.direction", "incoming"),
+        ("network.local.port", "9000"),
+        ("network.peer.address", client_ip.as_str()),
+    ];
     let tx = [inc.as_slice(), &[("network.io.direction", "transmit")]].concat();
     let rx = [inc.as_slice(), &[("network.io.direction", "receive")]].concat();
     assert_eq!(total(&io, &server_res, &rx), (conns * up) as f64);
@@ -81,7 +87,11 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     // The refused connect: under curl's own Resource, though curl exited long before export.
     let failed = points(&got, "flowtel.tcp.connections.failed");
     let curl_res = [("process.pid", curl_pid.as_str())];
-    assert_eq!(total(&failed, &curl_res, &[("error.type", "refused"), ("network.peer.port", "9001")]), 1.0, "{failed:#?}");
+    assert_eq!(
+        total(&failed, &curl_res, &[("error.type", "refused"), ("network.peer.port", "9001")]),
+        1.0,
+        "{failed:#?}"
+    );
     assert_eq!(matching(&failed, &curl_res, &[])[0].resource["process.executable.name"], "curl");
 
     // Nothing lost, and the agent reports its probes.
@@ -133,7 +143,10 @@ fn udp_bytes_are_exact_at_both_ends_with_unconnected_server() {
         ("network.peer.port", "9100"),
     ];
     let with = |base: &[(&'static str, &str)], dir: &'static str| -> Vec<(String, String)> {
-        base.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).chain([("network.io.direction".to_owned(), dir.to_owned())]).collect()
+        base.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain([("network.io.direction".to_owned(), dir.to_owned())])
+            .collect()
     };
     let total_of = |pts: &[flowtel_e2e::query::Point], res: &[(&str, &str)], attrs: &[(String, String)]| {
         let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -141,16 +154,24 @@ fn udp_bytes_are_exact_at_both_ends_with_unconnected_server() {
     };
     let arrived = eventually(Duration::from_secs(20), || {
         let io = points(&receiver.received.snapshot(), IO);
-        total_of(&io, &server_res, &with(&inc, "transmit")) == bytes && total_of(&io, &client_res, &with(&out, "receive")) == bytes
+        total_of(&io, &server_res, &with(&inc, "transmit")) == bytes
+            && total_of(&io, &client_res, &with(&out, "receive")) == bytes
     });
     let io = points(&receiver.received.snapshot(), IO);
-    assert!(arrived, "UDP flows never arrived exactly; io points: {:#?}\nlog:\n{}", matching(&io, &[], &[("network.transport", "udp")]), agent.log());
+    assert!(
+        arrived,
+        "UDP flows never arrived exactly; io points: {:#?}\nlog:\n{}",
+        matching(&io, &[], &[("network.transport", "udp")]),
+        agent.log()
+    );
     assert_eq!(total_of(&io, &server_res, &with(&inc, "receive")), bytes);
     assert_eq!(total_of(&io, &server_res, &with(&inc, "transmit")), bytes);
     assert_eq!(total_of(&io, &client_res, &with(&out, "transmit")), bytes);
     assert_eq!(total_of(&io, &client_res, &with(&out, "receive")), bytes);
     // Every UDP byte of these two processes has its peer: none went to a peer-less series.
-    for p in matching(&io, &server_res, &[("network.transport", "udp")]).into_iter().chain(matching(&io, &client_res, &[])) {
+    for p in
+        matching(&io, &server_res, &[("network.transport", "udp")]).into_iter().chain(matching(&io, &client_res, &[]))
+    {
         assert!(p.attrs.contains_key("network.peer.address"), "peer missing: {p:?}");
     }
     drop(agent);
@@ -168,8 +189,10 @@ fn tcp_over_ipv6_is_exact_and_names_ipv6() {
 
     let client_res = [("process.pid", client_pid.as_str())];
     let server_res = [("process.pid", server_pid.as_str())];
-    let v6_out = [("network.type", "ipv6"), ("network.peer.address", server_ip.as_str()), ("network.peer.port", "9700")];
-    let v6_in = [("network.type", "ipv6"), ("network.peer.address", client_ip.as_str()), ("network.local.port", "9700")];
+    let v6_out =
+        [("network.type", "ipv6"), ("network.peer.address", server_ip.as_str()), ("network.peer.port", "9700")];
+    let v6_in =
+        [("network.type", "ipv6"), ("network.peer.address", client_ip.as_str()), ("network.local.port", "9700")];
     let arrived = eventually(Duration::from_secs(20), || {
         let io = points(&receiver.received.snapshot(), IO);
         total(&io, &server_res, &[v6_in.as_slice(), &[("network.io.direction", "transmit")]].concat()) == 10000.0

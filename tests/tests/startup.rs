@@ -1,4 +1,5 @@
 //! What a user sees when something is wrong before the agent starts, and `status`.
+#![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
 use flowtel_e2e::{agent::run_to_exit, privileged_or_skip};
 
 fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
@@ -58,7 +59,9 @@ fn status_reports_attached_probes_and_verifies_the_kprobe_fallback() {
     }
     let (status, out) = run_to_exit(&["status"], &[]);
     assert!(status.success(), "{out}");
-    let line = |program: &str| out.lines().find(|l| l.trim_start().starts_with(&format!("{program} "))).unwrap_or_default().to_owned();
+    let line = |program: &str| {
+        out.lines().find(|l| l.trim_start().starts_with(&format!("{program} "))).unwrap_or_default().to_owned()
+    };
     for program in ["flow_state", "flow_retransmit"] {
         assert!(line(program).ends_with("attached"), "{program}: {out}");
     }

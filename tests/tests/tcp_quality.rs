@@ -1,5 +1,6 @@
 //! Retransmits and RTT, compared with the kernel's own view: `nstat` (per namespace)
 //! for retransmitted segments, `ss -ti` for the smoothed RTT.
+#![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
 use std::{
     process::Command,
     sync::{
@@ -23,7 +24,7 @@ fn in_ns(ns: &str, program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The namespace's TcpRetransSegs (absolute; a fresh namespace starts at 0).
+/// The namespace's `TcpRetransSegs` (absolute; a fresh namespace starts at 0).
 fn retrans_segs(ns: &str) -> u64 {
     let text = in_ns(ns, "nstat", &["-asz", "TcpRetransSegs"]);
     text.lines()
@@ -52,7 +53,11 @@ fn retransmits_under_real_loss_match_the_kernel_counter() {
     // Drop 10% of what each host receives (veth packets are large GSO packets, so
     // this is far fewer than 10% of segments): both sides retransmit.
     for ns in [&link.a, &link.b] {
-        in_ns(ns, "iptables", &["-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability", "0.1", "-j", "DROP"]);
+        in_ns(
+            ns,
+            "iptables",
+            &["-A", "INPUT", "-m", "statistic", "--mode", "random", "--probability", "0.1", "-j", "DROP"],
+        );
     }
     let (server_pid, client_pid) = tcp_exchange(&link, false, 9200, 4, 400_000, 300_000);
     settle(&link.a);
@@ -60,7 +65,9 @@ fn retransmits_under_real_loss_match_the_kernel_counter() {
     let (kernel_server, kernel_client) = (retrans_segs(&link.a), retrans_segs(&link.b));
     assert!(kernel_server > 0 && kernel_client > 0, "no loss happened: {kernel_server} {kernel_client}");
 
-    let rtx = |pid: &str| total(&points(&receiver.received.snapshot(), "flowtel.tcp.retransmits"), &[("process.pid", pid)], &[]);
+    let rtx = |pid: &str| {
+        total(&points(&receiver.received.snapshot(), "flowtel.tcp.retransmits"), &[("process.pid", pid)], &[])
+    };
     let agreed = eventually(Duration::from_secs(20), || {
         rtx(&server_pid) == kernel_server as f64 && rtx(&client_pid) == kernel_client as f64
     });
@@ -96,7 +103,11 @@ fn rtt_is_a_distribution_over_the_connection_consistent_with_ss() {
     let link = Link::new("rtt", 14);
     // A slow link from the server: its queue makes the RTT grow to tens of ms.
     let veth = link.veth(true);
-    in_ns(&link.a, "tc", &["qdisc", "add", "dev", &veth, "root", "tbf", "rate", "4mbit", "burst", "16kb", "latency", "300ms"]);
+    in_ns(
+        &link.a,
+        "tc",
+        &["qdisc", "add", "dev", &veth, "root", "tbf", "rate", "4mbit", "burst", "16kb", "latency", "300ms"],
+    );
     let server_ip = link.addr_a.to_string();
     let mut server = Traffic::spawn(&link.a, &["tcp-server", "9300", "1", "100", "1500000"]);
     server.wait_line("ready");
@@ -108,7 +119,8 @@ fn rtt_is_a_distribution_over_the_connection_consistent_with_ss() {
         let (seen, running, ns) = (Arc::clone(&seen), Arc::clone(&running), link.a.clone());
         std::thread::spawn(move || {
             while running.load(Ordering::Relaxed) {
-                let out = Command::new("ip").args(["netns", "exec", &ns, "ss", "-Htin", "state", "established"]).output();
+                let out =
+                    Command::new("ip").args(["netns", "exec", &ns, "ss", "-Htin", "state", "established"]).output();
                 if let Ok(out) = out {
                     seen.lock().unwrap().extend(ss_rtts(&String::from_utf8_lossy(&out.stdout)));
                 }
@@ -128,8 +140,12 @@ fn rtt_is_a_distribution_over_the_connection_consistent_with_ss() {
     assert!(ss.len() >= 3, "ss saw the connection too rarely: {ss:?}");
     let (ss_min, ss_max) = ss.iter().fold((f64::MAX, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
 
-    let rtt = |pts: &[flowtel_e2e::query::Point]| matching(pts, &[("process.pid", server_pid.as_str())], &[]).first().map(|p| (*p).clone());
-    let arrived = eventually(Duration::from_secs(20), || rtt(&points(&receiver.received.snapshot(), "flowtel.tcp.rtt")).is_some());
+    let rtt = |pts: &[flowtel_e2e::query::Point]| {
+        matching(pts, &[("process.pid", server_pid.as_str())], &[]).first().map(|p| (*p).clone())
+    };
+    let arrived = eventually(Duration::from_secs(20), || {
+        rtt(&points(&receiver.received.snapshot(), "flowtel.tcp.rtt")).is_some()
+    });
     assert!(arrived, "no RTT from the server; log:\n{}", agent.log());
     let p = rtt(&points(&receiver.received.snapshot(), "flowtel.tcp.rtt")).unwrap();
     let (min, max, mean) = (p.min.unwrap(), p.max.unwrap(), p.value / p.count as f64);

@@ -24,7 +24,7 @@ impl AddressClass {
 }
 
 /// Private means RFC 1918, RFC 6598 shared space (carrier NAT, often pod networks) and
-/// IPv6 unique-local (fc00::/7).
+/// IPv6 unique-local (`fc00::/7`).
 pub fn classify(addr: IpAddr) -> AddressClass {
     match addr {
         IpAddr::V4(v4) => {

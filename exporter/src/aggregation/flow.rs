@@ -156,8 +156,8 @@ fn rtt_samples(stats: &FlowStats) -> Vec<(f64, u64)> {
 mod tests {
     use super::*;
 
-    fn kernel(key: FlowKey, stats: FlowStats) -> KernelFlow {
-        KernelFlow { key, stats }
+    fn kernel(key: FlowKey, stats: &FlowStats) -> KernelFlow {
+        KernelFlow { key, stats: *stats }
     }
 
     #[test]
@@ -173,7 +173,7 @@ mod tests {
         key.local_addr = Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped().octets();
         key.peer_addr = Ipv4Addr::new(10, 0, 0, 2).to_ipv6_mapped().octets();
         let stats = FlowStats { bytes_sent: 10, opened: 1, ..FlowStats::ZERO };
-        let record = from_kernel(&kernel(key, stats)).unwrap();
+        let record = from_kernel(&kernel(key, &stats)).unwrap();
         assert_eq!(record.local, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(record.peer, Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2))));
         assert_eq!((record.local_port, record.peer_port), (None, Some(443)));
@@ -191,16 +191,16 @@ mod tests {
             peer_port: 0,
             ..FlowKey::default()
         };
-        let record = from_kernel(&kernel(key, FlowStats::ZERO)).unwrap();
+        let record = from_kernel(&kernel(key, &FlowStats::ZERO)).unwrap();
         assert_eq!((record.local_port, record.peer, record.peer_port), (Some(53), None, None));
     }
 
     #[test]
     fn unknown_protocol_or_direction_is_dropped() {
         let key = FlowKey { family: family::IPV4, protocol: 99, direction: direction::INCOMING, ..FlowKey::default() };
-        assert!(from_kernel(&kernel(key, FlowStats::ZERO)).is_none());
+        assert!(from_kernel(&kernel(key, &FlowStats::ZERO)).is_none());
         let key = FlowKey { family: family::IPV4, protocol: protocol::TCP, direction: 7, ..FlowKey::default() };
-        assert!(from_kernel(&kernel(key, FlowStats::ZERO)).is_none());
+        assert!(from_kernel(&kernel(key, &FlowStats::ZERO)).is_none());
     }
 
     #[test]

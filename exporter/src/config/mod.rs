@@ -134,7 +134,11 @@ impl Config {
             if (min..=max).contains(&value) {
                 Ok(())
             } else {
-                Err(ConfigError::Invalid { key, value: value.to_string(), reason: format!("must be between {min} and {max}") })
+                Err(ConfigError::Invalid {
+                    key,
+                    value: value.to_string(),
+                    reason: format!("must be between {min} and {max}"),
+                })
             }
         };
         range("probes.flow_table_entries", self.probes.flow_table_entries.into(), 64, 1 << 22)?;
@@ -143,10 +147,18 @@ impl Config {
         range("telemetry.cardinality_limit", self.telemetry.cardinality_limit as u64, 1, 1_000_000)?;
         range("telemetry.idle_intervals", self.telemetry.idle_intervals.into(), 0, 1_000)?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return Err(ConfigError::Invalid { key: "log.level", value: self.log.level.clone(), reason: err.to_string() });
+            return Err(ConfigError::Invalid {
+                key: "log.level",
+                value: self.log.level.clone(),
+                reason: err.to_string(),
+            });
         }
         if self.host.name.as_deref() == Some("") {
-            return Err(ConfigError::Invalid { key: "host.name", value: String::new(), reason: "must not be empty".into() });
+            return Err(ConfigError::Invalid {
+                key: "host.name",
+                value: String::new(),
+                reason: "must not be empty".into(),
+            });
         }
         Ok(())
     }

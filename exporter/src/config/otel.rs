@@ -29,8 +29,11 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
         Some(other) => return Err(invalid("OTEL_SDK_DISABLED", other, "true, false")),
     };
 
-    let protocol_var =
-        if get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL").is_some() { "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL" } else { "OTEL_EXPORTER_OTLP_PROTOCOL" };
+    let protocol_var = if get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL").is_some() {
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
+    } else {
+        "OTEL_EXPORTER_OTLP_PROTOCOL"
+    };
     let otlp = match get(protocol_var).as_deref() {
         None | Some("grpc") => SinkKind::OtlpGrpc,
         Some("http/protobuf") => SinkKind::OtlpHttp,
@@ -58,7 +61,7 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
     };
 
     let export_interval = match get("OTEL_METRIC_EXPORT_INTERVAL") {
-        None => Duration::from_secs(60),
+        None => Duration::from_mins(1),
         Some(ms) => match ms.parse::<u64>() {
             Ok(ms) if ms > 0 => Duration::from_millis(ms),
             _ => {
@@ -72,7 +75,10 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
 
     for var in ["OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"] {
         if let Some(ms) = get(var).filter(|v| v.parse::<u64>().is_err()) {
-            return Err(ConfigError::Env { var: var.into(), reason: format!("{ms:?} is not a number of milliseconds") });
+            return Err(ConfigError::Env {
+                var: var.into(),
+                reason: format!("{ms:?} is not a number of milliseconds"),
+            });
         }
     }
     for var in ["OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"] {

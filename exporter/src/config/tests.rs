@@ -115,8 +115,11 @@ fn otel(pairs: &[(&str, &str)]) -> Result<OtelSettings, ConfigError> {
 fn otel_defaults_and_choices() {
     let s = otel(&[]).unwrap();
     assert_eq!(s.sink, crate::telemetry::SinkKind::OtlpGrpc);
-    assert_eq!(s.export_interval, std::time::Duration::from_secs(60));
-    assert_eq!(otel(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap().sink, crate::telemetry::SinkKind::OtlpHttp);
+    assert_eq!(s.export_interval, std::time::Duration::from_mins(1));
+    assert_eq!(
+        otel(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]).unwrap().sink,
+        crate::telemetry::SinkKind::OtlpHttp
+    );
     assert_eq!(otel(&[("OTEL_METRICS_EXPORTER", "console")]).unwrap().sink, crate::telemetry::SinkKind::Console);
     assert_eq!(otel(&[("OTEL_SDK_DISABLED", "true")]).unwrap().sink, crate::telemetry::SinkKind::None);
     let delta = otel(&[("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "Delta")]).unwrap();
@@ -127,7 +130,10 @@ fn otel_defaults_and_choices() {
 #[test]
 fn otel_bad_values_are_named() {
     let err = otel(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).unwrap_err().to_string();
-    assert_eq!(err, "environment variable OTEL_EXPORTER_OTLP_PROTOCOL: \"http/json\" is not one of: grpc, http/protobuf");
+    assert_eq!(
+        err,
+        "environment variable OTEL_EXPORTER_OTLP_PROTOCOL: \"http/json\" is not one of: grpc, http/protobuf"
+    );
     assert!(otel(&[("OTEL_METRICS_EXPORTER", "prometheus")]).is_err());
     assert!(otel(&[("OTEL_METRIC_EXPORT_INTERVAL", "0")]).is_err());
     assert!(otel(&[("OTEL_METRIC_EXPORT_INTERVAL", "5s")]).is_err());

@@ -125,7 +125,7 @@ fn read_all<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
     name: &'static str,
 ) -> Result<Vec<(K, V)>, ReadError> {
     let mut out = Vec::new();
-    for entry in table.iter() {
+    for entry in table {
         match entry {
             Ok(kv) => out.push(kv),
             Err(aya::maps::MapError::KeyNotFound) => {}

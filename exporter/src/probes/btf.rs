@@ -50,6 +50,7 @@ struct Type {
     kind: u32,
     name: u32,
     /// Size, or the referenced type for modifiers and typedefs.
+    #[expect(clippy::struct_field_names, reason = "BTF's own name for this union field")]
     size_or_type: u32,
     members: Vec<Member>,
 }
@@ -90,7 +91,8 @@ impl Btf {
             return Err(BtfError::Malformed("bad magic (big-endian kernels are not supported)"));
         }
         let field = |o| u32_at(o).map(|v| v as usize).ok_or(BtfError::Malformed("short header"));
-        let (hdr_len, type_off, type_len, str_off, str_len) = (field(4)?, field(8)?, field(12)?, field(16)?, field(20)?);
+        let (hdr_len, type_off, type_len, str_off, str_len) =
+            (field(4)?, field(8)?, field(12)?, field(16)?, field(20)?);
         let strings = data
             .get(hdr_len + str_off..hdr_len + str_off + str_len)
             .ok_or(BtfError::Malformed("string section out of bounds"))?

@@ -87,7 +87,7 @@ enum HookKind {
     Tracepoint(&'static str, &'static str),
     /// A raw tracepoint: the `TP_PROTO` arguments, no trace record built.
     Raw(&'static str),
-    /// A cgroup sock_addr hook at the cgroup v2 root (the type is in the program's section).
+    /// A cgroup `sock_addr` hook at the cgroup v2 root (the type is in the program's section).
     Cgroup,
     Kprobe(&'static str),
 }
@@ -104,7 +104,7 @@ const BYTES_TRACEPOINTS: [Hook; 2] = [
     Hook { program: "flow_send", kind: HookKind::Tracepoint("sock", "sock_send_length") },
     Hook { program: "flow_recv", kind: HookKind::Tracepoint("sock", "sock_recv_length") },
 ];
-/// Peers of unconnected UDP sockets, from the cgroup sock_addr hooks (datagram.rs).
+/// Peers of unconnected UDP sockets, from the cgroup `sock_addr` hooks (datagram.rs).
 const DATAGRAM_PEERS: [Hook; 4] = [
     Hook { program: "datagram_sendmsg4", kind: HookKind::Cgroup },
     Hook { program: "datagram_recvmsg4", kind: HookKind::Cgroup },
@@ -171,12 +171,14 @@ impl Hook {
                 .map_err(|e| e.to_string())
                 .and_then(|raw| raw.attach(name).map(drop).map_err(|e| with_sources(&e))),
             (Some(program), HookKind::Cgroup) => match cgroup2_root().map(std::fs::File::open) {
-                Some(Ok(root)) => <&mut CgroupSockAddr>::try_from(program).map_err(|e| e.to_string()).and_then(|hook| {
-                    // aya attaches through a bpf_link (Linux 5.7+), which always coexists
-                    // with other tools' programs (meshes, socket load balancers); the link
-                    // API takes no mode flags, so `Single` (0) is the one that works.
-                    hook.attach(&root, CgroupAttachMode::Single).map(drop).map_err(|e| with_sources(&e))
-                }),
+                Some(Ok(root)) => {
+                    <&mut CgroupSockAddr>::try_from(program).map_err(|e| e.to_string()).and_then(|hook| {
+                        // aya attaches through a bpf_link (Linux 5.7+), which always coexists
+                        // with other tools' programs (meshes, socket load balancers); the link
+                        // API takes no mode flags, so `Single` (0) is the one that works.
+                        hook.attach(&root, CgroupAttachMode::Single).map(drop).map_err(|e| with_sources(&e))
+                    })
+                }
                 Some(Err(err)) => Err(format!("cannot open the cgroup v2 root: {err}")),
                 None => Err("no cgroup v2 hierarchy mounted".into()),
             },
@@ -204,7 +206,7 @@ pub fn cgroup2_root() -> Option<std::path::PathBuf> {
     })
 }
 
-/// Whether this kernel can attach kprobes at all (CONFIG_KPROBE_EVENTS).
+/// Whether this kernel can attach kprobes at all (`CONFIG_KPROBE_EVENTS`).
 pub fn kprobes_available() -> bool {
     std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
 }
@@ -225,7 +227,11 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .map_err(ProbeError::Load)?;
 
     // A program attached at two hooks is loaded once.
-    let all = [&STATE, &RETRANSMIT, &RTT, &RTT_RAW].into_iter().chain(&BYTES_RAW).chain(&BYTES_TRACEPOINTS).chain(&BYTES_KPROBES);
+    let all = [&STATE, &RETRANSMIT, &RTT, &RTT_RAW]
+        .into_iter()
+        .chain(&BYTES_RAW)
+        .chain(&BYTES_TRACEPOINTS)
+        .chain(&BYTES_KPROBES);
     for hook in all.chain(&DATAGRAM_PEERS) {
         hook.load(&mut ebpf)?;
     }
@@ -238,7 +244,11 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         });
     }
     let raw = layout::raw_tracepoints_usable(&config);
-    reports.push(if RETRANSMIT.available() { RETRANSMIT.attach(&mut ebpf) } else { RETRANSMIT.unavailable("not on this kernel") });
+    reports.push(if RETRANSMIT.available() {
+        RETRANSMIT.attach(&mut ebpf)
+    } else {
+        RETRANSMIT.unavailable("not on this kernel")
+    });
     reports.extend(prefer_raw(&mut ebpf, raw.tcp_probe, &[RTT_RAW], &[RTT]));
     reports.extend(attach_byte_counters(&mut ebpf, settings.attach_mode, raw.lengths)?);
     reports.extend(DATAGRAM_PEERS.iter().map(|hook| {
@@ -255,7 +265,11 @@ fn prefer_raw(ebpf: &mut Ebpf, raw_usable: bool, raw: &[Hook], classic: &[Hook])
         .iter()
         .map(|hook| if hook.available() { hook.attach(ebpf) } else { hook.unavailable("not on this kernel") })
         .collect();
-    reports.extend(standby.iter().map(|hook| ProbeReport { program: hook.program, hook: hook.describe(), state: ProbeState::Standby }));
+    reports.extend(standby.iter().map(|hook| ProbeReport {
+        program: hook.program,
+        hook: hook.describe(),
+        state: ProbeState::Standby,
+    }));
     reports
 }
 
@@ -285,7 +299,11 @@ fn attach_byte_counters(ebpf: &mut Ebpf, mode: AttachMode, raw_usable: bool) -> 
         return Ok(reports);
     }
     let mut reports = tracepoints;
-    reports.extend(BYTES_KPROBES.iter().map(|hook| ProbeReport { program: hook.program, hook: hook.describe(), state: ProbeState::Standby }));
+    reports.extend(BYTES_KPROBES.iter().map(|hook| ProbeReport {
+        program: hook.program,
+        hook: hook.describe(),
+        state: ProbeState::Standby,
+    }));
     Ok(reports)
 }
 

@@ -59,7 +59,7 @@ impl Format {
         Ok(Self::parse(event, &text))
     }
 
-    /// Parses lines like `field:const void * skaddr;	offset:8;	size:8;	signed:0;`.
+    /// Parses lines like `field:const void * skaddr; offset:8; size:8; signed:0;` (tab-separated).
     pub fn parse(event: String, text: &str) -> Self {
         let mut offsets = HashMap::new();
         for line in text.lines() {

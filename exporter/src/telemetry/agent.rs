@@ -52,7 +52,8 @@ impl AgentTelemetry {
         let export_failures = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
         // Zero-valued series from the start, so "no loss" is visible as 0, not as absence.
         for (_, probe, cause) in LOSS_LABELS {
-            events_lost.add(0, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
+            events_lost
+                .add(0, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
         }
         export_failures.add(0, &[KeyValue::new(attr::AGENT_SIGNAL, "metrics")]);
         Self { _provider: provider, reader, events_lost, flows_active, probes_attached, export_failures }
@@ -70,7 +71,8 @@ impl AgentTelemetry {
 
     /// Loss found in user space (a record the agent could not decode, say).
     pub fn record_user_space_loss(&self, probe: &'static str, cause: &'static str, n: u64) {
-        self.events_lost.add(n, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
+        self.events_lost
+            .add(n, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
     }
 
     pub fn record_flows_active(&self, n: usize) {

@@ -1,5 +1,5 @@
 //! The netflow instruments of one workload, and how a flow record lands in them.
-use flowtel_semconv::{attr, metric, value, MetricName};
+use flowtel_semconv::{MetricName, attr, metric, value};
 use opentelemetry::{
     KeyValue,
     metrics::{Counter, Gauge, Histogram, Meter},

@@ -40,9 +40,9 @@ pub struct ExportOutcome {
 impl MetricsSink {
     pub fn new(kind: SinkKind, temporality: Temporality) -> Result<Self, SinkError> {
         let otlp = match kind {
-            SinkKind::OtlpGrpc => Some(
-                MetricExporter::builder().with_tonic().with_temporality(temporality).build().map_err(SinkError)?,
-            ),
+            SinkKind::OtlpGrpc => {
+                Some(MetricExporter::builder().with_tonic().with_temporality(temporality).build().map_err(SinkError)?)
+            }
             SinkKind::OtlpHttp => Some(
                 MetricExporter::builder()
                     .with_http()

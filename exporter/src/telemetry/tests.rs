@@ -1,5 +1,6 @@
 //! Names, units, attributes and Resources as the SDK produces them: flow records go in,
 //! the manual reader's output is checked against the telemetry contract.
+#![allow(clippy::float_cmp, reason = "metric values are integers carried as f64, compared exactly on purpose")]
 use std::{collections::HashMap, net::IpAddr};
 
 use flowtel_semconv::{attr, metric, resource, scope};
@@ -19,7 +20,12 @@ fn settings(limit: usize) -> TelemetrySettings {
     TelemetrySettings {
         temporality: Temporality::Cumulative,
         cardinality_limit: limit,
-        host: HostInfo { name: "node-1".into(), id: Some("abc".into()), arch: "amd64", os_version: Some("6.18".into()) },
+        host: HostInfo {
+            name: "node-1".into(),
+            id: Some("abc".into()),
+            arch: "amd64",
+            os_version: Some("6.18".into()),
+        },
         idle_intervals: 2,
     }
 }

@@ -1,4 +1,4 @@
-//! One MeterProvider per workload Resource; the host's own flows under the host Resource.
+//! One `MeterProvider` per workload Resource; the host's own flows under the host Resource.
 use std::{collections::HashMap, sync::Arc};
 
 use flowtel_semconv::{metric, resource, scope};

@@ -219,7 +219,6 @@ pub struct DatagramPeer {
 }
 const _: () = assert!(size_of::<DatagramPeer>() == 20);
 
-
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data: #[repr(C)], integer fields only, explicit padding.

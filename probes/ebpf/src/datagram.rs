@@ -7,9 +7,7 @@
 //! Unlike syscall tracepoints, these hooks cost nothing for other syscalls.
 //! Attached at the cgroup v2 root, so they see every process of the host.
 //! <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/udp.c#L1160> (>= 4.18 sendmsg, 5.2 recvmsg)
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, programs::SockAddrContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, programs::SockAddrContext};
 use flowtel_probes_abi::{DatagramPeer, FlowKey, direction, family, lost};
 
 use crate::maps::{DATAGRAM_PEERS, count_lost};

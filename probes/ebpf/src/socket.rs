@@ -35,12 +35,7 @@ pub fn direction_from_locks(cfg: &ProbeConfig, sk: u64) -> u8 {
 /// The socket's flow key, with the ephemeral side's port zeroed.
 #[inline(always)]
 pub fn flow_key(cfg: &ProbeConfig, sk: u64, protocol: u8, dir: u8, pid: u32) -> Option<FlowKey> {
-    let mut key = FlowKey {
-        pid,
-        protocol,
-        direction: dir,
-        ..FlowKey::default()
-    };
+    let mut key = FlowKey { pid, protocol, direction: dir, ..FlowKey::default() };
     match read::<u16>(sk, cfg.sock_family)? {
         AF_INET => {
             key.family = family::IPV4;

@@ -11,9 +11,9 @@ use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, SocketKey,
 
 use crate::{
     config::config,
-    retransmit::count_new_retransmits,
     flow_table::{count, fold_socket_bytes},
     maps::{SOCKETS, count_lost, remember_process_name},
+    retransmit::count_new_retransmits,
     socket::{direction_from_locks, flow_key, read},
 };
 

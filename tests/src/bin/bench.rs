@@ -2,9 +2,14 @@
 //!
 //! Loopback iperf3 with 1 KiB writes (the worst case for per-send hooks), alternating
 //! rounds without and with the agent; per-probe nanoseconds per event from the kernel's
-//! own accounting (`kernel.bpf_stats_enabled`: run_time_ns / run_cnt); agent CPU and
+//! own accounting (`kernel.bpf_stats_enabled`: `run_time_ns` / `run_cnt`); agent CPU and
 //! peak RSS from /proc; events lost and bytes counted, from what a real OTLP receiver got.
-//! Environment: BENCH_ROUNDS (default 3), BENCH_SECONDS (default 5).
+//! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SECONDS` (default 5).
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "benchmark arithmetic on measured values far inside the target types' range"
+)]
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use flowtel_e2e::{
@@ -19,7 +24,11 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 /// (bytes sent, bits per second) of one iperf3 run, and the client's pid.
 fn iperf(seconds: u64, port: u16) -> (u64, f64, u32) {
-    let mut server = Command::new("iperf3").args(["-s", "-1", "-p", &port.to_string()]).stdout(std::process::Stdio::null()).spawn().expect("iperf3 (apt install iperf3)");
+    let mut server = Command::new("iperf3")
+        .args(["-s", "-1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("iperf3 (apt install iperf3)");
     std::thread::sleep(Duration::from_millis(300));
     let client = Command::new("iperf3")
         .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-l", "1K", "-t", &seconds.to_string(), "-J"])
@@ -38,7 +47,7 @@ fn iperf(seconds: u64, port: u16) -> (u64, f64, u32) {
     (number("\"bytes\"") as u64, number("\"bits_per_second\""), pid)
 }
 
-/// Per flowtel program: (run_time_ns, run_cnt), summed over attachments.
+/// Per flowtel program: (`run_time_ns`, `run_cnt`), summed over attachments.
 fn program_stats() -> BTreeMap<String, (u64, u64)> {
     let mut stats = BTreeMap::new();
     for info in aya::programs::loaded_programs().flatten() {
@@ -56,12 +65,17 @@ fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -114,7 +128,10 @@ fn main() {
 
     let lost = total(&points(&receiver.received.snapshot(), "flowtel.agent.events.lost"), &[], &[]);
     let (base, observed) = (median(without), median(with));
-    println!("## flowtel benchmark ({rounds} rounds x {seconds} s, iperf3 -l 1K on loopback, {} cores)\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "## flowtel benchmark ({rounds} rounds x {seconds} s, iperf3 -l 1K on loopback, {} cores)\n",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+    );
     println!("| measure | value |\n|---|---|");
     println!("| throughput without flowtel (median) | {:.2} Gbit/s |", base / 1e9);
     println!("| throughput with flowtel (median) | {:.2} Gbit/s |", observed / 1e9);
@@ -124,7 +141,9 @@ fn main() {
     println!("| agent peak RSS | {:.1} MiB |", rss_kib as f64 / 1024.0);
     println!("| events lost (flowtel.agent.events.lost) | {lost} |");
     for (round, (bytes, counted)) in accuracy.iter().enumerate() {
-        println!("| round {round}: iperf3 data bytes / agent-counted bytes (incl. control connection) | {bytes} / {counted} |");
+        println!(
+            "| round {round}: iperf3 data bytes / agent-counted bytes (incl. control connection) | {bytes} / {counted} |"
+        );
     }
     println!("\n| probe | events | ns/event |\n|---|---|---|");
     for (name, (time, count)) in &probe_totals {
