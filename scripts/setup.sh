@@ -7,7 +7,7 @@ set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-apt_packages=(iproute2 iptables iperf3 procps curl python3-pip)
+apt_packages=(iproute2 iptables iperf3 procps curl util-linux)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")

@@ -45,12 +45,14 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             .context("starting the async runtime")?
             .block_on(pipeline::run(config, otel)),
         cli::Command::Status => {
-            for (fact, value) in status::kernel_facts() {
-                println!("{fact:<32} {value}");
-            }
-            let probes = probes::load_and_attach(&pipeline::probe_settings(&config))?;
-            println!("probes:");
-            print!("{}", status::render_reports(&probes.reports));
+            // Load first: it mounts tracefs where needed, which the facts then reflect.
+            let probes = probes::load_and_attach(&pipeline::probe_settings(&config));
+            let mut out = status::render_facts();
+            let probes = probes?;
+            out.push_str("probes:\n");
+            out.push_str(&status::render_reports(&probes.reports));
+            // A closed pipe (`flowtel status | head`) is not worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
             Ok(())
         }
     }

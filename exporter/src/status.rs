@@ -1,7 +1,15 @@
 //! `flowtel status`: what the kernel offers and what would attach, without running.
 use crate::probes::{ProbeReport, ProbeState, kprobes_available};
 
-pub fn kernel_facts() -> Vec<(&'static str, String)> {
+pub fn render_facts() -> String {
+    use std::fmt::Write as _;
+    kernel_facts().into_iter().fold(String::new(), |mut out, (fact, value)| {
+        let _ = writeln!(out, "{fact:<32} {value}");
+        out
+    })
+}
+
+fn kernel_facts() -> Vec<(&'static str, String)> {
     let yes_no = |b: bool| if b { "yes".to_owned() } else { "no".to_owned() };
     let exists = |p: &str| std::path::Path::new(p).exists();
     vec![

@@ -50,7 +50,7 @@ impl Agent {
                 }
             }
         });
-        let agent = Self { child, log };
+        let mut agent = Self { child, log };
         agent.wait_for_log("flowtel is observing", Duration::from_secs(30));
         agent
     }
@@ -59,9 +59,13 @@ impl Agent {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
         let start = Instant::now();
         while !self.log().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // let the log reader finish
+                panic!("agent exited ({status}) before logging {needle:?}; log:\n{}", self.log());
+            }
             assert!(start.elapsed() < timeout, "agent did not log {needle:?} in {timeout:?}; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -59,7 +59,7 @@ fn collector_outage_is_logged_once_and_totals_arrive_when_it_returns() {
     }
     let port = free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let mut agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
     let link = Link::new("outage", 22);
     let client = exchange(&link, 9500, 2222, 3333);
     // Several intervals fail while nothing listens.

@@ -22,18 +22,17 @@ const ROOT: &str = "/sys/kernel/tracing";
 
 /// Mounts tracefs if the host (or container) has not; aya's attach reads event ids there.
 pub fn ensure_mounted() -> Result<(), TracefsError> {
-    if PathBuf::from(ROOT).join("events").is_dir() {
+    let mounted = || PathBuf::from(ROOT).join("events").is_dir();
+    if mounted() {
         return Ok(());
     }
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tracefs", "nodev", ROOT])
-        .status()
-        .map_err(TracefsError::Mount)?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(TracefsError::Mount(std::io::Error::other(format!("mount exited with {status}"))))
-    }
+    // SAFETY: plain mount(2) with NUL-terminated constant strings and no data.
+    let rc = unsafe {
+        libc::mount(c"nodev".as_ptr(), c"/sys/kernel/tracing".as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null())
+    };
+    let err = std::io::Error::last_os_error();
+    // Another process (a second agent, `flowtel status`) may have mounted it meanwhile.
+    if rc == 0 || mounted() { Ok(()) } else { Err(TracefsError::Mount(err)) }
 }
 
 pub fn event_exists(category: &str, name: &str) -> bool {
