@@ -120,6 +120,8 @@ pub mod resource {
     pub const PROCESS_PID: &str = "process.pid";
     pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
     pub const PROCESS_COMMAND: &str = "process.command";
+    pub const CONTAINER_ID: &str = "container.id";
+    pub const K8S_POD_UID: &str = "k8s.pod.uid";
     pub const HOST_NAME: &str = "host.name";
     pub const HOST_ID: &str = "host.id";
     pub const HOST_ARCH: &str = "host.arch";

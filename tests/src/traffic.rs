@@ -9,7 +9,7 @@ use std::{
 
 use crate::netns::Link;
 
-pub fn script() -> PathBuf {
+pub fn script_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/traffic.py")
 }
 
@@ -22,11 +22,27 @@ pub struct Traffic {
 impl Traffic {
     pub fn spawn(ns: &str, args: &[&str]) -> Self {
         let mut child = Link::exec(ns, "python3")
-            .arg(script())
+            .arg(script_path())
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn python3 traffic.py");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self { child, lines }
+    }
+
+    /// Like `spawn`, but the program first moves itself into cgroup `cgroup_dir`
+    /// (`sh` writes its pid there, then execs, so the pid stays the program's).
+    pub fn spawn_in_cgroup(ns: &str, cgroup_dir: &std::path::Path, args: &[&str]) -> Self {
+        let script =
+            format!("echo $$ > '{}/cgroup.procs' && exec ip netns exec \"$0\" python3 \"$@\"", cgroup_dir.display());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", &script, ns])
+            .arg(script_path())
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
         let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         Self { child, lines }
     }

@@ -1,5 +1,7 @@
-//! Who did it: the local process behind a flow, and the host everything runs on.
-//! Containers and Kubernetes identity come later (issue #5).
+//! Who did it: the local process behind a flow (with its container and pod, from its
+//! cgroup), and the host everything runs on. Kubernetes names (pod, deployment) and
+//! peers' identity need the API server: not there yet (issue #5).
+mod container;
 mod host;
 mod process;
 

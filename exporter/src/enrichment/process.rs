@@ -1,5 +1,7 @@
 use std::{collections::HashMap, fs, path::Path};
 
+use super::container::{ContainerInfo, from_proc_cgroup};
+
 /// `process.command` is cut here: command lines can be long and may carry secrets
 /// past the first arguments.
 const COMMAND_MAX: usize = 256;
@@ -9,6 +11,7 @@ pub struct ProcessInfo {
     pub pid: u32,
     pub executable_name: String,
     pub command: Option<String>,
+    pub container: ContainerInfo,
 }
 
 /// Process identity by pid, read from /proc once per process and kept while it lives.
@@ -42,8 +45,10 @@ fn read_proc(proc_root: &Path, pid: u32, kernel_name: Option<&str>) -> ProcessIn
         text.shrink_to_fit();
         text
     });
+    let container = fs::read_to_string(dir.join("cgroup")).map(|text| from_proc_cgroup(&text)).unwrap_or_default();
     ProcessInfo {
         pid,
+        container,
         executable_name: exe
             .or(comm)
             .or_else(|| kernel_name.map(str::to_owned))

@@ -93,6 +93,12 @@ fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>) -> Resource
         if let Some(command) = &p.command {
             attrs.push(KeyValue::new(resource::PROCESS_COMMAND, command.clone()));
         }
+        if let Some(id) = &p.container.container_id {
+            attrs.push(KeyValue::new(resource::CONTAINER_ID, id.clone()));
+        }
+        if let Some(uid) = &p.container.pod_uid {
+            attrs.push(KeyValue::new(resource::K8S_POD_UID, uid.clone()));
+        }
     }
     resource_with(attrs)
 }

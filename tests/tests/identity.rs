@@ -1,0 +1,95 @@
+//! Who: a server placed in real cgroups shaped like a containerd container of a
+//! Kubernetes pod gets `container.id` and `k8s.pod.uid` on its flows' Resource.
+use std::path::PathBuf;
+
+use flowtel_e2e::{
+    agent::with_grpc_receiver,
+    netns::Link,
+    privileged_or_skip,
+    query::{matching, points},
+    traffic::{Traffic, eventually},
+};
+
+const CONTAINER_ID: &str = "7d1e5c3b2a4f6e8d9c0b1a2f3e4d5c6b7a8f9e0d1c2b3a4f5e6d7c8b9a0f1e2d";
+const POD_UID: &str = "5a1e2f3d-4c5b-4a69-8b7c-1d2e3f4a5b6c";
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let path = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    });
+    path.expect("a cgroup v2 hierarchy")
+}
+
+/// The kubepods hierarchy as the kubelet's systemd driver lays it out; removed on drop.
+struct PodCgroup(Vec<PathBuf>);
+
+impl PodCgroup {
+    fn create() -> Self {
+        let uid = POD_UID.replace('-', "_");
+        let mut dirs = Vec::new();
+        let mut dir = cgroup2_root();
+        for part in [
+            "kubepods.slice".to_owned(),
+            "kubepods-besteffort.slice".to_owned(),
+            format!("kubepods-besteffort-pod{uid}.slice"),
+            format!("cri-containerd-{CONTAINER_ID}.scope"),
+        ] {
+            dir = dir.join(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).expect("create cgroup");
+                dirs.push(dir.clone());
+            }
+        }
+        Self(dirs)
+    }
+
+    fn leaf(&self) -> PathBuf {
+        self.0.last().cloned().expect("created")
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn a_containerized_server_carries_container_and_pod_identity() {
+    if !privileged_or_skip("a_containerized_server_carries_container_and_pod_identity") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("pod", 31);
+    let pod = PodCgroup::create();
+    // Two connections: the server stays alive (and readable in /proc) after the first,
+    // until the agent has exported its flow; the second lets it finish.
+    let mut server = Traffic::spawn_in_cgroup(&link.a, &pod.leaf(), &["tcp-server", "9800", "2", "10", "20"]);
+    server.wait_line("ready");
+    let server_pid = server.pid().to_string();
+    let connect = || {
+        let mut client = Traffic::spawn(&link.b, &["tcp-client", &link.addr_a.to_string(), "9800", "1", "10", "20"]);
+        client.wait_line("done");
+        client.finish();
+    };
+    connect();
+    let res = [("process.pid", server_pid.as_str())];
+    let found = eventually(std::time::Duration::from_secs(20), || {
+        !matching(&points(&receiver.received.snapshot(), "flowtel.network.io"), &res, &[]).is_empty()
+    });
+    connect();
+    server.wait_line("done");
+    server.finish();
+    assert!(found, "no flows from the containerized server; log:\n{}", agent.log());
+    let io = points(&receiver.received.snapshot(), "flowtel.network.io");
+    let resource = &matching(&io, &res, &[])[0].resource;
+    assert_eq!(resource.get("container.id").map(String::as_str), Some(CONTAINER_ID), "{resource:?}");
+    assert_eq!(resource.get("k8s.pod.uid").map(String::as_str), Some(POD_UID), "{resource:?}");
+    // A host process next to it has neither.
+    let client_points = matching(&io, &[], &[("network.peer.port", "9800")]);
+    assert!(client_points.iter().all(|p| !p.resource.contains_key("container.id")), "{client_points:?}");
+}
