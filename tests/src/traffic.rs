@@ -21,12 +21,13 @@ pub struct Traffic {
 
 impl Traffic {
     pub fn spawn(ns: &str, args: &[&str]) -> Self {
-        let mut child = Link::exec(ns, "python3")
-            .arg(script_path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn python3 traffic.py");
+        let mut cmd = Link::exec(ns, "python3");
+        cmd.arg(script_path()).args(args);
+        Self::start(cmd)
+    }
+
+    fn start(mut cmd: std::process::Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn traffic.py");
         let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         Self { child, lines }
     }
@@ -36,15 +37,9 @@ impl Traffic {
     pub fn spawn_in_cgroup(ns: &str, cgroup_dir: &std::path::Path, args: &[&str]) -> Self {
         let script =
             format!("echo $$ > '{}/cgroup.procs' && exec ip netns exec \"$0\" python3 \"$@\"", cgroup_dir.display());
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", &script, ns])
-            .arg(script_path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn sh");
-        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        Self { child, lines }
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", &script, ns]).arg(script_path()).args(args);
+        Self::start(cmd)
     }
 
     pub fn pid(&self) -> u32 {
