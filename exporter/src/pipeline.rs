@@ -62,7 +62,7 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
             let flows = reader.drain();
             let lost = reader.lost_since_last();
             let pids = flows.iter().flatten().map(|f| f.key.pid);
-            let names = reader.process_names(pids);
+            let names = reader.processes_seen(pids);
             (reader, flows, lost, names)
         })
         .await?;

@@ -11,6 +11,8 @@ use flowtel_e2e::{
 };
 
 const CONTAINER_ID: &str = "7d1e5c3b2a4f6e8d9c0b1a2f3e4d5c6b7a8f9e0d1c2b3a4f5e6d7c8b9a0f1e2d";
+/// A second container of the same pod, whose client lives only milliseconds.
+const SIDECAR_ID: &str = "c0ffee00112233445566778899aabbccddeeff00112233445566778899aabbcc";
 const POD_UID: &str = "5a1e2f3d-4c5b-4a69-8b7c-1d2e3f4a5b6c";
 
 fn cgroup2_root() -> PathBuf {
@@ -26,7 +28,7 @@ fn cgroup2_root() -> PathBuf {
 struct PodCgroup(Vec<PathBuf>);
 
 impl PodCgroup {
-    fn create() -> Self {
+    fn create(container_id: &str) -> Self {
         let uid = POD_UID.replace('-', "_");
         let mut dirs = Vec::new();
         let mut dir = cgroup2_root();
@@ -34,7 +36,7 @@ impl PodCgroup {
             "kubepods.slice".to_owned(),
             "kubepods-besteffort.slice".to_owned(),
             format!("kubepods-besteffort-pod{uid}.slice"),
-            format!("cri-containerd-{CONTAINER_ID}.scope"),
+            format!("cri-containerd-{container_id}.scope"),
         ] {
             dir = dir.join(part);
             if !dir.exists() {
@@ -65,7 +67,8 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     }
     let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("pod", 31);
-    let pod = PodCgroup::create();
+    let pod = PodCgroup::create(CONTAINER_ID);
+    let sidecar = PodCgroup::create(SIDECAR_ID);
     // Two connections: the server stays alive (and readable in /proc) after the first,
     // until the agent has exported its flow; the second lets it finish.
     let mut server = Traffic::spawn_in_cgroup(&link.a, &pod.leaf(), &["tcp-server", "9800", "2", "10", "20"]);
@@ -81,15 +84,40 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     let found = eventually(std::time::Duration::from_secs(20), || {
         !matching(&points(&receiver.received.snapshot(), "flowtel.network.io"), &res, &[]).is_empty()
     });
-    connect();
+    // The second connection comes from a short-lived client in the sidecar container: it
+    // has exited before the agent exports, so its container comes from the cgroup id the
+    // probes recorded, not from /proc.
+    let mut sidecar_client = Traffic::spawn_in_cgroup(
+        &link.b,
+        &sidecar.leaf(),
+        &["tcp-client", &link.addr_a.to_string(), "9800", "1", "10", "20"],
+    );
+    let sidecar_pid = sidecar_client.pid().to_string();
+    sidecar_client.wait_line("done");
+    sidecar_client.finish();
     server.wait_line("done");
     server.finish();
+    let sidecar_res = [("process.pid", sidecar_pid.as_str())];
+    let sidecar_seen = eventually(std::time::Duration::from_secs(20), || {
+        !matching(&points(&receiver.received.snapshot(), "flowtel.network.io"), &sidecar_res, &[]).is_empty()
+    });
+    assert!(sidecar_seen, "no flows from the short-lived sidecar client; log:\n{}", agent.log());
     assert!(found, "no flows from the containerized server; log:\n{}", agent.log());
     let io = points(&receiver.received.snapshot(), "flowtel.network.io");
     let resource = &matching(&io, &res, &[])[0].resource;
     assert_eq!(resource.get("container.id").map(String::as_str), Some(CONTAINER_ID), "{resource:?}");
     assert_eq!(resource.get("k8s.pod.uid").map(String::as_str), Some(POD_UID), "{resource:?}");
-    // A host process next to it has neither.
-    let client_points = matching(&io, &[], &[("network.peer.port", "9800")]);
-    assert!(client_points.iter().all(|p| !p.resource.contains_key("container.id")), "{client_points:?}");
+    let io = points(&receiver.received.snapshot(), "flowtel.network.io");
+    let sidecar = &matching(&io, &sidecar_res, &[])[0].resource;
+    assert_eq!(sidecar.get("container.id").map(String::as_str), Some(SIDECAR_ID), "{sidecar:?}");
+    assert_eq!(sidecar.get("k8s.pod.uid").map(String::as_str), Some(POD_UID), "{sidecar:?}");
+    assert_eq!(sidecar.get("process.executable.name").map(String::as_str), Some("python3"), "named from comm");
+    // The host process that made the first connection has neither.
+    let host_client = matching(&io, &[], &[("network.peer.port", "9800")]);
+    let host_client: Vec<_> =
+        host_client.iter().filter(|p| p.resource.get("process.pid") != Some(&sidecar_pid)).collect();
+    assert!(
+        !host_client.is_empty() && host_client.iter().all(|p| !p.resource.contains_key("container.id")),
+        "{host_client:?}"
+    );
 }

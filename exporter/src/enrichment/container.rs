@@ -15,18 +15,22 @@ const PREFIXES: [&str; 6] = ["cri-containerd-", "containerd-", "docker-", "crio-
 
 /// Reads `/proc/<pid>/cgroup`'s content (`hierarchy:controllers:path` per line).
 pub fn from_proc_cgroup(text: &str) -> ContainerInfo {
+    text.lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .map(from_cgroup_path)
+        .find(|info| info.container_id.is_some())
+        .unwrap_or_default()
+}
+
+/// One cgroup path, e.g. `/kubepods.slice/.../cri-containerd-<id>.scope`.
+pub fn from_cgroup_path(path: &str) -> ContainerInfo {
     let mut info = ContainerInfo::default();
-    for path in text.lines().filter_map(|line| line.splitn(3, ':').nth(2)) {
-        for segment in path.split('/') {
-            if let Some(id) = container_id(segment) {
-                info.container_id = Some(id);
-            }
-            if let Some(uid) = pod_uid(segment) {
-                info.pod_uid = Some(uid);
-            }
+    for segment in path.split('/') {
+        if let Some(id) = container_id(segment) {
+            info.container_id = Some(id);
         }
-        if info.container_id.is_some() {
-            break;
+        if let Some(uid) = pod_uid(segment) {
+            info.pod_uid = Some(uid);
         }
     }
     info

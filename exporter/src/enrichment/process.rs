@@ -1,6 +1,10 @@
 use std::{collections::HashMap, fs, path::Path};
 
-use super::container::{ContainerInfo, from_proc_cgroup};
+use super::{
+    cgroups::CgroupPaths,
+    container::{ContainerInfo, from_cgroup_path, from_proc_cgroup},
+};
+use crate::events::KernelProcess;
 
 /// `process.command` is cut here: command lines can be long and may carry secrets
 /// past the first arguments.
@@ -21,10 +25,19 @@ pub struct ProcessCache {
 }
 
 impl ProcessCache {
-    /// The process's identity. `kernel_name` is the `comm` the probes recorded, used
-    /// when the process has already exited.
-    pub fn lookup(&mut self, pid: u32, kernel_name: Option<&str>) -> &ProcessInfo {
-        self.entries.entry(pid).or_insert_with(|| read_proc(Path::new("/proc"), pid, kernel_name))
+    /// The process's identity from /proc, or, when it has already exited, from what the
+    /// probes recorded (its `comm`, and its container through its cgroup id).
+    pub fn lookup(&mut self, pid: u32, kernel: Option<&KernelProcess>, cgroups: &mut CgroupPaths) -> &ProcessInfo {
+        self.entries.entry(pid).or_insert_with(|| {
+            let mut info = read_proc(Path::new("/proc"), pid, kernel.map(|k| k.name.as_str()));
+            if info.command.is_none()
+                && info.container == ContainerInfo::default()
+                && let Some(path) = kernel.and_then(|k| cgroups.path(k.cgroup_id))
+            {
+                info.container = from_cgroup_path(path);
+            }
+            info
+        })
     }
 
     /// Forgets processes that have exited, so a reused pid is read afresh.

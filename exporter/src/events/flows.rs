@@ -4,7 +4,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
 };
-use flowtel_probes_abi::{FlowKey, FlowStats, SocketKey, SocketTraffic, control, lost};
+use flowtel_probes_abi::{FlowKey, FlowStats, ProcessSeen, SocketKey, SocketTraffic, control, lost};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -16,6 +16,14 @@ pub enum ReadError {
         #[source]
         source: aya::maps::MapError,
     },
+}
+
+/// A process as the probes saw it when it created a flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelProcess {
+    pub name: String,
+    /// Its cgroup v2 id (the cgroup directory's inode number).
+    pub cgroup_id: u64,
 }
 
 /// One drained flow table entry.
@@ -32,7 +40,7 @@ pub struct FlowReader {
     control: Array<MapData, u32>,
     lost: PerCpuArray<MapData, u64>,
     // An LRU hash in the kernel; aya reads it through the plain HashMap type.
-    names: HashMap<MapData, u32, [u8; 16]>,
+    processes: HashMap<MapData, u32, ProcessSeen>,
     active: u32,
     lost_seen: [u64; lost::COUNT as usize],
 }
@@ -56,7 +64,7 @@ impl FlowReader {
             traffic: [take(ebpf, "TRAFFIC_0")?, take(ebpf, "TRAFFIC_1")?],
             control: take(ebpf, "CONTROL")?,
             lost: take(ebpf, "LOST")?,
-            names: take(ebpf, "PROCESS_NAMES")?,
+            processes: take(ebpf, "PROCESSES_SEEN")?,
             active: 0,
             lost_seen: [0; lost::COUNT as usize],
         })
@@ -107,13 +115,14 @@ impl FlowReader {
         Ok(delta)
     }
 
-    /// `comm` names the kernel recorded for these pids (for processes already gone).
-    pub fn process_names(&self, pids: impl IntoIterator<Item = u32>) -> StdHashMap<u32, String> {
+    /// What the kernel recorded about these pids (for processes already gone).
+    pub fn processes_seen(&self, pids: impl IntoIterator<Item = u32>) -> StdHashMap<u32, KernelProcess> {
         pids.into_iter()
             .filter_map(|pid| {
-                let comm = self.names.get(&pid, 0).ok()?;
-                let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-                Some((pid, String::from_utf8_lossy(&comm[..len]).into_owned()))
+                let seen = self.processes.get(&pid, 0).ok()?;
+                let len = seen.comm.iter().position(|&b| b == 0).unwrap_or(seen.comm.len());
+                let name = String::from_utf8_lossy(&seen.comm[..len]).into_owned();
+                Some((pid, KernelProcess { name, cgroup_id: seen.cgroup_id }))
             })
             .collect()
     }

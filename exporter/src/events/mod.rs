@@ -6,4 +6,4 @@
 //! still running on the old one to finish, then reads and empties it.
 mod flows;
 
-pub use flows::{FlowReader, KernelFlow};
+pub use flows::{FlowReader, KernelFlow, KernelProcess};

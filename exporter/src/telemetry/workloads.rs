@@ -15,7 +15,8 @@ use opentelemetry_sdk::{
 use super::{flow_instruments::FlowInstruments, reader::SharedReader};
 use crate::{
     aggregation::FlowRecord,
-    enrichment::{HostInfo, ProcessCache, ProcessInfo},
+    enrichment::{CgroupPaths, HostInfo, ProcessCache, ProcessInfo},
+    events::KernelProcess,
 };
 
 #[derive(Clone, Debug)]
@@ -45,6 +46,7 @@ pub struct Workloads {
     settings: TelemetrySettings,
     by_pid: HashMap<u32, Workload>,
     processes: ProcessCache,
+    cgroups: CgroupPaths,
 }
 
 pub fn netflow_scope() -> InstrumentationScope {
@@ -105,16 +107,16 @@ fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>) -> Resource
 
 impl Workloads {
     pub fn new(settings: TelemetrySettings) -> Self {
-        Self { settings, by_pid: HashMap::new(), processes: ProcessCache::default() }
+        Self { settings, by_pid: HashMap::new(), processes: ProcessCache::default(), cgroups: CgroupPaths::new() }
     }
 
     /// Records one interval of flows, each under its process's workload (pid 0: the host).
-    pub fn record(&mut self, flows: &[FlowRecord], kernel_names: &HashMap<u32, String>) {
+    pub fn record(&mut self, flows: &[FlowRecord], kernel: &HashMap<u32, KernelProcess>) {
         for flow in flows {
             let pid = flow.pid;
             let workload = self.by_pid.entry(pid).or_insert_with(|| {
                 let process =
-                    (pid != 0).then(|| self.processes.lookup(pid, kernel_names.get(&pid).map(String::as_str)).clone());
+                    (pid != 0).then(|| self.processes.lookup(pid, kernel.get(&pid), &mut self.cgroups).clone());
                 let (provider, reader) =
                     provider(&self.settings, workload_resource(&self.settings.host, process.as_ref()));
                 let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));

@@ -122,6 +122,17 @@ impl Default for FlowStats {
     }
 }
 
+/// What the probes record about a process when it creates a flow, so that one which
+/// exits before the next drain (a 5 ms curl) is still named and placed in its container.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessSeen {
+    /// `bpf_get_current_cgroup_id`: the cgroup v2 directory's inode number.
+    pub cgroup_id: u64,
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<ProcessSeen>() == 24);
+
 /// Key of the per-socket byte tables: one TCP socket as used by one process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -233,6 +244,8 @@ mod pod {
     unsafe impl aya::Pod for super::DatagramPeer {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProcessSeen {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketTraffic {}
 }

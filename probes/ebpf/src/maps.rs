@@ -1,10 +1,12 @@
 //! Every map the probes share with user space, and the loss counter.
 use aya_ebpf::{
-    helpers::bpf_get_current_comm,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use flowtel_probes_abi::{DatagramPeer, FlowKey, FlowStats, SocketInfo, SocketKey, SocketTraffic, control, lost};
+use flowtel_probes_abi::{
+    DatagramPeer, FlowKey, FlowStats, ProcessSeen, SocketInfo, SocketKey, SocketTraffic, control, lost,
+};
 
 /// Default sizes; user space resizes them from its configuration before load.
 const FLOW_TABLE_ENTRIES: u32 = 8_192;
@@ -28,10 +30,11 @@ pub static TRAFFIC_1: HashMap<SocketKey, SocketTraffic> = HashMap::with_max_entr
 #[map]
 pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(SOCKET_TABLE_ENTRIES, 0);
 
-/// `comm` of each process that created a flow, so that a process which exited before
-/// the next drain (a 5 ms curl) is still named. LRU: old names may go, never new ones.
+/// `comm` and cgroup of each process that created a flow, so that a process which exited
+/// before the next drain (a 5 ms curl) is still named and placed. LRU: old entries may
+/// go, never new ones.
 #[map]
-pub static PROCESS_NAMES: LruHashMap<u32, [u8; 16]> = LruHashMap::with_max_entries(8_192, 0);
+pub static PROCESSES_SEEN: LruHashMap<u32, ProcessSeen> = LruHashMap::with_max_entries(8_192, 0);
 
 /// Peer of the datagram being sent or received on each thread (unconnected UDP). LRU,
 /// so entries of threads that exited make room by themselves.
@@ -58,11 +61,13 @@ pub fn count_lost(cause: u32) {
     }
 }
 
-/// Records the current process's `comm`. Called only on rare events in process context
-/// (a new flow, a connect, a socket changing owner), never per send.
+/// Records the current process's `comm` and cgroup. Called only on rare events in
+/// process context (a new flow, a connect, a socket changing owner), never per send.
 #[inline(always)]
 pub fn remember_process_name(pid: u32) {
     if let Ok(comm) = bpf_get_current_comm() {
-        let _ = PROCESS_NAMES.insert(pid, comm, 0);
+        // SAFETY: no preconditions; available to tracing programs since Linux 4.18.
+        let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        let _ = PROCESSES_SEEN.insert(pid, ProcessSeen { cgroup_id, comm }, 0);
     }
 }
