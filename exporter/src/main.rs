@@ -6,6 +6,7 @@ mod config;
 mod docs_sync;
 mod enrichment;
 mod events;
+mod mounts;
 mod pipeline;
 mod privileges;
 mod probes;

@@ -21,7 +21,7 @@ pub struct CgroupPaths {
 
 impl CgroupPaths {
     pub fn new() -> Self {
-        Self { root: cgroup2_root(), ..Self::default() }
+        Self { root: crate::mounts::cgroup2_root(), ..Self::default() }
     }
 
     /// The cgroup's path relative to the hierarchy root, as /proc/<pid>/cgroup shows it.
@@ -53,15 +53,6 @@ impl CgroupPaths {
             }
         }
     }
-}
-
-fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, path, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(path))
-    })
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ impl Hook {
             HookKind::Tracepoint(category, name) => tracefs::event_exists(category, name),
             // Checked against BTF before the raw hooks are chosen.
             HookKind::Raw(_) => true,
-            HookKind::Cgroup => cgroup2_root().is_some(),
+            HookKind::Cgroup => crate::mounts::cgroup2_root().is_some(),
             HookKind::Kprobe(_) => kprobes_available(),
         }
     }
@@ -170,7 +170,7 @@ impl Hook {
             (Some(program), HookKind::Raw(name)) => <&mut RawTracePoint>::try_from(program)
                 .map_err(|e| e.to_string())
                 .and_then(|raw| raw.attach(name).map(drop).map_err(|e| with_sources(&e))),
-            (Some(program), HookKind::Cgroup) => match cgroup2_root().map(std::fs::File::open) {
+            (Some(program), HookKind::Cgroup) => match crate::mounts::cgroup2_root().map(std::fs::File::open) {
                 Some(Ok(root)) => {
                     <&mut CgroupSockAddr>::try_from(program).map_err(|e| e.to_string()).and_then(|hook| {
                         // aya attaches through a bpf_link (Linux 5.7+), which always coexists
@@ -193,17 +193,6 @@ impl Hook {
     fn unavailable(&self, why: &str) -> ProbeReport {
         ProbeReport { program: self.program, hook: self.describe(), state: ProbeState::Failed(why.to_owned()) }
     }
-}
-
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones), from the mount table.
-pub fn cgroup2_root() -> Option<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, path, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| std::path::PathBuf::from(path))
-    })
 }
 
 /// Whether this kernel can attach kprobes at all (`CONFIG_KPROBE_EVENTS`).
