@@ -61,7 +61,8 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         let (r, flows, lost, names) = tokio::task::spawn_blocking(move || {
             let flows = reader.drain();
             let lost = reader.lost_since_last();
-            let pids = flows.iter().flatten().map(|f| f.key.pid);
+            // One map lookup per distinct process, not per flow.
+            let pids: std::collections::BTreeSet<u32> = flows.iter().flatten().map(|f| f.key.pid).collect();
             let names = reader.processes_seen(pids);
             (reader, flows, lost, names)
         })
