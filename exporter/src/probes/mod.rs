@@ -190,6 +190,11 @@ impl Hook {
         ProbeReport { program: self.program, hook: self.describe(), state }
     }
 
+    /// Loaded and verified, not attached: another hook serves its purpose.
+    fn standby(&self) -> ProbeReport {
+        ProbeReport { program: self.program, hook: self.describe(), state: ProbeState::Standby }
+    }
+
     fn unavailable(&self, why: &str) -> ProbeReport {
         ProbeReport { program: self.program, hook: self.describe(), state: ProbeState::Failed(why.to_owned()) }
     }
@@ -215,7 +220,6 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
 
-    // A program attached at two hooks is loaded once.
     let all = [&STATE, &RETRANSMIT, &RTT, &RTT_RAW]
         .into_iter()
         .chain(&BYTES_RAW)
@@ -254,11 +258,7 @@ fn prefer_raw(ebpf: &mut Ebpf, raw_usable: bool, raw: &[Hook], classic: &[Hook])
         .iter()
         .map(|hook| if hook.available() { hook.attach(ebpf) } else { hook.unavailable("not on this kernel") })
         .collect();
-    reports.extend(standby.iter().map(|hook| ProbeReport {
-        program: hook.program,
-        hook: hook.describe(),
-        state: ProbeState::Standby,
-    }));
+    reports.extend(standby.iter().map(Hook::standby));
     reports
 }
 
@@ -281,18 +281,13 @@ fn attach_byte_counters(ebpf: &mut Ebpf, mode: AttachMode, raw_usable: bool) -> 
             why: "the kernel has neither sock:sock_send_length (Linux 6.3+) nor kprobes".into(),
         });
     }
-    let tracepoints = prefer_raw(ebpf, raw_usable, &BYTES_RAW, &BYTES_TRACEPOINTS);
     if !use_tracepoints {
         let mut reports: Vec<ProbeReport> = BYTES_KPROBES.iter().map(|hook| hook.attach(ebpf)).collect();
-        reports.extend(tracepoints.into_iter().map(|r| ProbeReport { state: ProbeState::Standby, ..r }));
+        reports.extend(BYTES_RAW.iter().chain(&BYTES_TRACEPOINTS).map(Hook::standby));
         return Ok(reports);
     }
-    let mut reports = tracepoints;
-    reports.extend(BYTES_KPROBES.iter().map(|hook| ProbeReport {
-        program: hook.program,
-        hook: hook.describe(),
-        state: ProbeState::Standby,
-    }));
+    let mut reports = prefer_raw(ebpf, raw_usable, &BYTES_RAW, &BYTES_TRACEPOINTS);
+    reports.extend(BYTES_KPROBES.iter().map(Hook::standby));
     Ok(reports)
 }
 
