@@ -33,12 +33,13 @@ impl Traffic {
     }
 
     /// Like `spawn`, but the program first moves itself into cgroup `cgroup_dir`
-    /// (`sh` writes its pid there, then execs, so the pid stays the program's).
-    pub fn spawn_in_cgroup(ns: &str, cgroup_dir: &std::path::Path, args: &[&str]) -> Self {
+    /// (`sh` writes its pid there, then execs, so the pid stays the program's), with
+    /// `env` added to its environment.
+    pub fn spawn_in_cgroup(ns: &str, cgroup_dir: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Self {
         let script =
             format!("echo $$ > '{}/cgroup.procs' && exec ip netns exec \"$0\" python3 \"$@\"", cgroup_dir.display());
         let mut cmd = std::process::Command::new("sh");
-        cmd.args(["-c", &script, ns]).arg(script_path()).args(args);
+        cmd.args(["-c", &script, ns]).arg(script_path()).args(args).envs(env.iter().copied());
         Self::start(cmd)
     }
 

@@ -71,7 +71,12 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     let sidecar = PodCgroup::create(SIDECAR_ID);
     // Two connections: the server stays alive (and readable in /proc) after the first,
     // until the agent has exported its flow; the second lets it finish.
-    let mut server = Traffic::spawn_in_cgroup(&link.a, &pod.leaf(), &["tcp-server", "9800", "2", "10", "20"]);
+    let mut server = Traffic::spawn_in_cgroup(
+        &link.a,
+        &pod.leaf(),
+        &[("OTEL_SERVICE_NAME", "checkout")],
+        &["tcp-server", "9800", "2", "10", "20"],
+    );
     server.wait_line("ready");
     let server_pid = server.pid().to_string();
     let connect = || {
@@ -90,6 +95,7 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     let mut sidecar_client = Traffic::spawn_in_cgroup(
         &link.b,
         &sidecar.leaf(),
+        &[],
         &["tcp-client", &link.addr_a.to_string(), "9800", "1", "10", "20"],
     );
     let sidecar_pid = sidecar_client.pid().to_string();
@@ -107,6 +113,8 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     let resource = &matching(&io, &res, &[])[0].resource;
     assert_eq!(resource.get("container.id").map(String::as_str), Some(CONTAINER_ID), "{resource:?}");
     assert_eq!(resource.get("k8s.pod.uid").map(String::as_str), Some(POD_UID), "{resource:?}");
+    // The app's own OTEL_SERVICE_NAME names its workload.
+    assert_eq!(resource.get("service.name").map(String::as_str), Some("checkout"), "{resource:?}");
     let io = points(&receiver.received.snapshot(), "flowtel.network.io");
     let sidecar = &matching(&io, &sidecar_res, &[])[0].resource;
     assert_eq!(sidecar.get("container.id").map(String::as_str), Some(SIDECAR_ID), "{sidecar:?}");

@@ -16,6 +16,23 @@ pub struct ProcessInfo {
     pub executable_name: String,
     pub command: Option<String>,
     pub container: ContainerInfo,
+    /// `OTEL_SERVICE_NAME` from the process's own environment: an instrumented app's
+    /// chosen name wins over its executable's, as OpenTelemetry users expect.
+    pub otel_service_name: Option<String>,
+}
+
+/// Environments are read up to this size: the variable is near the start in practice,
+/// and a huge environment must not cost the agent memory.
+const ENVIRON_MAX: u64 = 64 * 1024;
+
+fn otel_service_name(dir: &Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    fs::File::open(dir.join("environ")).ok()?.take(ENVIRON_MAX).read_to_end(&mut raw).ok()?;
+    raw.split(|&b| b == 0)
+        .find_map(|entry| entry.strip_prefix(b"OTEL_SERVICE_NAME="))
+        .map(|value| String::from_utf8_lossy(value).trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 /// Process identity by pid, read from /proc once per process and kept while it lives.
@@ -62,6 +79,7 @@ fn read_proc(proc_root: &Path, pid: u32, kernel_name: Option<&str>) -> ProcessIn
     ProcessInfo {
         pid,
         container,
+        otel_service_name: otel_service_name(&dir),
         executable_name: exe
             .or(comm)
             .or_else(|| kernel_name.map(str::to_owned))
@@ -81,6 +99,17 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         assert_eq!(info.executable_name, exe.file_name().unwrap().to_string_lossy());
         assert!(info.command.unwrap().len() <= COMMAND_MAX);
+    }
+
+    #[test]
+    fn otel_service_name_comes_from_the_environment() {
+        let dir = std::env::temp_dir().join(format!("flowtel-environ-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("environ"), b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0HOME=/\0").unwrap();
+        assert_eq!(otel_service_name(&dir).as_deref(), Some("checkout"));
+        std::fs::write(dir.join("environ"), b"OTEL_SERVICE_NAME=\0").unwrap();
+        assert_eq!(otel_service_name(&dir), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub fn resource_with(attributes: Vec<KeyValue>) -> Resource {
 fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>) -> Resource {
     let mut attrs = host.attributes();
     if let Some(p) = process {
-        attrs.push(KeyValue::new(resource::SERVICE_NAME, p.executable_name.clone()));
+        let service = p.otel_service_name.as_ref().unwrap_or(&p.executable_name);
+        attrs.push(KeyValue::new(resource::SERVICE_NAME, service.clone()));
         attrs.push(KeyValue::new(resource::SERVICE_INSTANCE_ID, format!("{}/{}", host.name, p.pid)));
         attrs.push(KeyValue::new(resource::PROCESS_PID, i64::from(p.pid)));
         attrs.push(KeyValue::new(resource::PROCESS_EXECUTABLE_NAME, p.executable_name.clone()));
