@@ -76,16 +76,9 @@ fn try_flow_state(ctx: &TracePointContext) -> Option<()> {
         }
         (TCP_SYN_SENT | TCP_SYN_RECV, TCP_CLOSE) => {
             let dir = if old == TCP_SYN_SENT { direction::OUTGOING } else { direction::INCOMING };
-            let key = flow_key(&cfg, sk, protocol::TCP, dir, owner_of(sk))?;
-            if let Some(info) = SOCKETS.get_ptr_mut(sk) {
-                // SAFETY: `info` points into a live map value. Its SYN retransmits
-                // belong to this failed attempt's flow.
-                unsafe { (*info).key = key };
-                count_new_retransmits(&cfg, sk, info);
-            }
-            let cause = failure_cause(&cfg, sk);
-            // SAFETY: `s` points into a live map value; `cause` < failure::COUNT.
-            count(&key, |s| unsafe { &raw mut (*s).failed[cause] });
+            count_failure(&cfg, sk, dir);
+            // Even when the failure could not be counted: a stale entry would hand its
+            // key to the next socket allocated at this address.
             forget(sk);
         }
         (_, TCP_FIN_WAIT1 | TCP_LAST_ACK) => claim(sk, pid),
@@ -93,6 +86,20 @@ fn try_flow_state(ctx: &TracePointContext) -> Option<()> {
         (_, TCP_CLOSE) => close(&cfg, sk),
         _ => {}
     }
+    Some(())
+}
+
+fn count_failure(cfg: &ProbeConfig, sk: u64, dir: u8) -> Option<()> {
+    let key = flow_key(cfg, sk, protocol::TCP, dir, owner_of(sk))?;
+    if let Some(info) = SOCKETS.get_ptr_mut(sk) {
+        // SAFETY: `info` points into a live map value. Its SYN retransmits belong to
+        // this failed attempt's flow.
+        unsafe { (*info).key = key };
+        count_new_retransmits(cfg, sk, info);
+    }
+    let cause = failure_cause(cfg, sk);
+    // SAFETY: `s` points into a live map value; `cause` < failure::COUNT.
+    count(&key, |s| unsafe { &raw mut (*s).failed[cause] });
     Some(())
 }
 
@@ -135,12 +142,12 @@ pub fn claim(sk: u64, pid: u32) {
 }
 
 fn close(cfg: &ProbeConfig, sk: u64) {
-    if let Some(info) = SOCKETS.get_ptr_mut(sk) {
-        count_new_retransmits(cfg, sk, info);
-    }
-    // SAFETY: read-only copy of a map value.
-    let (key, open_pending) = match unsafe { SOCKETS.get(sk) } {
-        Some(info) => (info.key, info.open_pending),
+    let (key, open_pending) = match SOCKETS.get_ptr_mut(sk) {
+        Some(info) => {
+            count_new_retransmits(cfg, sk, info);
+            // SAFETY: `info` points into a live map value.
+            unsafe { ((*info).key, (*info).open_pending) }
+        }
         // A connection that predates the agent: name it from the socket itself.
         None => match flow_key(cfg, sk, protocol::TCP, direction_from_locks(cfg, sk), 0) {
             Some(key) => (key, 0),
