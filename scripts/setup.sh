@@ -7,7 +7,9 @@ set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-apt_packages=(iproute2 iptables iperf3 procps curl util-linux)
+# dnsmasq-base and bind9-dnsutils (dig): the DNS server and client of the DNS tests;
+# dnsperf: the DNS load generator of the benchmark.
+apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -23,6 +25,11 @@ fi
 if ! command -v rotel-agent >/dev/null 2>&1 && ! python3 -c 'import rotel' >/dev/null 2>&1; then
   log "installing rotel from PyPI"
   python3 -m pip install -q rotel
+fi
+# dnslib: the tests' DNS server for SERVFAIL, slow and dropped answers.
+if ! python3 -c 'import dnslib' >/dev/null 2>&1; then
+  log "installing dnslib from PyPI"
+  python3 -m pip install -q dnslib
 fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then

@@ -15,6 +15,7 @@ pub struct MetricName {
 
 pub mod scope {
     pub const NETFLOW: &str = "flowtel.netflow";
+    pub const DNS: &str = "flowtel.dns";
     pub const AGENT: &str = "flowtel.agent";
 }
 
@@ -56,6 +57,31 @@ pub mod metric {
         unit: "{connection}",
         description: "TCP connections that failed before they were established, by error.type.",
     };
+    pub const DNS_LOOKUP_DURATION: MetricName = MetricName {
+        name: "dns.lookup.duration",
+        unit: "s",
+        description: "Time from a DNS query leaving the local process to its answer arriving (kernel timestamps).",
+    };
+    pub const DNS_LOOKUPS: MetricName = MetricName {
+        name: "flowtel.dns.lookups",
+        unit: "{lookup}",
+        description: "DNS lookups by answer code (flowtel.dns.rcode), TIMEOUT for those without an answer.",
+    };
+    pub const AGENT_DNS_NAMES: MetricName = MetricName {
+        name: "flowtel.agent.dns.names",
+        unit: "{address}",
+        description: "Addresses in the DNS answer map that names flow peers (flowtel.peer.domain).",
+    };
+    pub const AGENT_DNS_NAMES_EVICTED: MetricName = MetricName {
+        name: "flowtel.agent.dns.names.evicted",
+        unit: "{address}",
+        description: "Addresses dropped from the DNS answer map because it was full (least recently answered first).",
+    };
+    pub const AGENT_DNS_PENDING: MetricName = MetricName {
+        name: "flowtel.agent.dns.pending",
+        unit: "{query}",
+        description: "DNS queries awaiting their answer at the end of the interval.",
+    };
     pub const AGENT_EVENTS_LOST: MetricName = MetricName {
         name: "flowtel.agent.events.lost",
         unit: "{event}",
@@ -78,7 +104,7 @@ pub mod metric {
     };
 
     /// Every metric flowtel can emit.
-    pub const ALL: [MetricName; 11] = [
+    pub const ALL: [MetricName; 16] = [
         NETWORK_IO,
         TCP_RETRANSMITS,
         TCP_RTT,
@@ -86,6 +112,11 @@ pub mod metric {
         TCP_CONNECTIONS_OPENED,
         TCP_CONNECTIONS_CLOSED,
         TCP_CONNECTIONS_FAILED,
+        DNS_LOOKUP_DURATION,
+        DNS_LOOKUPS,
+        AGENT_DNS_NAMES,
+        AGENT_DNS_NAMES_EVICTED,
+        AGENT_DNS_PENDING,
         AGENT_EVENTS_LOST,
         AGENT_FLOWS_ACTIVE,
         AGENT_PROBES_ATTACHED,
@@ -105,6 +136,10 @@ pub mod attr {
     pub const LOCAL_ADDRESS_CLASS: &str = "flowtel.local.address.class";
     pub const PEER_ADDRESS_CLASS: &str = "flowtel.peer.address.class";
     pub const ERROR_TYPE: &str = "error.type";
+    pub const PEER_DOMAIN: &str = "flowtel.peer.domain";
+    pub const DNS_QUESTION_NAME: &str = "dns.question.name";
+    pub const DNS_QUESTION_TYPE: &str = "dns.question.type";
+    pub const DNS_RCODE: &str = "flowtel.dns.rcode";
     /// `flowtel.agent.*`: which probe.
     pub const AGENT_PROBE: &str = "flowtel.probe";
     /// `flowtel.agent.events.lost`: why.
@@ -147,4 +182,6 @@ pub mod value {
     pub const REFUSED: &str = "refused";
     pub const TIMEOUT: &str = "timeout";
     pub const RESET: &str = "reset";
+    /// `flowtel.dns.rcode` of a lookup that got no answer within the timeout.
+    pub const DNS_TIMEOUT: &str = "TIMEOUT";
 }

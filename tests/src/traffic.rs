@@ -13,6 +13,10 @@ pub fn script_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/traffic.py")
 }
 
+fn scripts_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts")
+}
+
 /// A running traffic program whose stdout lines we can wait for.
 pub struct Traffic {
     pub child: Child,
@@ -21,8 +25,13 @@ pub struct Traffic {
 
 impl Traffic {
     pub fn spawn(ns: &str, args: &[&str]) -> Self {
+        Self::spawn_script(ns, "traffic.py", args)
+    }
+
+    /// Another Python program from `tests/scripts` (a test DNS server, say).
+    pub fn spawn_script(ns: &str, script: &str, args: &[&str]) -> Self {
         let mut cmd = Link::exec(ns, "python3");
-        cmd.arg(script_path()).args(args);
+        cmd.arg(scripts_dir().join(script)).args(args);
         Self::start(cmd)
     }
 
@@ -58,6 +67,16 @@ impl Traffic {
     pub fn finish(mut self) {
         let status = self.child.wait().expect("wait traffic.py");
         assert!(status.success(), "traffic.py failed: {status}");
+    }
+}
+
+impl Drop for Traffic {
+    /// A server that never finishes by itself (a test DNS server) goes with its test.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub probes: ProbesConfig,
+    pub dns: DnsConfig,
     pub telemetry: TelemetryConfig,
     pub host: HostConfig,
     pub log: LogConfig,
@@ -65,6 +66,70 @@ impl Default for ProbesConfig {
             flow_table_entries: 8_192,
             socket_table_entries: 32_768,
             rtt_sample_interval_us: 1_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Ports whose UDP and TCP traffic is DNS (at most 4); empty turns DNS observation off.
+    /// A YAML list, or in the environment a comma-separated list (`53,5353`).
+    #[serde(deserialize_with = "ports::deserialize")]
+    pub ports: Vec<u16>,
+    /// A query without an answer after this long is a `TIMEOUT` lookup.
+    pub timeout_ms: u64,
+    /// Whether DNS metrics carry `dns.question.name` (capped by the cardinality limit).
+    pub question_name: bool,
+    /// Queries awaiting their answer at once (and TCP DNS streams being reassembled).
+    pub max_pending: usize,
+    /// Size of the kernel's DNS packet ring buffer, in KiB (a power of two).
+    pub ring_buffer_kib: u32,
+    /// Addresses remembered from DNS answers to name flow peers (least recent evicted).
+    pub names_capacity: usize,
+    /// An answer names its addresses for at least this long, even with a shorter TTL.
+    pub name_ttl_floor_s: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            ports: vec![53],
+            timeout_ms: 5_000,
+            question_name: true,
+            max_pending: 65_536,
+            ring_buffer_kib: 4_096,
+            names_capacity: 65_536,
+            name_ttl_floor_s: 60,
+        }
+    }
+}
+
+mod ports {
+    use serde::{Deserialize, Deserializer, de::Error as _};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Ports {
+        List(Vec<u16>),
+        One(u16),
+        Text(String),
+        /// An empty variable: DNS off.
+        Empty(()),
+    }
+
+    /// A list, one port, or a comma-separated string (as an environment variable gives).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u16>, D::Error> {
+        match Ports::deserialize(deserializer)? {
+            Ports::List(list) => Ok(list),
+            Ports::One(port) => Ok(vec![port]),
+            Ports::Empty(()) => Ok(Vec::new()),
+            Ports::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| p.parse::<u16>().map_err(|_| D::Error::custom(format!("{p:?} is not a port number"))))
+                .collect(),
         }
     }
 }
@@ -144,6 +209,7 @@ impl Config {
         range("probes.flow_table_entries", self.probes.flow_table_entries.into(), 64, 1 << 22)?;
         range("probes.socket_table_entries", self.probes.socket_table_entries.into(), 64, 1 << 22)?;
         range("probes.rtt_sample_interval_us", self.probes.rtt_sample_interval_us, 0, 60_000_000)?;
+        self.dns.validate(range)?;
         range("telemetry.cardinality_limit", self.telemetry.cardinality_limit as u64, 1, 1_000_000)?;
         range("telemetry.idle_intervals", self.telemetry.idle_intervals.into(), 0, 1_000)?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
@@ -161,6 +227,34 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+impl DnsConfig {
+    fn validate(
+        &self,
+        range: impl Fn(&'static str, u64, u64, u64) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let max_ports = flowtel_probes_abi::dns::PORTS_MAX;
+        if self.ports.len() > max_ports || self.ports.contains(&0) {
+            return Err(ConfigError::Invalid {
+                key: "dns.ports",
+                value: format!("{:?}", self.ports),
+                reason: format!("at most {max_ports} ports, each between 1 and 65535 (an empty list turns DNS off)"),
+            });
+        }
+        range("dns.timeout_ms", self.timeout_ms, 100, 60_000)?;
+        range("dns.max_pending", self.max_pending as u64, 16, 1 << 22)?;
+        range("dns.ring_buffer_kib", self.ring_buffer_kib.into(), 4, 1 << 20)?;
+        if !self.ring_buffer_kib.is_power_of_two() {
+            return Err(ConfigError::Invalid {
+                key: "dns.ring_buffer_kib",
+                value: self.ring_buffer_kib.to_string(),
+                reason: "must be a power of two (the kernel's ring buffer requires it)".into(),
+            });
+        }
+        range("dns.names_capacity", self.names_capacity as u64, 0, 1 << 24)?;
+        range("dns.name_ttl_floor_s", self.name_ttl_floor_s, 0, 86_400)
     }
 }
 

@@ -141,3 +141,24 @@ fn otel_bad_values_are_named() {
     assert!(otel(&[("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd")]).is_err());
     assert!(otel(&[("OTEL_SDK_DISABLED", "maybe")]).is_err());
 }
+
+#[test]
+fn dns_ports_from_env_list_and_yaml() {
+    let config = Config::load(None, &vars(&[("FLOWTEL_DNS_PORTS", "53, 5353")])).unwrap();
+    assert_eq!(config.dns.ports, vec![53, 5353]);
+    let f = file("dns:\n  ports: [5300]\n  question_name: false\n");
+    let config = Config::load(Some(&f.0), &[]).unwrap();
+    assert_eq!((config.dns.ports.as_slice(), config.dns.question_name), (&[5300][..], false));
+    let off = Config::load(None, &vars(&[("FLOWTEL_DNS_PORTS", "")])).unwrap();
+    assert!(off.dns.ports.is_empty());
+}
+
+#[test]
+fn bad_dns_values_name_their_key() {
+    let err = |pairs: &[(&str, &str)]| Config::load(None, &vars(pairs)).unwrap_err().to_string();
+    assert!(err(&[("FLOWTEL_DNS_PORTS", "53,dns")]).contains("\"dns\" is not a port number"));
+    assert!(err(&[("FLOWTEL_DNS_PORTS", "1,2,3,4,5")]).contains("dns.ports"));
+    assert!(err(&[("FLOWTEL_DNS_PORTS", "0")]).contains("dns.ports"));
+    assert!(err(&[("FLOWTEL_DNS_RING_BUFFER_KIB", "1000")]).contains("power of two"));
+    assert!(err(&[("FLOWTEL_DNS_TIMEOUT_MS", "5")]).contains("dns.timeout_ms"));
+}

@@ -4,7 +4,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray},
 };
-use flowtel_probes_abi::{FlowKey, FlowStats, ProcessSeen, SocketKey, SocketTraffic, control, lost};
+use flowtel_probes_abi::{FlowKey, FlowStats, SocketKey, SocketTraffic, control, lost};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -16,14 +16,12 @@ pub enum ReadError {
         #[source]
         source: aya::maps::MapError,
     },
-}
-
-/// A process as the probes saw it when it created a flow.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelProcess {
-    pub name: String,
-    /// Its cgroup v2 id (the cgroup directory's inode number).
-    pub cgroup_id: u64,
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One drained flow table entry.
@@ -39,8 +37,6 @@ pub struct FlowReader {
     traffic: [HashMap<MapData, SocketKey, SocketTraffic>; 2],
     control: Array<MapData, u32>,
     lost: PerCpuArray<MapData, u64>,
-    // An LRU hash in the kernel; aya reads it through the plain HashMap type.
-    processes: HashMap<MapData, u32, ProcessSeen>,
     active: u32,
     lost_seen: [u64; lost::COUNT as usize],
 }
@@ -49,7 +45,7 @@ pub struct FlowReader {
 /// programs on tracepoints run to completion in microseconds; this is generous.
 const GRACE: Duration = Duration::from_millis(5);
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ReadError>
+pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ReadError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -64,7 +60,6 @@ impl FlowReader {
             traffic: [take(ebpf, "TRAFFIC_0")?, take(ebpf, "TRAFFIC_1")?],
             control: take(ebpf, "CONTROL")?,
             lost: take(ebpf, "LOST")?,
-            processes: take(ebpf, "PROCESSES_SEEN")?,
             active: 0,
             lost_seen: [0; lost::COUNT as usize],
         })
@@ -113,18 +108,6 @@ impl FlowReader {
             *seen = total;
         }
         Ok(delta)
-    }
-
-    /// What the kernel recorded about these pids (for processes already gone).
-    pub fn processes_seen(&self, pids: impl IntoIterator<Item = u32>) -> StdHashMap<u32, KernelProcess> {
-        pids.into_iter()
-            .filter_map(|pid| {
-                let seen = self.processes.get(&pid, 0).ok()?;
-                let len = seen.comm.iter().position(|&b| b == 0).unwrap_or(seen.comm.len());
-                let name = String::from_utf8_lossy(&seen.comm[..len]).into_owned();
-                Some((pid, KernelProcess { name, cgroup_id: seen.cgroup_id }))
-            })
-            .collect()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The running kernel's layout, as the probes need it: tracepoint field offsets from
 //! tracefs, `struct sock` / `struct tcp_sock` member offsets from BTF.
-use flowtel_probes_abi::ProbeConfig;
+use flowtel_probes_abi::{ProbeConfig, dns};
 
 use super::{
     btf::{Btf, BtfError, Param},
@@ -17,7 +17,8 @@ pub enum LayoutError {
     TooFar(String),
 }
 
-pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
+/// `dns_ports`: at most `dns::PORTS_MAX` (the configuration is validated before this).
+pub fn resolve(rtt_sample_gap_ns: u64, dns_ports: &[u16]) -> Result<ProbeConfig, LayoutError> {
     let state = Format::read("sock", "inet_sock_set_state")?;
     let retransmit = Format::read("tcp", "tcp_retransmit_skb").ok();
     let probe = Format::read("tcp", "tcp_probe").ok();
@@ -27,6 +28,10 @@ pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
     let btf = Btf::from_kernel()?;
     let sock = |member: &str| offset16(&btf, "sock", member);
     let length_field = |field| length.as_ref().map_or(Ok(0), |f| f.offset(field));
+    let mut ports = [0; dns::PORTS_MAX];
+    for (slot, &port) in ports.iter_mut().zip(dns_ports) {
+        *slot = port;
+    }
     Ok(ProbeConfig {
         rtt_sample_gap_ns,
         state_skaddr: state.offset("skaddr")?,
@@ -54,6 +59,7 @@ pub fn resolve(rtt_sample_gap_ns: u64) -> Result<ProbeConfig, LayoutError> {
         tcp_total_retrans: offset16(&btf, "tcp_sock", "total_retrans")?,
         // A bit field before Linux 5.6: then only the classic tracepoints can be used.
         sock_protocol: offset16(&btf, "sock", "sk_protocol").unwrap_or(0),
+        dns_ports: ports,
     })
 }
 

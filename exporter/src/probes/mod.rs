@@ -8,7 +8,7 @@ mod tracefs;
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{CgroupAttachMode, CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, KProbe, RawTracePoint, TracePoint},
 };
 
 pub use layout::LayoutError;
@@ -55,6 +55,10 @@ pub struct ProbeSettings {
     pub socket_table_entries: u32,
     pub rtt_sample_gap_ns: u64,
     pub attach_mode: AttachMode,
+    /// Ports whose packets the DNS probe copies; empty turns DNS observation off.
+    pub dns_ports: Vec<u16>,
+    /// Size of the DNS ring buffer (a power of two, a multiple of the page size).
+    pub dns_ring_bytes: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +93,8 @@ enum HookKind {
     Raw(&'static str),
     /// A cgroup `sock_addr` hook at the cgroup v2 root (the type is in the program's section).
     Cgroup,
+    /// A cgroup skb hook at the cgroup v2 root.
+    CgroupSkb(CgroupSkbAttachType),
     Kprobe(&'static str),
 }
 
@@ -111,6 +117,11 @@ const DATAGRAM_PEERS: [Hook; 4] = [
     Hook { program: "datagram_sendmsg6", kind: HookKind::Cgroup },
     Hook { program: "datagram_recvmsg6", kind: HookKind::Cgroup },
 ];
+/// DNS packets of every local socket (dns.rs).
+const DNS: [Hook; 2] = [
+    Hook { program: "dns_egress", kind: HookKind::CgroupSkb(CgroupSkbAttachType::Egress) },
+    Hook { program: "dns_ingress", kind: HookKind::CgroupSkb(CgroupSkbAttachType::Ingress) },
+];
 const BYTES_KPROBES: [Hook; 4] = [
     Hook { program: "flow_send_tcp_kprobe", kind: HookKind::Kprobe("tcp_sendmsg") },
     Hook { program: "flow_recv_tcp_kprobe", kind: HookKind::Kprobe("tcp_cleanup_rbuf") },
@@ -124,6 +135,8 @@ impl Hook {
             HookKind::Tracepoint(category, name) => format!("tracepoint {category}:{name}"),
             HookKind::Raw(name) => format!("raw_tracepoint {name}"),
             HookKind::Cgroup => format!("cgroup/{}", self.program.trim_start_matches("datagram_")),
+            HookKind::CgroupSkb(CgroupSkbAttachType::Egress) => "cgroup_skb/egress".into(),
+            HookKind::CgroupSkb(CgroupSkbAttachType::Ingress) => "cgroup_skb/ingress".into(),
             HookKind::Kprobe(function) => format!("kprobe {function}"),
         }
     }
@@ -133,7 +146,7 @@ impl Hook {
             HookKind::Tracepoint(category, name) => tracefs::event_exists(category, name),
             // Checked against BTF before the raw hooks are chosen.
             HookKind::Raw(_) => true,
-            HookKind::Cgroup => crate::mounts::cgroup2_root().is_some(),
+            HookKind::Cgroup | HookKind::CgroupSkb(_) => crate::mounts::cgroup2_root().is_some(),
             HookKind::Kprobe(_) => kprobes_available(),
         }
     }
@@ -154,6 +167,10 @@ impl Hook {
                 let hook: &mut CgroupSockAddr = program.try_into().map_err(verify)?;
                 hook.load().map_err(verify)
             }
+            HookKind::CgroupSkb(_) => {
+                let hook: &mut CgroupSkb = program.try_into().map_err(verify)?;
+                hook.load().map_err(verify)
+            }
             HookKind::Kprobe(_) => {
                 let kp: &mut KProbe = program.try_into().map_err(verify)?;
                 kp.load().map_err(verify)
@@ -170,18 +187,19 @@ impl Hook {
             (Some(program), HookKind::Raw(name)) => <&mut RawTracePoint>::try_from(program)
                 .map_err(|e| e.to_string())
                 .and_then(|raw| raw.attach(name).map(drop).map_err(|e| with_sources(&e))),
-            (Some(program), HookKind::Cgroup) => match crate::mounts::cgroup2_root().map(std::fs::File::open) {
-                Some(Ok(root)) => {
-                    <&mut CgroupSockAddr>::try_from(program).map_err(|e| e.to_string()).and_then(|hook| {
-                        // aya attaches through a bpf_link (Linux 5.7+), which always coexists
-                        // with other tools' programs (meshes, socket load balancers); the link
-                        // API takes no mode flags, so `Single` (0) is the one that works.
-                        hook.attach(&root, CgroupAttachMode::Single).map(drop).map_err(|e| with_sources(&e))
-                    })
-                }
-                Some(Err(err)) => Err(format!("cannot open the cgroup v2 root: {err}")),
-                None => Err("no cgroup v2 hierarchy mounted".into()),
-            },
+            (Some(program), HookKind::Cgroup) => with_cgroup_root(|root| {
+                <&mut CgroupSockAddr>::try_from(program).map_err(|e| e.to_string()).and_then(|hook| {
+                    // aya attaches through a bpf_link (Linux 5.7+), which always coexists
+                    // with other tools' programs (meshes, socket load balancers); the link
+                    // API takes no mode flags, so `Single` (0) is the one that works.
+                    hook.attach(root, CgroupAttachMode::Single).map(drop).map_err(|e| with_sources(&e))
+                })
+            }),
+            (Some(program), HookKind::CgroupSkb(attach_type)) => with_cgroup_root(|root| {
+                <&mut CgroupSkb>::try_from(program).map_err(|e| e.to_string()).and_then(|hook| {
+                    hook.attach(root, *attach_type, CgroupAttachMode::Single).map(drop).map_err(|e| with_sources(&e))
+                })
+            }),
             (Some(program), HookKind::Kprobe(function)) => <&mut KProbe>::try_from(program)
                 .map_err(|e| e.to_string())
                 .and_then(|kp| kp.attach(function, 0).map(drop).map_err(|e| with_sources(&e))),
@@ -200,6 +218,15 @@ impl Hook {
     }
 }
 
+/// Runs `attach` with the cgroup v2 root open.
+fn with_cgroup_root(attach: impl FnOnce(&std::fs::File) -> Result<(), String>) -> Result<(), String> {
+    match crate::mounts::cgroup2_root().map(std::fs::File::open) {
+        Some(Ok(root)) => attach(&root),
+        Some(Err(err)) => Err(format!("cannot open the cgroup v2 root: {err}")),
+        None => Err("no cgroup v2 hierarchy mounted".into()),
+    }
+}
+
 /// Whether this kernel can attach kprobes at all (`CONFIG_KPROBE_EVENTS`).
 pub fn kprobes_available() -> bool {
     std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists()
@@ -209,7 +236,7 @@ pub fn kprobes_available() -> bool {
 /// attaches the flow probes.
 pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
     tracefs::ensure_mounted()?;
-    let config = layout::resolve(settings.rtt_sample_gap_ns)?;
+    let config = layout::resolve(settings.rtt_sample_gap_ns, &settings.dns_ports)?;
     let mut ebpf = EbpfLoader::new()
         .override_global("FLOWTEL_CONFIG", &config, true)
         .map_max_entries("FLOWS_0", settings.flow_table_entries)
@@ -217,6 +244,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .map_max_entries("SOCKETS", settings.socket_table_entries)
         .map_max_entries("TRAFFIC_0", settings.socket_table_entries)
         .map_max_entries("TRAFFIC_1", settings.socket_table_entries)
+        .map_max_entries("DNS_PACKETS", settings.dns_ring_bytes)
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
 
@@ -225,7 +253,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .chain(&BYTES_RAW)
         .chain(&BYTES_TRACEPOINTS)
         .chain(&BYTES_KPROBES);
-    for hook in all.chain(&DATAGRAM_PEERS) {
+    for hook in all.chain(&DATAGRAM_PEERS).chain(&DNS) {
         hook.load(&mut ebpf)?;
     }
 
@@ -246,6 +274,11 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
     reports.extend(attach_byte_counters(&mut ebpf, settings.attach_mode, raw.lengths)?);
     reports.extend(DATAGRAM_PEERS.iter().map(|hook| {
         if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("no cgroup v2 hierarchy mounted") }
+    }));
+    reports.extend(DNS.iter().map(|hook| match (settings.dns_ports.is_empty(), hook.available()) {
+        (true, _) => hook.unavailable("turned off (dns.ports is empty)"),
+        (false, true) => hook.attach(&mut ebpf),
+        (false, false) => hook.unavailable("no cgroup v2 hierarchy mounted"),
     }));
     Ok(Probes { ebpf, reports })
 }

@@ -19,6 +19,9 @@ pub struct AgentTelemetry {
     reader: SharedReader,
     events_lost: Counter<u64>,
     flows_active: Gauge<u64>,
+    dns_names: Gauge<u64>,
+    dns_names_evicted: Counter<u64>,
+    dns_pending: Gauge<u64>,
     probes_attached: Gauge<u64>,
     export_failures: Counter<u64>,
 }
@@ -29,7 +32,12 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
     (lost::SOCKET_TABLE_FULL, "netflow", "socket_table_full"),
     (lost::KERNEL_READ, "netflow", "kernel_read"),
     (lost::PEER_TABLE_FULL, "netflow", "peer_table_full"),
+    (lost::DNS_RING_FULL, "dnsflow", "ring_buffer_full"),
+    (lost::DNS_PACKET_READ, "dnsflow", "kernel_read"),
 ];
+
+/// Causes of DNS loss found in user space, exported at 0 from the start like the rest.
+const DNS_USER_SPACE_LOSSES: [&str; 5] = ["parse", "pending_full", "stream_gap", "channel_full", "decode"];
 
 impl AgentTelemetry {
     pub fn new(settings: &TelemetrySettings) -> Self {
@@ -46,6 +54,13 @@ impl AgentTelemetry {
         let events_lost = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
         let m = metric::AGENT_FLOWS_ACTIVE;
         let flows_active = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
+        let m = metric::AGENT_DNS_NAMES;
+        let dns_names = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
+        let m = metric::AGENT_DNS_NAMES_EVICTED;
+        let dns_names_evicted = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
+        dns_names_evicted.add(0, &[]);
+        let m = metric::AGENT_DNS_PENDING;
+        let dns_pending = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
         let m = metric::AGENT_PROBES_ATTACHED;
         let probes_attached = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
         let m = metric::AGENT_EXPORT_FAILURES;
@@ -55,8 +70,22 @@ impl AgentTelemetry {
             events_lost
                 .add(0, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
         }
+        for cause in DNS_USER_SPACE_LOSSES {
+            events_lost
+                .add(0, &[KeyValue::new(attr::AGENT_PROBE, "dnsflow"), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
+        }
         export_failures.add(0, &[KeyValue::new(attr::AGENT_SIGNAL, "metrics")]);
-        Self { _provider: provider, reader, events_lost, flows_active, probes_attached, export_failures }
+        Self {
+            _provider: provider,
+            reader,
+            events_lost,
+            flows_active,
+            dns_names,
+            dns_names_evicted,
+            dns_pending,
+            probes_attached,
+            export_failures,
+        }
     }
 
     pub fn record_lost(&self, lost: &[u64; lost::COUNT as usize]) {
@@ -77,6 +106,16 @@ impl AgentTelemetry {
 
     pub fn record_flows_active(&self, n: usize) {
         self.flows_active.record(n as u64, &[]);
+    }
+
+    /// The DNS answer map's size now, evictions since the last call, and the queries
+    /// awaiting an answer.
+    pub fn record_dns_state(&self, names: usize, newly_evicted: u64, pending: usize) {
+        self.dns_names.record(names as u64, &[]);
+        if newly_evicted > 0 {
+            self.dns_names_evicted.add(newly_evicted, &[]);
+        }
+        self.dns_pending.record(pending as u64, &[]);
     }
 
     pub fn record_probes(&self, reports: &[ProbeReport]) {

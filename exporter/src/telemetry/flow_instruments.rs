@@ -36,8 +36,12 @@ impl FlowInstruments {
         }
     }
 
-    pub fn record(&self, flow: &FlowRecord) {
-        let attrs = flow_attributes(flow);
+    /// `peer_domain`: the name a local process looked up to reach the peer, if any.
+    pub fn record(&self, flow: &FlowRecord, peer_domain: Option<&str>) {
+        let mut attrs = flow_attributes(flow);
+        if let Some(domain) = peer_domain {
+            attrs.push(KeyValue::new(attr::PEER_DOMAIN, domain.to_owned()));
+        }
         let with = |key: &'static str, v: &'static str| {
             let mut a = attrs.clone();
             a.push(KeyValue::new(key, v));

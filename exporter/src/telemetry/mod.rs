@@ -1,4 +1,4 @@
-//! Flow records into OpenTelemetry metrics, each under the Resource of the workload
+//! Flow records and DNS lookups into OpenTelemetry metrics, each under the Resource of the workload
 //! that did the work, and out through one exporter.
 //!
 //! One agent process, one exporter: each workload (process) gets an `SdkMeterProvider`
@@ -6,6 +6,7 @@
 //! one. No thread or exporter per process. With cumulative temporality (the default) a
 //! failed export loses nothing: the next one carries the totals.
 mod agent;
+mod dns_instruments;
 mod flow_instruments;
 mod reader;
 mod sink;

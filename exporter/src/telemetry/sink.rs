@@ -136,6 +136,11 @@ pub fn render(rm: &ResourceMetrics) -> String {
                     let mean = if p.count() > 0 { p.sum() / p.count() as f64 } else { 0.0 };
                     line(render_attrs(p.attributes()), format!("count={} mean={mean:.6}", p.count()));
                 }),
+                AggregatedMetrics::F64(MetricData::Histogram(h)) => h.data_points().for_each(|p| {
+                    let mean = if p.count() > 0 { p.sum() / p.count() as f64 } else { 0.0 };
+                    let max = p.max().unwrap_or_default();
+                    line(render_attrs(p.attributes()), format!("count={} mean={mean:.6} max={max:.6}", p.count()));
+                }),
                 _ => {}
             }
         }

@@ -1,7 +1,11 @@
 //! Names, units, attributes and Resources as the SDK produces them: flow records go in,
 //! the manual reader's output is checked against the telemetry contract.
 #![allow(clippy::float_cmp, reason = "metric values are integers carried as f64, compared exactly on purpose")]
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use flowtel_semconv::{attr, metric, resource, scope};
 use opentelemetry::{Key, KeyValue, Value};
@@ -12,8 +16,8 @@ use opentelemetry_sdk::metrics::{
 
 use super::{TelemetrySettings, Workloads};
 use crate::{
-    aggregation::{Direction, Failure, FlowRecord, Transport},
-    enrichment::HostInfo,
+    aggregation::{Direction, DnsLookup, Failure, FlowRecord, Outcome, Transport},
+    enrichment::{DomainNames, HostInfo},
 };
 
 fn settings(limit: usize) -> TelemetrySettings {
@@ -27,7 +31,12 @@ fn settings(limit: usize) -> TelemetrySettings {
             os_version: Some("6.18".into()),
         },
         idle_intervals: 2,
+        dns_question_name: true,
     }
+}
+
+fn no_domains() -> DomainNames {
+    DomainNames::new(10, Duration::from_mins(1))
 }
 
 fn flow(pid: u32, peer: &str) -> FlowRecord {
@@ -58,7 +67,7 @@ fn resource_value(rm: &ResourceMetrics, key: &'static str) -> Option<Value> {
 fn data_points(rm: &ResourceMetrics) -> Vec<(String, String, Vec<KeyValue>, f64)> {
     let mut out = Vec::new();
     for sm in rm.scope_metrics() {
-        assert_eq!(sm.scope().name(), scope::NETFLOW);
+        assert!([scope::NETFLOW, scope::DNS].contains(&sm.scope().name()), "{:?}", sm.scope());
         for m in sm.metrics() {
             let (name, unit) = (m.name().to_owned(), m.unit().to_owned());
             let mut push = |attrs: Vec<KeyValue>, v: f64| out.push((name.clone(), unit.clone(), attrs, v));
@@ -68,6 +77,9 @@ fn data_points(rm: &ResourceMetrics) -> Vec<(String, String, Vec<KeyValue>, f64)
                 }
                 AggregatedMetrics::F64(MetricData::Gauge(g)) => {
                     g.data_points().for_each(|p| push(p.attributes().cloned().collect(), p.value()));
+                }
+                AggregatedMetrics::F64(MetricData::Histogram(h)) => {
+                    h.data_points().for_each(|p| push(p.attributes().cloned().collect(), p.count() as f64));
                 }
                 AggregatedMetrics::F64(MetricData::ExponentialHistogram(h)) => {
                     h.data_points().for_each(|p| push(p.attributes().cloned().collect(), p.count() as f64));
@@ -87,7 +99,7 @@ fn has(attrs: &[KeyValue], key: &str, value: &str) -> bool {
 fn a_flow_becomes_the_contracts_metrics_under_its_process() {
     let me = std::process::id();
     let mut workloads = Workloads::new(settings(100));
-    workloads.record(&[flow(me, "192.0.2.7")], &HashMap::new());
+    workloads.record(&[flow(me, "192.0.2.7")], &HashMap::new(), &no_domains());
     let batch = workloads.collect();
     assert_eq!(batch.len(), 1);
     let rm = &batch[0];
@@ -131,7 +143,7 @@ fn a_flow_becomes_the_contracts_metrics_under_its_process() {
 #[test]
 fn flows_without_a_process_go_under_the_host_resource() {
     let mut workloads = Workloads::new(settings(100));
-    workloads.record(&[flow(0, "192.0.2.7")], &HashMap::new());
+    workloads.record(&[flow(0, "192.0.2.7")], &HashMap::new(), &no_domains());
     let batch = workloads.collect();
     assert_eq!(resource_value(&batch[0], resource::PROCESS_PID), None);
     assert_eq!(resource_value(&batch[0], resource::HOST_NAME), Some(Value::from("node-1")));
@@ -141,7 +153,7 @@ fn flows_without_a_process_go_under_the_host_resource() {
 fn past_the_cardinality_limit_the_sdk_overflow_series_keeps_the_total() {
     let mut workloads = Workloads::new(settings(5));
     let peers: Vec<FlowRecord> = (1..=20).map(|i| flow(0, &format!("192.0.2.{i}"))).collect();
-    workloads.record(&peers, &HashMap::new());
+    workloads.record(&peers, &HashMap::new(), &no_domains());
     let points = data_points(&workloads.collect()[0]);
     let io: Vec<_> = points.iter().filter(|(n, _, _, _)| n == metric::NETWORK_IO.name).collect();
     assert!(io.len() <= 6, "limit 5 (+1 overflow) exceeded: {}", io.len());
@@ -149,4 +161,76 @@ fn past_the_cardinality_limit_the_sdk_overflow_series_keeps_the_total() {
     assert!(io.iter().any(|(_, _, a, _)| a.iter().any(|kv| kv.key.as_str() == "otel.metric.overflow")), "{io:?}");
     let total: f64 = io.iter().map(|(_, _, _, v)| v).sum();
     assert_eq!(total, 20.0 * (100.0 + 2000.0), "no bytes lost to the limit");
+}
+
+#[test]
+fn a_peer_named_by_a_dns_answer_carries_its_domain() {
+    let mut domains = no_domains();
+    domains.learn("known.test", &[("192.0.2.7".parse().unwrap(), 300)], Instant::now());
+    let mut workloads = Workloads::new(settings(100));
+    workloads.record(&[flow(0, "192.0.2.7"), flow(0, "192.0.2.8")], &HashMap::new(), &domains);
+    let points = data_points(&workloads.collect()[0]);
+    let opened: Vec<_> = points.iter().filter(|(n, ..)| n == metric::TCP_CONNECTIONS_OPENED.name).collect();
+    assert_eq!(opened.len(), 2);
+    for (_, _, attrs, _) in opened {
+        let named = has(attrs, attr::NETWORK_PEER_ADDRESS, "192.0.2.7");
+        assert_eq!(has(attrs, attr::PEER_DOMAIN, "known.test"), named, "{attrs:?}");
+    }
+}
+
+fn lookup(name: &str, outcome: Outcome) -> DnsLookup {
+    DnsLookup {
+        pid: 0,
+        transport: Transport::Udp,
+        server: "10.0.0.1".parse().unwrap(),
+        question_name: name.into(),
+        question_type: 28,
+        outcome,
+        addresses: Vec::new(),
+    }
+}
+
+#[test]
+fn dns_lookups_by_rcode_with_durations_and_timeouts_counted_only() {
+    let mut workloads = Workloads::new(settings(100));
+    for outcome in [
+        Outcome::Answered { rcode: 0, latency_s: 0.002 },
+        Outcome::Answered { rcode: 0, latency_s: 0.004 },
+        Outcome::Answered { rcode: 3, latency_s: 0.001 },
+        Outcome::TimedOut,
+    ] {
+        workloads.record_dns(&lookup("a.test", outcome), None);
+    }
+    let points = data_points(&workloads.collect()[0]);
+    let count = |name: &str, rcode: &str| {
+        points
+            .iter()
+            .filter(|(n, _, a, _)| n == name && has(a, attr::DNS_RCODE, rcode))
+            .inspect(|(_, _, a, _)| {
+                assert!(has(a, attr::DNS_QUESTION_NAME, "a.test") && has(a, attr::DNS_QUESTION_TYPE, "AAAA"));
+                assert!(has(a, attr::NETWORK_PEER_ADDRESS, "10.0.0.1") && has(a, attr::NETWORK_TRANSPORT, "udp"));
+                let error = a.iter().find(|kv| kv.key.as_str() == attr::ERROR_TYPE).map(|kv| kv.value.as_str());
+                let expected = match rcode {
+                    "NOERROR" => None,
+                    "TIMEOUT" => Some("timeout".into()),
+                    other => Some(other.to_owned().into()),
+                };
+                assert_eq!(error, expected);
+            })
+            .map(|(_, _, _, v)| *v)
+            .sum::<f64>()
+    };
+    assert_eq!(count(metric::DNS_LOOKUPS.name, "NOERROR"), 2.0);
+    assert_eq!(count(metric::DNS_LOOKUPS.name, "NXDOMAIN"), 1.0);
+    assert_eq!(count(metric::DNS_LOOKUPS.name, "TIMEOUT"), 1.0);
+    assert_eq!(count(metric::DNS_LOOKUP_DURATION.name, "NOERROR"), 2.0);
+    assert_eq!(count(metric::DNS_LOOKUP_DURATION.name, "TIMEOUT"), 0.0);
+}
+
+#[test]
+fn dns_question_name_can_be_left_out() {
+    let mut workloads = Workloads::new(TelemetrySettings { dns_question_name: false, ..settings(100) });
+    workloads.record_dns(&lookup("secret.test", Outcome::TimedOut), None);
+    let points = data_points(&workloads.collect()[0]);
+    assert!(points.iter().all(|(_, _, a, _)| a.iter().all(|kv| kv.key.as_str() != attr::DNS_QUESTION_NAME)));
 }

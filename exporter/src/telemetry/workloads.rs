@@ -12,10 +12,10 @@ use opentelemetry_sdk::{
     resource::EnvResourceDetector,
 };
 
-use super::{flow_instruments::FlowInstruments, reader::SharedReader};
+use super::{dns_instruments::DnsInstruments, flow_instruments::FlowInstruments, reader::SharedReader};
 use crate::{
-    aggregation::FlowRecord,
-    enrichment::{CgroupPaths, HostInfo, ProcessCache, ProcessInfo},
+    aggregation::{DnsLookup, FlowRecord},
+    enrichment::{CgroupPaths, DomainNames, HostInfo, ProcessCache, ProcessInfo},
     events::KernelProcess,
 };
 
@@ -26,12 +26,15 @@ pub struct TelemetrySettings {
     pub host: HostInfo,
     /// Intervals without data after which an exited process's workload is dropped.
     pub idle_intervals: u32,
+    /// Whether DNS metrics carry `dns.question.name`.
+    pub dns_question_name: bool,
 }
 
 struct Workload {
     provider: SdkMeterProvider,
     reader: SharedReader,
     flows: FlowInstruments,
+    dns: DnsInstruments,
     idle_intervals: u32,
 }
 
@@ -51,6 +54,10 @@ pub struct Workloads {
 
 pub fn netflow_scope() -> InstrumentationScope {
     InstrumentationScope::builder(scope::NETFLOW).with_version(env!("CARGO_PKG_VERSION")).build()
+}
+
+fn dns_scope() -> InstrumentationScope {
+    InstrumentationScope::builder(scope::DNS).with_version(env!("CARGO_PKG_VERSION")).build()
 }
 
 /// A provider with flowtel's views: every instrument capped at the configured
@@ -111,21 +118,36 @@ impl Workloads {
         Self { settings, by_pid: HashMap::new(), processes: ProcessCache::default(), cgroups: CgroupPaths::new() }
     }
 
-    /// Records one interval of flows, each under its process's workload (pid 0: the host).
-    pub fn record(&mut self, flows: &[FlowRecord], kernel: &HashMap<u32, KernelProcess>) {
+    /// Records one interval of flows, each under its process's workload (pid 0: the
+    /// host), with the peer's name where a DNS answer gave one.
+    pub fn record(&mut self, flows: &[FlowRecord], kernel: &HashMap<u32, KernelProcess>, domains: &DomainNames) {
+        let now = std::time::Instant::now();
         for flow in flows {
-            let pid = flow.pid;
-            let workload = self.by_pid.entry(pid).or_insert_with(|| {
-                let process =
-                    (pid != 0).then(|| self.processes.lookup(pid, kernel.get(&pid), &mut self.cgroups).clone());
-                let (provider, reader) =
-                    provider(&self.settings, workload_resource(&self.settings.host, process.as_ref()));
-                let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
-                Workload { provider, reader, flows, idle_intervals: 0 }
-            });
-            workload.idle_intervals = 0;
-            workload.flows.record(flow);
+            let domain = flow.peer.and_then(|peer| domains.name_of(peer, now));
+            self.workload(flow.pid, kernel.get(&flow.pid)).flows.record(flow, domain);
         }
+    }
+
+    /// Records one DNS lookup under the asking process's workload (pid 0: the host).
+    pub fn record_dns(&mut self, lookup: &DnsLookup, kernel: Option<&KernelProcess>) {
+        self.workload(lookup.pid, kernel).dns.record(lookup);
+    }
+
+    fn workload(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> &mut Workload {
+        let workload = self.by_pid.entry(pid).or_insert_with(|| {
+            let process = (pid != 0).then(|| self.processes.lookup(pid, kernel, &mut self.cgroups).clone());
+            let (provider, reader) = provider(&self.settings, workload_resource(&self.settings.host, process.as_ref()));
+            let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
+            let dns = DnsInstruments::new(&provider.meter_with_scope(dns_scope()), self.settings.dns_question_name);
+            Workload { provider, reader, flows, dns, idle_intervals: 0 }
+        });
+        workload.idle_intervals = 0;
+        workload
+    }
+
+    /// Whether this pid already has its workload (so its identity need not be looked up).
+    pub fn knows(&self, pid: u32) -> bool {
+        self.by_pid.contains_key(&pid)
     }
 
     /// Collects every workload's metrics for export.

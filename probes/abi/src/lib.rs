@@ -48,7 +48,11 @@ pub mod lost {
     /// A datagram peer could not be stashed: the bytes of an unconnected UDP socket are
     /// counted, but without their peer address.
     pub const PEER_TABLE_FULL: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// A DNS packet could not be handed to user space: the DNS ring buffer was full.
+    pub const DNS_RING_FULL: u32 = 4;
+    /// A DNS packet's headers could not be read from the socket buffer.
+    pub const DNS_PACKET_READ: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Indexes into the `CONTROL` array that user space writes and the probes read.
@@ -215,8 +219,10 @@ pub struct ProbeConfig {
     pub tcp_total_retrans: u16,
     // struct sock: for the raw tracepoints, whose arguments carry no protocol
     pub sock_protocol: u16,
+    /// Ports whose UDP and TCP payloads the DNS probe captures; 0 marks an unused slot.
+    pub dns_ports: [u16; dns::PORTS_MAX],
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 56);
+const _: () = assert!(size_of::<ProbeConfig>() == 64);
 
 /// The peer address of a datagram on an unconnected UDP socket, stashed per thread by
 /// the cgroup sendmsg/recvmsg hooks while the syscall runs.
@@ -229,6 +235,47 @@ pub struct DatagramPeer {
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<DatagramPeer>() == 20);
+
+/// The DNS probe's capture limits.
+pub mod dns {
+    /// How many DNS ports can be configured.
+    pub const PORTS_MAX: usize = 4;
+    /// Bytes of a packet's DNS payload (UDP) or TCP segment payload copied to user space.
+    /// A power of two: the probe masks lengths with `PAYLOAD_MAX - 1` for the verifier.
+    /// Above the 1232-byte EDNS size that resolvers advertise, so UDP answers arrive whole.
+    pub const PAYLOAD_MAX: usize = 2048;
+    /// [`super::DnsPacket::direction`]: the packet left a local socket.
+    pub const EGRESS: u8 = 1;
+    /// The packet arrived at a local socket.
+    pub const INGRESS: u8 = 2;
+}
+
+/// One packet to or from a DNS port, as the cgroup skb probe saw it at a local socket.
+/// Followed in the ring buffer by `captured_len` payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsPacket {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the probe saw the packet.
+    pub timestamp_ns: u64,
+    /// The sending process (tgid) for an egress packet sent in process context, else 0.
+    pub pid: u32,
+    /// Payload bytes on the wire (UDP payload, or TCP segment payload).
+    pub wire_len: u32,
+    /// Payload bytes that follow this header (at most [`dns::PAYLOAD_MAX`]).
+    pub captured_len: u32,
+    /// TCP sequence number of the payload's first byte (0 for UDP), host order.
+    pub tcp_seq: u32,
+    /// IPv4 in the first four bytes, or IPv6, network order.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub family: u8,
+    pub protocol: u8,
+    pub direction: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<DnsPacket>() == 64);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -248,4 +295,6 @@ mod pod {
     unsafe impl aya::Pod for super::ProcessSeen {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SocketTraffic {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsPacket {}
 }

@@ -29,6 +29,7 @@ static FLOWTEL_CONFIG: ProbeConfig = ProbeConfig {
     probe_srtt: 0,
     tcp_total_retrans: 0,
     sock_protocol: 0,
+    dns_ports: [0; flowtel_probes_abi::dns::PORTS_MAX],
 };
 
 /// The configuration as patched by user space. A volatile read keeps the compiler from

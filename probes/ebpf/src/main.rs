@@ -9,6 +9,7 @@
 
 mod config;
 mod datagram;
+mod dns;
 mod fallback;
 mod flow_table;
 mod maps;

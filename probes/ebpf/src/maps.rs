@@ -2,10 +2,10 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use flowtel_probes_abi::{
-    DatagramPeer, FlowKey, FlowStats, ProcessSeen, SocketInfo, SocketKey, SocketTraffic, control, lost,
+    DatagramPeer, DnsPacket, FlowKey, FlowStats, ProcessSeen, SocketInfo, SocketKey, SocketTraffic, control, dns, lost,
 };
 
 /// Default sizes; user space resizes them from its configuration before load.
@@ -48,6 +48,20 @@ pub static CONTROL: Array<u32> = Array::with_max_entries(control::COUNT, 0);
 /// One zeroed `FlowStats`, the initial value of a new flow (kept out of the 512-byte stack).
 #[map]
 pub static ZERO_STATS: Array<FlowStats> = Array::with_max_entries(1, 0);
+
+/// DNS packets for user space (dns.rs). User space sizes it from its configuration.
+#[map]
+pub static DNS_PACKETS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// One DNS packet being assembled, per CPU (2 KiB does not fit the BPF stack).
+#[repr(C)]
+pub struct DnsScratch {
+    pub header: DnsPacket,
+    pub payload: [u8; dns::PAYLOAD_MAX],
+}
+
+#[map]
+pub static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Events the kernel side had to drop, per cause (`lost::*`), summed by user space.
 #[map]

@@ -1,0 +1,132 @@
+//! One DNS message decoded by `simple-dns` into what flowtel keeps of it: the id, whether
+//! it is a response, the rcode, the first question, and the addresses the answers give
+//! for that question (CNAME chains followed). No record parsing of our own.
+//!
+//! This file depends on nothing else in the agent, so the fuzz target (`fuzz/`) compiles
+//! it as is.
+use std::net::IpAddr;
+
+use simple_dns::{Packet, PacketFlag, QTYPE, rdata::RData};
+
+/// The most CNAME links followed from the question to an address: a loop or an absurd
+/// chain in a hostile answer stops here.
+const MAX_CNAME_LINKS: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsMessage {
+    pub id: u16,
+    pub is_response: bool,
+    /// The 4-bit header rcode (extended rcodes from OPT are folded in by the library).
+    pub rcode: u16,
+    /// The question name, lower-case, without the trailing dot; empty for the root.
+    pub question_name: String,
+    pub question_type: u16,
+    /// Addresses the answer section gives for the question, with their TTLs.
+    pub addresses: Vec<(IpAddr, u32)>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a DNS message: {0}")]
+    Malformed(String),
+    #[error("a DNS message without a question")]
+    NoQuestion,
+}
+
+/// Decodes one message (a UDP payload, or one TCP message without its length prefix).
+pub fn decode(bytes: &[u8]) -> Result<DnsMessage, DecodeError> {
+    let packet = Packet::parse(bytes).map_err(|err| DecodeError::Malformed(err.to_string()))?;
+    let question = packet.questions.first().ok_or(DecodeError::NoQuestion)?;
+    let question_name = normalize(&question.qname.to_string());
+    let question_type = match question.qtype {
+        QTYPE::TYPE(t) => u16::from(t),
+        other => u16::from(other),
+    };
+    let is_response = packet.has_flags(PacketFlag::RESPONSE);
+    let addresses = if is_response { answer_addresses(&packet, &question_name) } else { Vec::new() };
+    Ok(DnsMessage {
+        id: packet.id(),
+        is_response,
+        rcode: packet.rcode() as u16,
+        question_name,
+        question_type,
+        addresses,
+    })
+}
+
+/// A, AAAA records owned by the question name or by a name it reaches through CNAMEs.
+fn answer_addresses(packet: &Packet<'_>, question: &str) -> Vec<(IpAddr, u32)> {
+    let mut names = vec![question.to_owned()];
+    for _ in 0..MAX_CNAME_LINKS {
+        let next = packet.answers.iter().find_map(|rr| match &rr.rdata {
+            RData::CNAME(target) if names.contains(&normalize(&rr.name.to_string())) => {
+                Some(normalize(&target.0.to_string())).filter(|t| !names.contains(t))
+            }
+            _ => None,
+        });
+        match next {
+            Some(target) => names.push(target),
+            None => break,
+        }
+    }
+    packet
+        .answers
+        .iter()
+        .filter(|rr| names.contains(&normalize(&rr.name.to_string())))
+        .filter_map(|rr| match &rr.rdata {
+            RData::A(a) => Some((IpAddr::from(a.address.to_be_bytes()), rr.ttl)),
+            RData::AAAA(aaaa) => Some((IpAddr::from(aaaa.address.to_be_bytes()), rr.ttl)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// `dns.question.type`: the mnemonic of common types, `TYPE<n>` (RFC 3597) otherwise.
+pub fn type_name(code: u16) -> std::borrow::Cow<'static, str> {
+    let name = match code {
+        1 => "A",
+        2 => "NS",
+        5 => "CNAME",
+        6 => "SOA",
+        12 => "PTR",
+        15 => "MX",
+        16 => "TXT",
+        28 => "AAAA",
+        33 => "SRV",
+        35 => "NAPTR",
+        43 => "DS",
+        48 => "DNSKEY",
+        64 => "SVCB",
+        65 => "HTTPS",
+        99 => "SPF",
+        252 => "AXFR",
+        255 => "ANY",
+        257 => "CAA",
+        _ => return format!("TYPE{code}").into(),
+    };
+    name.into()
+}
+
+/// `flowtel.dns.rcode`: the IANA mnemonic (RFC 6895), `RCODE<n>` otherwise.
+pub fn rcode_name(code: u16) -> std::borrow::Cow<'static, str> {
+    let name = match code {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        16 => "BADVERS",
+        _ => return format!("RCODE{code}").into(),
+    };
+    name.into()
+}

@@ -1,0 +1,208 @@
+//! DNS packets into lookups: each query paired with its answer by (client address and
+//! port, server address and port, transport, transaction id, question). Latency is
+//! the answer's kernel timestamp minus the query's. A query still unanswered after the
+//! timeout becomes a `TIMEOUT` lookup. A retransmitted query (same key) keeps the first
+//! one's time and is not counted again.
+//!
+//! Guarantees: every query seen ends as exactly one lookup (answered or timed out)
+//! unless the pending table is full, which is counted; every packet that does not
+//! decode as DNS is counted as a parse loss. Nothing here panics on input.
+mod message;
+mod stream;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+};
+
+pub use message::{DnsMessage, decode, rcode_name, type_name};
+use stream::{Segment, TcpStream};
+
+use super::Transport;
+use crate::events::CapturedPacket;
+
+/// What became of a lookup.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outcome {
+    Answered { rcode: u16, latency_s: f64 },
+    TimedOut,
+}
+
+/// One DNS lookup a local process made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsLookup {
+    /// The asking process; 0 when the query was not sent in process context.
+    pub pid: u32,
+    pub transport: Transport,
+    pub server: IpAddr,
+    pub question_name: String,
+    pub question_type: u16,
+    pub outcome: Outcome,
+    /// Addresses the answer gave for the question (CNAMEs followed), with TTLs.
+    pub addresses: Vec<(IpAddr, u32)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TrackerSettings {
+    pub timeout_ns: u64,
+    /// Queries awaiting an answer at once; TCP streams being reassembled, likewise.
+    pub max_pending: usize,
+}
+
+/// Losses found while pairing, by cause, since the last `take_losses`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackerLosses {
+    /// Payloads that are not DNS (or are cut where the probe's copy ended).
+    pub parse: u64,
+    /// Queries not tracked because the pending table was full.
+    pub pending_full: u64,
+    /// TCP segments missing from a stream: its framing was lost.
+    pub stream_gap: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PendingKey {
+    client: SocketAddr,
+    server: SocketAddr,
+    tcp: bool,
+    id: u16,
+    question_name: String,
+    question_type: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    at_ns: u64,
+    pid: u32,
+}
+
+pub struct DnsTracker {
+    settings: TrackerSettings,
+    pending: HashMap<PendingKey, Pending>,
+    /// One per direction of each TCP connection, keyed by (source, destination), with
+    /// the time it last carried data.
+    streams: HashMap<(SocketAddr, SocketAddr), (TcpStream, u64)>,
+    losses: TrackerLosses,
+}
+
+impl DnsTracker {
+    pub fn new(settings: TrackerSettings) -> Self {
+        Self { settings, pending: HashMap::new(), streams: HashMap::new(), losses: TrackerLosses::default() }
+    }
+
+    /// Takes one packet; answered lookups are appended to `out`.
+    pub fn packet(&mut self, packet: &CapturedPacket, out: &mut Vec<DnsLookup>) {
+        if !packet.tcp {
+            // A payload the probe cut short is decoded as far as it goes.
+            self.message(packet, &packet.payload, out);
+            return;
+        }
+        let key = (packet.src, packet.dst);
+        if !self.streams.contains_key(&key) && self.streams.len() >= self.settings.max_pending {
+            self.losses.pending_full += 1;
+            return;
+        }
+        let (stream, last_ns) = self.streams.entry(key).or_default();
+        *last_ns = packet.at_ns;
+        match stream.push(packet.tcp_seq, &packet.payload, packet.wire_len) {
+            Segment::Gap => self.losses.stream_gap += 1,
+            Segment::Messages(messages) => {
+                for message in messages {
+                    self.message(packet, &message, out);
+                }
+            }
+        }
+    }
+
+    fn message(&mut self, packet: &CapturedPacket, bytes: &[u8], out: &mut Vec<DnsLookup>) {
+        let Ok(message) = decode(bytes) else {
+            self.losses.parse += 1;
+            return;
+        };
+        // The probe keeps only queries going out and answers coming in.
+        match (packet.egress, message.is_response) {
+            (true, false) => self.query(packet, message),
+            (false, true) => self.answer(packet, message, out),
+            _ => {}
+        }
+    }
+
+    fn query(&mut self, packet: &CapturedPacket, message: DnsMessage) {
+        let key = PendingKey {
+            client: packet.src,
+            server: packet.dst,
+            tcp: packet.tcp,
+            id: message.id,
+            question_name: message.question_name,
+            question_type: message.question_type,
+        };
+        if self.pending.contains_key(&key) {
+            return; // a retransmission: the first query's time stands
+        }
+        if self.pending.len() >= self.settings.max_pending {
+            self.losses.pending_full += 1;
+            return;
+        }
+        self.pending.insert(key, Pending { at_ns: packet.at_ns, pid: packet.pid });
+    }
+
+    fn answer(&mut self, packet: &CapturedPacket, message: DnsMessage, out: &mut Vec<DnsLookup>) {
+        let key = PendingKey {
+            client: packet.dst,
+            server: packet.src,
+            tcp: packet.tcp,
+            id: message.id,
+            question_name: message.question_name,
+            question_type: message.question_type,
+        };
+        // An answer to a query we did not see (sent before flowtel started, or after
+        // its timeout was reported) is not a lookup of ours.
+        let Some(pending) = self.pending.remove(&key) else { return };
+        let latency_ns = packet.at_ns.saturating_sub(pending.at_ns);
+        out.push(DnsLookup {
+            pid: pending.pid,
+            transport: if key.tcp { Transport::Tcp } else { Transport::Udp },
+            server: key.server.ip(),
+            question_name: key.question_name,
+            question_type: key.question_type,
+            outcome: Outcome::Answered { rcode: message.rcode, latency_s: latency_ns as f64 / 1e9 },
+            addresses: message.addresses,
+        });
+    }
+
+    /// Reports queries older than the timeout as `TIMEOUT` lookups and forgets TCP
+    /// streams idle that long. `now_ns` is `CLOCK_MONOTONIC`, the probes' clock.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<DnsLookup>) {
+        let timeout = self.settings.timeout_ns;
+        let expired: Vec<PendingKey> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_ns.saturating_sub(p.at_ns) >= timeout)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            let Some(pending) = self.pending.remove(&key) else { continue };
+            out.push(DnsLookup {
+                pid: pending.pid,
+                transport: if key.tcp { Transport::Tcp } else { Transport::Udp },
+                server: key.server.ip(),
+                question_name: key.question_name,
+                question_type: key.question_type,
+                outcome: Outcome::TimedOut,
+                addresses: Vec::new(),
+            });
+        }
+        self.streams.retain(|_, (_, last_ns)| now_ns.saturating_sub(*last_ns) < timeout);
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn take_losses(&mut self) -> TrackerLosses {
+        std::mem::take(&mut self.losses)
+    }
+}
+
+#[cfg(test)]
+mod tests;

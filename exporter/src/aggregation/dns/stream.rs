@@ -1,0 +1,184 @@
+//! DNS over TCP (RFC 7766): each message is preceded by a two-byte length, several may
+//! share a connection, and one may span segments. The probe hands over each segment's
+//! payload (cut at `PAYLOAD_MAX`) with its sequence number; this rebuilds the messages
+//! of one direction of one connection.
+//!
+//! A retransmitted segment (its data already seen) is skipped. Bytes the probe cut off
+//! are not invented: the message they belong to is returned short, and decoding it
+//! fails or yields what its captured part holds. A gap in the sequence (a segment
+//! never seen) loses the framing: the stream starts over at the next segment, and the
+//! gap is reported so that the caller counts it.
+
+/// Bytes of one message kept while it is incomplete: the largest DNS message.
+const MESSAGE_MAX: usize = 65_535;
+
+#[derive(Debug, Default)]
+pub struct TcpStream {
+    /// Sequence number of the next byte expected; `None` until the first segment.
+    next_seq: Option<u32>,
+    /// The length prefix, once both of its bytes are in.
+    length: Option<usize>,
+    prefix: Vec<u8>,
+    /// Captured bytes of the current message.
+    message: Vec<u8>,
+    /// Bytes of the current message consumed so far, captured or not.
+    consumed: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Messages completed by this segment (possibly none).
+    Messages(Vec<Vec<u8>>),
+    /// A hole in the sequence: data was lost and the stream was reset.
+    Gap,
+}
+
+impl TcpStream {
+    /// Adds one segment: `captured` bytes of the `wire_len` the segment carried,
+    /// starting at sequence number `seq`.
+    pub fn push(&mut self, seq: u32, captured: &[u8], wire_len: u32) -> Segment {
+        let expected = *self.next_seq.get_or_insert(seq);
+        // Wrapping difference: where this segment starts relative to what we expect.
+        let offset = seq.wrapping_sub(expected).cast_signed();
+        if offset > 0 {
+            *self = Self { next_seq: Some(seq.wrapping_add(wire_len)), ..Self::default() };
+            return Segment::Gap;
+        }
+        let already_seen = offset.unsigned_abs();
+        if already_seen >= wire_len {
+            return Segment::Messages(Vec::new()); // a retransmission
+        }
+        self.next_seq = Some(seq.wrapping_add(wire_len));
+        let skip = already_seen as usize;
+        let captured = captured.get(skip..).unwrap_or_default();
+        let missing = (wire_len as usize - skip).saturating_sub(captured.len());
+        let mut done = Vec::new();
+        self.feed(captured, &mut done);
+        self.feed_missing(missing, &mut done);
+        Segment::Messages(done)
+    }
+
+    fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<Vec<u8>>) {
+        while !bytes.is_empty() {
+            let Some(length) = self.length else {
+                self.prefix.push(bytes[0]);
+                bytes = &bytes[1..];
+                if self.prefix.len() == 2 {
+                    self.start_message(usize::from(u16::from_be_bytes([self.prefix[0], self.prefix[1]])), done);
+                }
+                continue;
+            };
+            let take = (length - self.consumed).min(bytes.len());
+            if self.message.len() < MESSAGE_MAX {
+                self.message.extend_from_slice(&bytes[..take]);
+            }
+            self.consumed += take;
+            bytes = &bytes[take..];
+            self.finish_if_complete(done);
+        }
+    }
+
+    /// Bytes the probe did not copy: they advance the current message without data. If
+    /// they hide a length prefix, the stream cannot find its next message: it waits for
+    /// the next segment and resumes at the prefix it can see, a best effort.
+    fn feed_missing(&mut self, mut missing: usize, done: &mut Vec<Vec<u8>>) {
+        while missing > 0 {
+            let Some(length) = self.length else {
+                self.reset_framing();
+                return;
+            };
+            let take = (length - self.consumed).min(missing);
+            self.consumed += take;
+            missing -= take;
+            self.finish_if_complete(done);
+        }
+    }
+
+    fn start_message(&mut self, length: usize, done: &mut Vec<Vec<u8>>) {
+        self.prefix.clear();
+        self.length = Some(length);
+        self.consumed = 0;
+        self.message.clear();
+        self.finish_if_complete(done);
+    }
+
+    fn finish_if_complete(&mut self, done: &mut Vec<Vec<u8>>) {
+        if self.length.is_some_and(|length| self.consumed == length) {
+            done.push(std::mem::take(&mut self.message));
+            self.length = None;
+            self.consumed = 0;
+        }
+    }
+
+    fn reset_framing(&mut self) {
+        self.length = None;
+        self.prefix.clear();
+        self.message.clear();
+        self.consumed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(messages: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in messages {
+            out.extend_from_slice(&u16::try_from(m.len()).unwrap().to_be_bytes());
+            out.extend_from_slice(m);
+        }
+        out
+    }
+
+    fn len(bytes: &[u8]) -> u32 {
+        u32::try_from(bytes.len()).unwrap()
+    }
+
+    #[test]
+    fn two_messages_in_one_segment_and_one_split_across_three() {
+        let mut stream = TcpStream::default();
+        let data = framed(&[b"first", b"second", b"third message"]);
+        let (a, rest) = data.split_at(16); // both first messages and 1 byte of the third prefix
+        assert_eq!(stream.push(1000, a, len(a)), Segment::Messages(vec![b"first".to_vec(), b"second".to_vec()]));
+        let (b, c) = rest.split_at(5);
+        assert_eq!(stream.push(1016, b, len(b)), Segment::Messages(vec![]));
+        assert_eq!(stream.push(1021, c, len(c)), Segment::Messages(vec![b"third message".to_vec()]));
+    }
+
+    #[test]
+    fn retransmission_is_skipped_and_overlap_trimmed() {
+        let mut stream = TcpStream::default();
+        let data = framed(&[b"abcdef"]);
+        assert_eq!(stream.push(1, &data[..4], 4), Segment::Messages(vec![]));
+        assert_eq!(stream.push(1, &data[..4], 4), Segment::Messages(vec![]));
+        // Overlaps the first two bytes already seen.
+        assert_eq!(stream.push(3, &data[2..], len(&data[2..])), Segment::Messages(vec![b"abcdef".to_vec()]));
+    }
+
+    #[test]
+    fn a_gap_resets_the_stream() {
+        let mut stream = TcpStream::default();
+        let data = framed(&[b"abcdef", b"gh"]);
+        assert_eq!(stream.push(0, &data[..3], 3), Segment::Messages(vec![]));
+        assert_eq!(stream.push(5, &data[5..], len(&data[5..])), Segment::Gap);
+    }
+
+    #[test]
+    fn cut_payload_gives_a_short_message_and_keeps_framing() {
+        let mut stream = TcpStream::default();
+        let data = framed(&[b"0123456789", b"next"]);
+        // The probe copied 6 of the first segment's 12 bytes.
+        assert_eq!(stream.push(0, &data[..6], 12), Segment::Messages(vec![b"0123".to_vec()]));
+        assert_eq!(stream.push(12, &data[12..], len(&data[12..])), Segment::Messages(vec![b"next".to_vec()]));
+    }
+
+    #[test]
+    fn sequence_numbers_wrap() {
+        let mut stream = TcpStream::default();
+        let data = framed(&[b"wrap"]);
+        let start = u32::MAX - 1;
+        assert_eq!(stream.push(start, &data[..3], 3), Segment::Messages(vec![]));
+        assert_eq!(stream.push(start.wrapping_add(3), &data[3..], 3), Segment::Messages(vec![b"wrap".to_vec()]));
+    }
+}

@@ -1,0 +1,276 @@
+//! DNS end to end: real servers (dnsmasq, a dnslib server) on one test host, real `dig`
+//! on the other, the real agent, exact lookup counts read back from a real OTLP receiver.
+#![allow(clippy::float_cmp, reason = "lookup counts are integers carried as f64, compared exactly on purpose")]
+use std::{
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use flowtel_e2e::{
+    agent::{Agent, with_grpc_receiver},
+    netns::Link,
+    privileged_or_skip,
+    query::{matching, points, total},
+    receiver::Receiver,
+    traffic::{Traffic, eventually},
+};
+
+const LOOKUPS: &str = "flowtel.dns.lookups";
+const DURATION: &str = "dns.lookup.duration";
+
+/// A server process in a test host, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// dnsmasq on `ns`, port `port`: `known.test`-style names from `answers` (name, address),
+/// `nx.test` NXDOMAIN, and no upstream, so any other name is REFUSED.
+fn dnsmasq(ns: &str, listen: &[&str], port: u16, answers: &[(&str, &str)]) -> Server {
+    let mut cmd = Link::exec(ns, "dnsmasq");
+    cmd.args(["--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces", "--pid-file=", "--user=root"]);
+    cmd.arg(format!("--port={port}"));
+    for address in listen {
+        cmd.arg(format!("--listen-address={address}"));
+    }
+    for (name, address) in answers {
+        cmd.arg(format!("--address=/{name}/{address}"));
+    }
+    cmd.arg("--address=/nx.test/");
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn dnsmasq");
+    std::thread::sleep(Duration::from_millis(300)); // it binds before it forks nothing; give it a moment
+    Server(child)
+}
+
+/// Runs `dig` in `ns` to completion; returns its pid and output.
+fn dig(ns: &str, args: &[&str]) -> (String, String) {
+    let child = Link::exec(ns, "dig").args(["+tries=1", "+time=3"]).args(args).stdout(Stdio::piped()).spawn();
+    let child = child.expect("spawn dig");
+    let pid = child.id().to_string();
+    let out = child.wait_with_output().expect("wait dig");
+    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// dig's own "Query time: N msec".
+fn dig_query_ms(output: &str) -> f64 {
+    let line =
+        output.lines().find(|l| l.contains("Query time:")).unwrap_or_else(|| panic!("no query time in {output}"));
+    line.split_whitespace().nth(3).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad line {line}"))
+}
+
+fn agent_with(receiver: &Receiver, env: &[(&str, &str)]) -> Agent {
+    let endpoint = format!("http://{}", receiver.addr);
+    let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    all.extend_from_slice(env);
+    Agent::start(&all)
+}
+
+#[test]
+fn lookups_are_counted_by_rcode_and_transport_under_the_asking_process() {
+    if !privileged_or_skip("lookups_are_counted_by_rcode_and_transport_under_the_asking_process") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let agent = agent_with(&receiver, &[("FLOWTEL_DNS_PORTS", "53,5300")]);
+    let link = Link::new("dns", 41);
+    let (server, server6) = (link.addr_b.to_string(), link.addr6_b.to_string());
+    let answers = [("known.test", server.as_str()), ("known.test", server6.as_str())];
+    let listen = [server.as_str(), server6.as_str(), "127.0.0.1"];
+    let _dnsmasq = dnsmasq(&link.b, &listen, 53, &answers);
+    let _dnsmasq_5300 = dnsmasq(&link.b, &[&server], 5300, &answers);
+
+    let at = format!("@{server}");
+    let (first_pid, first) = dig(&link.a, &[&at, "known.test"]);
+    assert!(first.contains("status: NOERROR"), "{first}");
+    let mut dig_ms = vec![dig_query_ms(&first)];
+    for _ in 0..2 {
+        dig_ms.push(dig_query_ms(&dig(&link.a, &[&at, "known.test"]).1));
+    }
+    for _ in 0..2 {
+        assert!(dig(&link.a, &[&at, "nx.test"]).1.contains("status: NXDOMAIN"));
+    }
+    assert!(dig(&link.a, &[&at, "elsewhere.example"]).1.contains("status: REFUSED"));
+    for _ in 0..2 {
+        assert!(dig(&link.a, &["+tcp", &at, "known.test"]).1.contains("status: NOERROR"));
+    }
+    assert!(dig(&link.a, &["-p", "5300", &at, "known.test"]).1.contains("status: NOERROR"));
+    assert!(dig(&link.a, &[&format!("@{server6}"), "known.test", "AAAA"]).1.contains("status: NOERROR"));
+    // A resolver on the same host, over loopback (as with a stub resolver on 127.0.0.53).
+    assert!(dig(&link.b, &["@127.0.0.1", "known.test"]).1.contains("status: NOERROR"));
+
+    let by = |rcode: &'static str, transport: &'static str, server: &str| {
+        let got = receiver.received.snapshot();
+        let attrs = [("network.peer.address", server), ("flowtel.dns.rcode", rcode), ("network.transport", transport)];
+        total(&points(&got, LOOKUPS), &[], &attrs)
+    };
+    let delivered = eventually(Duration::from_secs(20), || {
+        by("NOERROR", "udp", &server) == 4.0
+            && by("NOERROR", "tcp", &server) == 2.0
+            && by("NXDOMAIN", "udp", &server) == 2.0
+            && by("REFUSED", "udp", &server) == 1.0
+            && by("NOERROR", "udp", &server6) == 1.0
+            && by("NOERROR", "udp", "127.0.0.1") == 1.0
+    });
+    let got = receiver.received.snapshot();
+    let lookups = points(&got, LOOKUPS);
+    assert!(delivered, "lookups never matched; got {:#?}\nagent log:\n{}", matching(&lookups, &[], &[]), agent.log());
+    // Exactly the client's view: the local dnsmasq's side of each exchange adds nothing.
+    let to_server = [("network.peer.address", server.as_str())];
+    assert_eq!(total(&lookups, &[], &to_server), 9.0);
+    assert_eq!(total(&lookups, &[], &[("network.peer.address", &server6), ("dns.question.type", "AAAA")]), 1.0);
+
+    // Each lookup sits under the dig that asked.
+    let first_res = [("process.pid", first_pid.as_str())];
+    let mine = matching(&lookups, &first_res, &[]);
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(mine[0].resource["service.name"], "dig");
+    assert_eq!(mine[0].attrs["dns.question.name"], "known.test");
+    assert_eq!(mine[0].attrs["dns.question.type"], "A");
+    assert!(!mine[0].attrs.contains_key("error.type"));
+    assert_eq!(mine[0].scope, "flowtel.dns");
+    let nx = matching(&lookups, &[], &[to_server[0], ("flowtel.dns.rcode", "NXDOMAIN")]);
+    assert!(nx.iter().all(|p| p.attrs["error.type"] == "NXDOMAIN" && p.attrs["dns.question.name"] == "nx.test"));
+
+    // Latency from kernel timestamps, in line with dig's own millisecond figure.
+    let durations = points(&got, DURATION);
+    let noerror_udp = [to_server[0], ("flowtel.dns.rcode", "NOERROR"), ("network.transport", "udp")];
+    let ours = matching(&durations, &[], &noerror_udp);
+    assert_eq!(ours.iter().map(|p| p.count).sum::<u64>(), 4);
+    let max_seen = ours.iter().filter_map(|p| p.max).fold(0.0, f64::max);
+    let dig_max = dig_ms.iter().copied().fold(0.0, f64::max) / 1e3;
+    assert!(max_seen > 0.0 && max_seen <= dig_max + 0.002, "agent max {max_seen} s, dig max {dig_max} s");
+}
+
+#[test]
+fn slow_failed_and_unanswered_lookups() {
+    if !privileged_or_skip("slow_failed_and_unanswered_lookups") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let agent = agent_with(&receiver, &[("FLOWTEL_DNS_TIMEOUT_MS", "1000")]);
+    let link = Link::new("dnsslow", 42);
+    let server = link.addr_b.to_string();
+    let mut dns_server = Traffic::spawn_script(&link.b, "dns_server.py", &[&server, "300"]);
+    dns_server.wait_line("ready");
+
+    let at = format!("@{server}");
+    let (_, slow) = dig(&link.a, &[&at, "slow.test"]);
+    let slow_ms = dig_query_ms(&slow);
+    assert!(dig(&link.a, &[&at, "fail.test"]).1.contains("status: SERVFAIL"));
+    let (drop_pid, _) = dig(&link.a, &["+time=2", &at, "drop.test"]);
+
+    let to_server = ("network.peer.address", server.as_str());
+    let delivered = eventually(Duration::from_secs(20), || {
+        let lookups = points(&receiver.received.snapshot(), LOOKUPS);
+        total(&lookups, &[], &[to_server, ("flowtel.dns.rcode", "NOERROR")]) == 1.0
+            && total(&lookups, &[], &[to_server, ("flowtel.dns.rcode", "SERVFAIL")]) == 1.0
+            && total(&lookups, &[], &[to_server, ("flowtel.dns.rcode", "TIMEOUT")]) == 1.0
+    });
+    let got = receiver.received.snapshot();
+    let lookups = points(&got, LOOKUPS);
+    assert!(
+        delivered,
+        "lookups never matched: {:#?}\nagent log:\n{}",
+        matching(&lookups, &[], &[to_server]),
+        agent.log()
+    );
+    let timeout = matching(&lookups, &[], &[to_server, ("flowtel.dns.rcode", "TIMEOUT")]);
+    assert_eq!(timeout[0].attrs["error.type"], "timeout");
+    assert_eq!(timeout[0].attrs["dns.question.name"], "drop.test");
+    assert_eq!(timeout[0].resource["process.pid"], drop_pid);
+    assert_eq!(
+        matching(&lookups, &[], &[to_server, ("flowtel.dns.rcode", "SERVFAIL")])[0].attrs["error.type"],
+        "SERVFAIL"
+    );
+
+    // The injected 300 ms delay, measured by the kernel's timestamps, agrees with dig.
+    let slow_point =
+        matching(&points(&got, DURATION), &[], &[to_server, ("dns.question.name", "slow.test")])[0].clone();
+    assert_eq!(slow_point.count, 1);
+    assert!(slow_point.value >= 0.3 && slow_point.value < 0.6, "slow.test took {} s", slow_point.value);
+    assert!((slow_point.value * 1e3 - slow_ms).abs() < 20.0, "agent {} s vs dig {slow_ms} ms", slow_point.value);
+    // No duration for a lookup that never got an answer.
+    assert!(matching(&points(&got, DURATION), &[], &[to_server, ("flowtel.dns.rcode", "TIMEOUT")]).is_empty());
+}
+
+#[test]
+fn a_flow_to_a_looked_up_address_carries_the_domain() {
+    if !privileged_or_skip("a_flow_to_a_looked_up_address_carries_the_domain") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("dnsflow", 43);
+    let server = link.addr_b.to_string();
+    let _dnsmasq = dnsmasq(&link.b, &[&server], 53, &[("web.test", &server)]);
+    assert!(dig(&link.a, &[&format!("@{server}"), "web.test"]).1.contains(&server));
+
+    let mut tcp_server = Traffic::spawn(&link.b, &["tcp-server", "9100", "1", "100", "200"]);
+    tcp_server.wait_line("ready");
+    let mut client = Traffic::spawn(&link.a, &["tcp-client", &server, "9100", "1", "100", "200"]);
+    let client_pid = client.pid().to_string();
+    client.wait_line("done");
+    client.finish();
+    tcp_server.wait_line("done");
+    tcp_server.finish();
+
+    let client_res = [("process.pid", client_pid.as_str())];
+    let named = [("network.peer.address", server.as_str()), ("flowtel.peer.domain", "web.test")];
+    let delivered = eventually(Duration::from_secs(20), || {
+        let got = receiver.received.snapshot();
+        total(&points(&got, "flowtel.tcp.connections.opened"), &client_res, &named) == 1.0
+    });
+    let got = receiver.received.snapshot();
+    let io = points(&got, "flowtel.network.io");
+    assert!(delivered, "no named flow: {:#?}\nagent log:\n{}", matching(&io, &client_res, &[]), agent.log());
+    assert_eq!(total(&io, &client_res, &[named[1], ("network.io.direction", "transmit")]), 100.0);
+    let names = points(&got, "flowtel.agent.dns.names");
+    assert!(names.iter().any(|p| p.value >= 1.0), "{names:?}");
+}
+
+#[test]
+fn garbage_on_a_dns_port_is_counted_and_harmless() {
+    if !privileged_or_skip("garbage_on_a_dns_port_is_counted_and_harmless") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("dnsjunk", 44);
+    // Nothing listens there, so no reply muddies the count: 300 malformed queries.
+    let sent = 300;
+    let script = format!(
+        "import os, socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for i in range({sent}):\n\
+         \x20   if i % 3 == 0: data = os.urandom(i % 12)\n\
+         \x20   elif i % 3 == 1: data = os.urandom(4) + bytes([0, 0, 0, 5, 0, 0, 0, 0]) + b'\\xff' * (i % 1400)\n\
+         \x20   else: data = os.urandom(2) + bytes([1, 0, 0, 1, 0, 0, 0, 0, 0, 0]) + bytes([63]) + b'a' * 40\n\
+         \x20   s.sendto(data, ('{}', 53))\n",
+        link.addr_b
+    );
+    let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
+    assert!(status.success());
+    let parse_lost = || {
+        let got = receiver.received.snapshot();
+        total(
+            &points(&got, "flowtel.agent.events.lost"),
+            &[],
+            &[("flowtel.probe", "dnsflow"), ("flowtel.loss.cause", "parse")],
+        )
+    };
+    let counted = eventually(Duration::from_secs(20), || parse_lost() == f64::from(sent));
+    assert!(counted, "parse losses {} of {sent}\nagent log:\n{}", parse_lost(), agent.log());
+    // Still observing: a real lookup after the garbage is counted.
+    let server = link.addr_b.to_string();
+    let _dnsmasq = dnsmasq(&link.b, &[&server], 53, &[("after.test", &server)]);
+    dig(&link.a, &[&format!("@{server}"), "after.test"]);
+    let after = eventually(Duration::from_secs(20), || {
+        let lookups = points(&receiver.received.snapshot(), LOOKUPS);
+        total(&lookups, &[], &[("dns.question.name", "after.test"), ("flowtel.dns.rcode", "NOERROR")]) == 1.0
+    });
+    assert!(after, "agent log:\n{}", agent.log());
+    let (status, log) = agent.stop();
+    assert!(status.success(), "agent did not exit cleanly after garbage: {status}\n{log}");
+}
