@@ -1,6 +1,7 @@
-//! The DNS probe's ring buffer into [`CapturedPacket`]s. The buffer is read as soon as
-//! it has data (epoll on its fd), so its size only has to cover the time between two
-//! wake-ups; what did not fit was counted by the probe (`lost::DNS_RING_FULL`).
+//! The DNS probe's ring buffer into [`CapturedPacket`]s. The buffer is read every 20 ms,
+//! and at once when the probe finds it a quarter full, so its size only has to cover
+//! the time between two reads; what did not fit was counted by the probe
+//! (`lost::DNS_RING_FULL`).
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::{
@@ -30,6 +31,9 @@ pub struct CapturedPacket {
     pub payload: Vec<u8>,
 }
 
+/// How often the ring buffer is looked at when the probe has not woken the reader.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 pub struct DnsPacketReader {
     ring: AsyncFd<RingBuf<MapData>>,
 }
@@ -47,28 +51,34 @@ impl DnsPacketReader {
     /// Waits until packets are there, then reads up to `max` of them. Records the
     /// agent cannot decode (a probe object newer than the agent) count as `undecodable`.
     pub async fn next_batch(&mut self, max: usize, out: &mut Vec<CapturedPacket>) -> Result<u64, ReadError> {
-        let mut undecodable = 0;
         loop {
-            let mut guard = self
-                .ring
-                .readable_mut()
-                .await
-                .map_err(|source| ReadError::Io { what: "waiting for DNS packets", source })?;
-            let ring = guard.get_inner_mut();
-            while out.len() < max {
-                let Some(item) = ring.next() else { break };
-                match decode(&item) {
-                    Some(packet) => out.push(packet),
-                    None => undecodable += 1,
-                }
-            }
-            if out.len() < max {
-                guard.clear_ready();
-            }
+            let undecodable = self.drain(max, out);
             if !out.is_empty() || undecodable > 0 {
                 return Ok(undecodable);
             }
+            // The probe wakes us only when the buffer fills up (see `wakeup_flag` in
+            // probes/ebpf/src/dns.rs); otherwise look every POLL.
+            tokio::select! {
+                ready = self.ring.readable_mut() => {
+                    let mut guard = ready.map_err(|source| ReadError::Io { what: "waiting for DNS packets", source })?;
+                    guard.clear_ready();
+                }
+                () = tokio::time::sleep(POLL) => {}
+            }
         }
+    }
+
+    fn drain(&mut self, max: usize, out: &mut Vec<CapturedPacket>) -> u64 {
+        let ring = self.ring.get_mut();
+        let mut undecodable = 0;
+        while out.len() < max {
+            let Some(item) = ring.next() else { break };
+            match decode(&item) {
+                Some(packet) => out.push(packet),
+                None => undecodable += 1,
+            }
+        }
+        undecodable
     }
 }
 

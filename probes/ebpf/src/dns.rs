@@ -1,10 +1,9 @@
 //! DNS packets at the socket layer: cgroup skb programs at the cgroup v2 root see every
 //! packet of every local socket, whatever network namespace it lives in (a container's
 //! or a pod's traffic included), loopback and a local stub resolver included. For each
-//! packet they read the IP and transport headers, and only when a port is one of the
-//! configured DNS ports do they copy the payload (UDP) or segment payload (TCP) to the
-//! `DNS_PACKETS` ring buffer for user space to parse. Everything else costs three
-//! bounded header loads.
+//! packet they read the IP header and ports in one bounded load, and only when a port
+//! is one of the configured DNS ports do they copy the payload (UDP) or segment payload
+//! (TCP) to the `DNS_PACKETS` ring buffer for user space to parse.
 //!
 //! Only the client side of a lookup is copied: a query leaving a local socket for a DNS
 //! port, and an answer arriving from one. A local DNS server's own view of the same
@@ -29,6 +28,8 @@ use crate::{
 
 /// Lets the packet through: the probe only observes.
 const PASS: i32 = 1;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const IPV4_HEADER_MIN: u32 = 20;
 const IPV6_HEADER: u32 = 40;
 /// IPv4 `frag_off` bits that mark a fragment other than the first (offset), and "more".
@@ -46,41 +47,49 @@ pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
     PASS
 }
 
-/// Where a packet's transport header starts, with its addresses filled into `packet`.
-struct Network {
-    transport_offset: u32,
+/// What the cheap first look at a packet finds: enough to decide whether it is DNS.
+struct Transport {
+    protocol: u8,
+    offset: u32,
+    src_port: u16,
+    dst_port: u16,
 }
 
 fn try_dns(ctx: &SkBuffContext, direction: u8) -> Option<()> {
-    let ports = config().dns_ports;
-    let first: u8 = ctx.load(0).ok()?;
-    let mut packet = DnsPacket { direction, ..DnsPacket::default() };
-    let network = match first >> 4 {
-        4 => ipv4(ctx, &mut packet)?,
-        6 => ipv6(ctx, &mut packet)?,
+    // Every packet of the host passes here: one bounded load decides, and only a DNS
+    // packet pays for the rest.
+    // SAFETY: `protocol` is a plain context field every skb program may read.
+    let ethertype = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let transport = match ethertype {
+        ETH_P_IP => ipv4_transport(ctx)?,
+        ETH_P_IPV6 => ipv6_transport(ctx)?,
         _ => return None,
     };
-    let port_words: [u16; 2] = ctx.load(network.transport_offset as usize).ok()?;
-    packet.src_port = u16::from_be(port_words[0]);
-    packet.dst_port = u16::from_be(port_words[1]);
     // The client side only: queries out to a DNS port, answers in from one.
-    let server_port = if direction == dns::EGRESS { packet.dst_port } else { packet.src_port };
-    if server_port == 0 || !ports.contains(&server_port) {
+    let server_port = if direction == dns::EGRESS { transport.dst_port } else { transport.src_port };
+    if server_port == 0 || !config().dns_ports.contains(&server_port) {
         return None;
     }
-    let payload_offset = match packet.protocol {
-        protocol::UDP => network.transport_offset + 8,
+    let mut packet = DnsPacket {
+        direction,
+        protocol: transport.protocol,
+        src_port: transport.src_port,
+        dst_port: transport.dst_port,
+        ..DnsPacket::default()
+    };
+    if addresses(ctx, ethertype, &mut packet).is_none() {
+        count_lost(lost::DNS_PACKET_READ);
+        return None;
+    }
+    let payload_offset = match transport.protocol {
+        protocol::UDP => transport.offset + 8,
         _ => {
-            let Ok(seq) = ctx.load::<u32>(network.transport_offset as usize + 4) else {
+            let Ok(tcp) = ctx.load::<[u8; 13]>(transport.offset as usize) else {
                 count_lost(lost::DNS_PACKET_READ);
                 return None;
             };
-            let Ok(data_offset) = ctx.load::<u8>(network.transport_offset as usize + 12) else {
-                count_lost(lost::DNS_PACKET_READ);
-                return None;
-            };
-            packet.tcp_seq = u32::from_be(seq);
-            network.transport_offset + u32::from(data_offset >> 4) * 4
+            packet.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            transport.offset + u32::from(tcp[12] >> 4) * 4
         }
     };
     let wire_len = ctx.len().checked_sub(payload_offset)?;
@@ -98,43 +107,67 @@ fn try_dns(ctx: &SkBuffContext, direction: u8) -> Option<()> {
     Some(())
 }
 
-fn ipv4(ctx: &SkBuffContext, packet: &mut DnsPacket) -> Option<Network> {
-    let header: [u8; IPV4_HEADER_MIN as usize] = ctx.load(0).ok()?;
-    let proto = header[9];
-    if proto != protocol::UDP && proto != protocol::TCP {
+/// The IPv4 header and, when it has no options (nearly always), the ports, in one load.
+fn ipv4_transport(ctx: &SkBuffContext) -> Option<Transport> {
+    let h: [u8; IPV4_HEADER_MIN as usize + 4] = ctx.load(0).ok()?;
+    let protocol = h[9];
+    if protocol != protocol::UDP && protocol != protocol::TCP {
         return None;
     }
     // A later fragment carries no transport header; DNS over UDP above the MTU is
     // fragmented only where EDNS sizes exceed it, which resolvers avoid since 2020.
-    if u16::from_be_bytes([header[6], header[7]]) & IPV4_FRAGMENT_OFFSET != 0 {
+    if u16::from_be_bytes([h[6], h[7]]) & IPV4_FRAGMENT_OFFSET != 0 {
         return None;
     }
-    packet.family = family::IPV4;
-    packet.protocol = proto;
-    packet.src_addr[..4].copy_from_slice(&header[12..16]);
-    packet.dst_addr[..4].copy_from_slice(&header[16..20]);
-    Some(Network { transport_offset: u32::from(header[0] & 0x0f) * 4 })
+    let offset = u32::from(h[0] & 0x0f) * 4;
+    let ports = if offset == IPV4_HEADER_MIN {
+        [h[20], h[21], h[22], h[23]]
+    } else {
+        ctx.load::<[u8; 4]>(offset as usize).ok()?
+    };
+    Some(Transport {
+        protocol,
+        offset,
+        src_port: u16::from_be_bytes([ports[0], ports[1]]),
+        dst_port: u16::from_be_bytes([ports[2], ports[3]]),
+    })
 }
 
 /// Extension headers are not followed: DNS over IPv6 does not use them in practice.
-fn ipv6(ctx: &SkBuffContext, packet: &mut DnsPacket) -> Option<Network> {
-    let header: [u8; IPV6_HEADER as usize] = ctx.load(0).ok()?;
-    let next = header[6];
-    if next != protocol::UDP && next != protocol::TCP {
+fn ipv6_transport(ctx: &SkBuffContext) -> Option<Transport> {
+    let h: [u8; IPV6_HEADER as usize + 4] = ctx.load(0).ok()?;
+    let protocol = h[6];
+    if protocol != protocol::UDP && protocol != protocol::TCP {
         return None;
     }
-    packet.family = family::IPV6;
-    packet.protocol = next;
-    packet.src_addr.copy_from_slice(&header[8..24]);
-    packet.dst_addr.copy_from_slice(&header[24..40]);
-    Some(Network { transport_offset: IPV6_HEADER })
+    Some(Transport {
+        protocol,
+        offset: IPV6_HEADER,
+        src_port: u16::from_be_bytes([h[40], h[41]]),
+        dst_port: u16::from_be_bytes([h[42], h[43]]),
+    })
+}
+
+/// Source and destination addresses, read only for a DNS packet.
+fn addresses(ctx: &SkBuffContext, ethertype: u16, packet: &mut DnsPacket) -> Option<()> {
+    if ethertype == ETH_P_IP {
+        let a: [u8; 8] = ctx.load(12).ok()?;
+        packet.family = family::IPV4;
+        packet.src_addr[..4].copy_from_slice(&a[..4]);
+        packet.dst_addr[..4].copy_from_slice(&a[4..]);
+    } else {
+        packet.family = family::IPV6;
+        packet.src_addr = ctx.load(8).ok()?;
+        packet.dst_addr = ctx.load(24).ok()?;
+    }
+    Some(())
 }
 
 /// Copies the header and up to `PAYLOAD_MAX` payload bytes into this CPU's scratch
 /// event (too big for the 512-byte stack) and hands them to the ring buffer.
 fn emit(ctx: &SkBuffContext, packet: &mut DnsPacket, payload_offset: u32, wire_len: u32) {
     if wire_len == 0 {
-        if DNS_PACKETS.output::<DnsPacket>(packet, 0).is_err() {
+        if DNS_PACKETS.output::<DnsPacket>(packet, wakeup_flag()).is_err() {
             count_lost(lost::DNS_RING_FULL);
         }
         return;
@@ -162,8 +195,24 @@ fn emit(ctx: &SkBuffContext, packet: &mut DnsPacket, payload_offset: u32, wire_l
     let size = size_of::<DnsPacket>() + len as usize;
     // SAFETY: `size` is within the scratch event, which is plain bytes.
     let bytes = unsafe { core::slice::from_raw_parts(scratch.cast::<u8>(), size) };
-    if DNS_PACKETS.output::<[u8]>(bytes, 0).is_err() {
+    if DNS_PACKETS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
         count_lost(lost::DNS_RING_FULL);
+    }
+}
+
+/// Waking the reader costs more than the whole probe (an irq_work and a task switch
+/// per packet, about 2 µs), so the reader polls on a short timer and is woken only
+/// when a quarter of the buffer is in use.
+/// <https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/ringbuf.c#L561> (flags >= 5.8)
+fn wakeup_flag() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_RING_SIZE: u64 = 1;
+    if DNS_PACKETS.query(BPF_RB_AVAIL_DATA) > DNS_PACKETS.query(BPF_RB_RING_SIZE) / 4 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
     }
 }
 

@@ -1,15 +1,6 @@
-//! `cargo run --release -p flowtel-e2e --bin bench`: flowtel's cost, measured in one run.
-//!
-//! Loopback iperf3 with 1 KiB writes (the worst case for per-send hooks), alternating
-//! rounds without and with the agent; per-probe nanoseconds per event from the kernel's
-//! own accounting (`kernel.bpf_stats_enabled`: `run_time_ns` / `run_cnt`); agent CPU and
-//! peak RSS from /proc; events lost and bytes counted, from what a real OTLP receiver got.
-//! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SECONDS` (default 5).
-#![allow(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "benchmark arithmetic on measured values far inside the target types' range"
-)]
+//! Flows: loopback iperf3 with 1 KiB writes (the worst case for per-send hooks),
+//! alternating rounds without and with the agent; events lost and bytes counted, from
+//! what a real OTLP receiver got.
 use std::{collections::BTreeMap, process::Command, time::Duration};
 
 use flowtel_e2e::{
@@ -18,9 +9,7 @@ use flowtel_e2e::{
     receiver::Receiver,
 };
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use super::{BpfStats, cpu_ticks, env_or, median, peak_rss_kib, print_probe_table, program_stats};
 
 /// (bytes sent, bits per second) of one iperf3 run, and the client's pid.
 fn iperf(seconds: u64, port: u16) -> (u64, f64, u32) {
@@ -47,50 +36,9 @@ fn iperf(seconds: u64, port: u16) -> (u64, f64, u32) {
     (number("\"bytes\"") as u64, number("\"bits_per_second\""), pid)
 }
 
-/// Per flowtel program: (`run_time_ns`, `run_cnt`), summed over attachments.
-fn program_stats() -> BTreeMap<String, (u64, u64)> {
-    let mut stats = BTreeMap::new();
-    for info in aya::programs::loaded_programs().flatten() {
-        let name = info.name_as_str().unwrap_or_default().to_owned();
-        if name.starts_with("flow_") || name.starts_with("datagram_") {
-            let entry = stats.entry(name).or_insert((0, 0));
-            entry.0 += info.run_time().as_nanos() as u64;
-            entry.1 += info.run_count();
-        }
-    }
-    stats
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn main() {
-    assert!(flowtel_e2e::privileged_or_skip("bench"), "the benchmark needs root");
+pub fn run() {
     let (rounds, seconds) = (env_or("BENCH_ROUNDS", 3), env_or("BENCH_SECONDS", 5));
-    let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
-    let stats_before = std::fs::read_to_string(stats_path).unwrap_or_else(|_| "0".into());
-    // BENCH_NO_STATS=1 measures throughput without the kernel's own accounting cost.
-    let stats_on = std::env::var_os("BENCH_NO_STATS").is_none();
-    std::fs::write(stats_path, if stats_on { "1" } else { "0" }).expect("set kernel.bpf_stats_enabled");
+    let stats = BpfStats::enable();
 
     let receiver = Receiver::grpc("127.0.0.1:0");
     let endpoint = format!("http://{}", receiver.addr);
@@ -124,7 +72,7 @@ fn main() {
         let counted = total(&io, &[("process.pid", &client_pid.to_string())], &[("network.io.direction", "transmit")]);
         accuracy.push((bytes, counted as u64));
     }
-    std::fs::write(stats_path, stats_before.trim()).ok();
+    drop(stats);
 
     let lost = total(&points(&receiver.received.snapshot(), "flowtel.agent.events.lost"), &[], &[]);
     let (base, observed) = (median(without), median(with));
@@ -145,9 +93,5 @@ fn main() {
             "| round {round}: iperf3 data bytes / agent-counted bytes (incl. control connection) | {bytes} / {counted} |"
         );
     }
-    println!("\n| probe | events | ns/event |\n|---|---|---|");
-    for (name, (time, count)) in &probe_totals {
-        let per = if *count > 0 { *time as f64 / *count as f64 } else { 0.0 };
-        println!("| {name} | {count} | {per:.1} |");
-    }
+    print_probe_table(&probe_totals);
 }
