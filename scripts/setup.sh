@@ -3,13 +3,22 @@
 # tests drive, the nightly pieces the kernel programs need, and bpf-linker built
 # against the nightly toolchain's own libLLVM (Debian ships no LLVM that
 # bpf-linker's default features accept). Both the README and .ci/run call this.
+#
+# `scripts/setup.sh --build-only` (the Dockerfile's build stage) installs only what
+# building needs: the nightly pieces and bpf-linker, not the tests' servers and clients.
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+build_only=false
+[[ "${1:-}" == "--build-only" ]] && build_only=true
 
 # dnsmasq-base and bind9-dnsutils (dig): the DNS server and client of the DNS tests;
-# dnsperf: the DNS load generator of the benchmark.
-apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf)
+# dnsperf: the DNS load generator of the benchmark; docker-compose (1.29, no engine
+# needed): checks the compose example.
+apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose)
+if $build_only; then
+  apt_packages=(curl)
+fi
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
@@ -22,12 +31,12 @@ if ((${#missing[@]})); then
 fi
 
 # rotel: a third-party (Rust) OpenTelemetry collector, used as a real OTLP peer in tests.
-if ! command -v rotel-agent >/dev/null 2>&1 && ! python3 -c 'import rotel' >/dev/null 2>&1; then
+if ! $build_only && ! command -v rotel-agent >/dev/null 2>&1 && ! python3 -c 'import rotel' >/dev/null 2>&1; then
   log "installing rotel from PyPI"
   python3 -m pip install -q rotel
 fi
 # dnslib: the tests' DNS server for SERVFAIL, slow and dropped answers.
-if ! python3 -c 'import dnslib' >/dev/null 2>&1; then
+if ! $build_only && ! python3 -c 'import dnslib' >/dev/null 2>&1; then
   log "installing dnslib from PyPI"
   python3 -m pip install -q dnslib
 fi

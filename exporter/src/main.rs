@@ -38,6 +38,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     privileges::check()?;
+    if let Some(root) = &config.probes.cgroup_root {
+        mounts::set_cgroup_root(root);
+    }
     match cli.command.unwrap_or(cli::Command::Run) {
         cli::Command::Run => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -1,9 +1,27 @@
 //! Where the host's filesystems the agent needs are mounted.
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
-/// The cgroup v2 hierarchy (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
-/// on hybrid ones), from the mount table.
+/// `probes.cgroup_root` from the configuration, set once at start-up.
+static CGROUP_ROOT_OVERRIDE: OnceLock<PathBuf> = OnceLock::new();
+
+/// In a container with its own cgroup namespace (Docker's and containerd's default on
+/// cgroup v2) `/sys/fs/cgroup` is the container's own subtree; a bind mount of the
+/// host's `/sys/fs/cgroup` elsewhere (say `/host/sys/fs/cgroup`) is the host's root,
+/// where the cgroup probes must attach to see every process.
+pub fn set_cgroup_root(path: &Path) {
+    let _ = CGROUP_ROOT_OVERRIDE.set(path.to_owned());
+}
+
+/// The cgroup v2 hierarchy: the configured path, else the first cgroup2 mount in the
+/// mount table (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on hybrid
+/// ones).
 pub fn cgroup2_root() -> Option<PathBuf> {
+    if let Some(path) = CGROUP_ROOT_OVERRIDE.get() {
+        return Some(path.clone());
+    }
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     mounts.lines().find_map(|line| {
         let mut fields = line.split_whitespace();

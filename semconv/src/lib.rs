@@ -157,6 +157,7 @@ pub mod resource {
     pub const PROCESS_COMMAND: &str = "process.command";
     pub const CONTAINER_ID: &str = "container.id";
     pub const K8S_POD_UID: &str = "k8s.pod.uid";
+    pub const K8S_NODE_NAME: &str = "k8s.node.name";
     pub const HOST_NAME: &str = "host.name";
     pub const HOST_ID: &str = "host.id";
     pub const HOST_ARCH: &str = "host.arch";

@@ -5,10 +5,15 @@
 //! These tests need root and a BPF-capable kernel. Without them they skip with a loud
 //! message on a developer machine; under `CI=true` they fail instead.
 pub mod agent;
+pub mod collector;
 pub mod netns;
 pub mod query;
 pub mod receiver;
 pub mod traffic;
+
+/// The capabilities the Kubernetes `DaemonSet` and the compose sidecar grant flowtel, and
+/// that a test shows are enough for an unprivileged user.
+pub const DOCUMENTED_CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_PTRACE"];
 
 /// Returns false (after saying so loudly) when privileged tests cannot run here.
 /// Under CI they must run: panics instead.

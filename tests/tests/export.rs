@@ -1,14 +1,11 @@
 //! Delivery: both OTLP protocols, a flush on SIGTERM, a collector outage, and a
 //! third-party collector (rotel) in the path.
 #![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
-use std::{
-    net::TcpListener,
-    process::{Child, Command},
-    time::Duration,
-};
+use std::{net::TcpListener, time::Duration};
 
 use flowtel_e2e::{
     agent::Agent,
+    collector::Rotel,
     netns::Link,
     privileged_or_skip,
     query::{points, total},
@@ -75,45 +72,14 @@ fn collector_outage_is_logged_once_and_totals_arrive_when_it_returns() {
     assert!(total(&failures, &[("service.name", "flowtel")], &[]) >= 3.0, "{failures:#?}");
 }
 
-fn rotel_binary() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
-        .output()
-        .expect("python3");
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(std::path::Path::new(&path).exists(), "rotel is not installed (pip install rotel; scripts/setup.sh does)");
-    path
-}
-
-struct Rotel(Child);
-impl Drop for Rotel {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn through_a_third_party_collector() {
     if !privileged_or_skip("through_a_third_party_collector") {
         return;
     }
     let receiver = Receiver::grpc("127.0.0.1:0");
-    let (grpc, http) = (free_port(), free_port());
-    let _rotel = Rotel(
-        Command::new(rotel_binary())
-            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
-            .args(["--exporter", "otlp", "--otlp-exporter-endpoint", &format!("http://{}", receiver.addr)])
-            .args(["--batch-timeout", "200ms"])
-            // rotel logs to stdout; keep it for a failing run.
-            .stdout(std::fs::File::create(std::env::temp_dir().join("flowtel-e2e-rotel.log")).unwrap())
-            .spawn()
-            .expect("start rotel-agent"),
-    );
-    let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok());
-    assert!(up, "rotel did not listen on {grpc}");
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://127.0.0.1:{grpc}"))]);
+    let rotel = Rotel::start(&format!("http://{}", receiver.addr));
+    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://127.0.0.1:{}", rotel.grpc_port))]);
     let link = Link::new("rotel", 23);
     let client = exchange(&link, 9600, 1357, 2468);
     let delivered = eventually(Duration::from_secs(30), || client_sent(&receiver.received, &client) == 1357.0);

@@ -49,7 +49,33 @@ fn without_privileges_it_names_the_missing_capabilities() {
         .expect("setpriv (util-linux)");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(text.contains("CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"), "{text}");
+    assert!(text.contains("CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN (or CAP_SYS_ADMIN)"), "{text}");
+    assert!(text.contains("CAP_DAC_READ_SEARCH (when not root)"), "{text}");
+}
+
+/// The capability set the Kubernetes and compose examples grant, and nothing else, as
+/// an unprivileged user: every probe loads and attaches.
+#[test]
+fn the_documented_capabilities_are_enough_without_root() {
+    if !privileged_or_skip("the_documented_capabilities_are_enough_without_root") {
+        return;
+    }
+    let caps: Vec<String> =
+        flowtel_e2e::DOCUMENTED_CAPABILITIES.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+    let caps = caps.join(",");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([format!("--inh-caps=-all,{caps}"), format!("--ambient-caps=-all,{caps}")])
+        .arg(flowtel_e2e::agent::binary())
+        .arg("status")
+        .output()
+        .expect("setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    for program in ["flow_state", "flow_retransmit", "datagram_sendmsg4", "dns_egress", "dns_ingress"] {
+        let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{program} "))).unwrap_or_default();
+        assert!(line.ends_with("attached"), "{program} not attached without root: {text}");
+    }
 }
 
 #[test]

@@ -57,6 +57,9 @@ pub struct ProbesConfig {
     pub socket_table_entries: u32,
     /// Minimum gap between two RTT samples of one flow, in microseconds.
     pub rtt_sample_interval_us: u64,
+    /// The host's cgroup v2 root, where the cgroup probes attach; `None`: the first
+    /// cgroup2 mount. Set it in a container with its own cgroup namespace.
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 impl Default for ProbesConfig {
@@ -66,6 +69,7 @@ impl Default for ProbesConfig {
             flow_table_entries: 8_192,
             socket_table_entries: 32_768,
             rtt_sample_interval_us: 1_000,
+            cgroup_root: None,
         }
     }
 }
@@ -218,6 +222,16 @@ impl Config {
                 value: self.log.level.clone(),
                 reason: err.to_string(),
             });
+        }
+        if let Some(root) = &self.probes.cgroup_root {
+            let is_cgroup2 = std::fs::read_to_string(root.join("cgroup.controllers")).is_ok();
+            if !is_cgroup2 {
+                return Err(ConfigError::Invalid {
+                    key: "probes.cgroup_root",
+                    value: root.display().to_string(),
+                    reason: "not a cgroup v2 directory (no cgroup.controllers there)".into(),
+                });
+            }
         }
         if self.host.name.as_deref() == Some("") {
             return Err(ConfigError::Invalid {

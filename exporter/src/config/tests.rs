@@ -162,3 +162,13 @@ fn bad_dns_values_name_their_key() {
     assert!(err(&[("FLOWTEL_DNS_RING_BUFFER_KIB", "1000")]).contains("power of two"));
     assert!(err(&[("FLOWTEL_DNS_TIMEOUT_MS", "5")]).contains("dns.timeout_ms"));
 }
+
+#[test]
+fn cgroup_root_must_be_a_cgroup2_directory() {
+    let err = Config::load(None, &vars(&[("FLOWTEL_PROBES_CGROUP_ROOT", "/tmp")])).unwrap_err().to_string();
+    assert!(err.contains("probes.cgroup_root") && err.contains("not a cgroup v2 directory"), "{err}");
+    if let Some(root) = crate::mounts::cgroup2_root() {
+        let config = Config::load(None, &vars(&[("FLOWTEL_PROBES_CGROUP_ROOT", root.to_str().unwrap())])).unwrap();
+        assert_eq!(config.probes.cgroup_root, Some(root));
+    }
+}

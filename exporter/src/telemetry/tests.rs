@@ -29,6 +29,7 @@ fn settings(limit: usize) -> TelemetrySettings {
             id: Some("abc".into()),
             arch: "amd64",
             os_version: Some("6.18".into()),
+            k8s_node_name: Some("node-1".into()),
         },
         idle_intervals: 2,
         dns_question_name: true,
@@ -106,6 +107,7 @@ fn a_flow_becomes_the_contracts_metrics_under_its_process() {
     assert_eq!(resource_value(rm, resource::PROCESS_PID), Some(Value::I64(i64::from(me))));
     assert_eq!(resource_value(rm, resource::SERVICE_NAME), resource_value(rm, resource::PROCESS_EXECUTABLE_NAME));
     assert_eq!(resource_value(rm, resource::HOST_NAME), Some(Value::from("node-1")));
+    assert_eq!(resource_value(rm, resource::K8S_NODE_NAME), Some(Value::from("node-1")));
     assert_eq!(resource_value(rm, resource::SERVICE_INSTANCE_ID), Some(Value::from(format!("node-1/{me}"))));
 
     let points = data_points(rm);

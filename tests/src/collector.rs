@@ -1,0 +1,57 @@
+//! rotel (from `PyPI`), a third-party OpenTelemetry collector written in Rust, as a real OTLP
+//! hop between the agent and the test receiver.
+use std::{
+    net::TcpListener,
+    process::{Child, Command},
+    time::Duration,
+};
+
+use crate::traffic::eventually;
+
+fn rotel_binary() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
+        .output()
+        .expect("python3");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(std::path::Path::new(&path).exists(), "rotel is not installed (pip install rotel; scripts/setup.sh does)");
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running rotel that forwards OTLP to `forward_to` (an `http://host:port` gRPC
+/// endpoint); stopped on drop.
+pub struct Rotel {
+    child: Child,
+    /// Its OTLP/gRPC listening port on 127.0.0.1.
+    pub grpc_port: u16,
+}
+
+impl Rotel {
+    pub fn start(forward_to: &str) -> Self {
+        let (grpc, http) = (free_port(), free_port());
+        let child = Command::new(rotel_binary())
+            .args(["start", "--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http}")])
+            .args(["--exporter", "otlp", "--otlp-exporter-endpoint", forward_to])
+            .args(["--batch-timeout", "200ms"])
+            // rotel logs to stdout; keep it for a failing run.
+            .stdout(std::fs::File::create(std::env::temp_dir().join(format!("flowtel-e2e-rotel-{grpc}.log"))).unwrap())
+            .spawn()
+            .expect("start rotel-agent");
+        let rotel = Self { child, grpc_port: grpc };
+        let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok());
+        assert!(up, "rotel did not listen on {grpc}");
+        rotel
+    }
+}
+
+impl Drop for Rotel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
