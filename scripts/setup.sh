@@ -40,6 +40,18 @@ if ! $build_only && ! python3 -c 'import dnslib' >/dev/null 2>&1; then
   log "installing dnslib from PyPI"
   python3 -m pip install -q dnslib
 fi
+# A real MaxMind-format City database for the GeoIP test: GeoLite2 City (2018, CC BY-SA
+# 4.0), as the PyPI package maxminddb-geolite2 ships it.
+geoip_db=/var/cache/flowtel-test/GeoLite2-City.mmdb
+if ! $build_only && [[ ! -s $geoip_db ]]; then
+  log "fetching the GeoLite2 City test database (maxminddb-geolite2 from PyPI)"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --no-binary :all: maxminddb-geolite2==2018.703 -d "$tmp"
+  tar -xzf "$tmp"/maxminddb-geolite2-2018.703.tar.gz -C "$tmp"
+  mkdir -p "$(dirname "$geoip_db")"
+  mv "$tmp"/maxminddb-geolite2-2018.703/_maxminddb_geolite2/GeoLite2-City.mmdb "$geoip_db"
+  rm -rf "$tmp"
+fi
 
 if ! rustup toolchain list | grep -q '^nightly'; then
   log "installing the nightly toolchain"

@@ -137,6 +137,9 @@ pub mod attr {
     pub const PEER_ADDRESS_CLASS: &str = "flowtel.peer.address.class";
     pub const ERROR_TYPE: &str = "error.type";
     pub const PEER_DOMAIN: &str = "flowtel.peer.domain";
+    pub const GEO_COUNTRY_ISO_CODE: &str = "geo.country.iso_code";
+    pub const GEO_REGION_ISO_CODE: &str = "geo.region.iso_code";
+    pub const GEO_LOCALITY_NAME: &str = "geo.locality.name";
     pub const DNS_QUESTION_NAME: &str = "dns.question.name";
     pub const DNS_QUESTION_TYPE: &str = "dns.question.type";
     pub const DNS_RCODE: &str = "flowtel.dns.rcode";

@@ -74,7 +74,10 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     let mut server = Traffic::spawn_in_cgroup(
         &link.a,
         &pod.leaf(),
-        &[("OTEL_SERVICE_NAME", "checkout")],
+        &[
+            ("OTEL_SERVICE_NAME", "checkout"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=ignored,service.namespace=shop,host.name=liar,team=a%2Cb"),
+        ],
         &["tcp-server", "9800", "2", "10", "20"],
     );
     server.wait_line("ready");
@@ -115,6 +118,10 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     assert_eq!(resource.get("k8s.pod.uid").map(String::as_str), Some(POD_UID), "{resource:?}");
     // The app's own OTEL_SERVICE_NAME names its workload.
     assert_eq!(resource.get("service.name").map(String::as_str), Some("checkout"), "{resource:?}");
+    // Its OTEL_RESOURCE_ATTRIBUTES add to the Resource, but cannot override what flowtel measures.
+    assert_eq!(resource.get("service.namespace").map(String::as_str), Some("shop"), "{resource:?}");
+    assert_eq!(resource.get("team").map(String::as_str), Some("a,b"), "{resource:?}");
+    assert_ne!(resource.get("host.name").map(String::as_str), Some("liar"), "{resource:?}");
     let io = points(&receiver.received.snapshot(), "flowtel.network.io");
     let sidecar = &matching(&io, &sidecar_res, &[])[0].resource;
     assert_eq!(sidecar.get("container.id").map(String::as_str), Some(SIDECAR_ID), "{sidecar:?}");

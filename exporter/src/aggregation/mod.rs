@@ -6,7 +6,7 @@ mod address;
 mod dns;
 mod flow;
 
-pub use address::classify;
+pub use address::{AddressClass, classify};
 pub use dns::{DnsLookup, DnsTracker, Outcome, TrackerLosses, TrackerSettings, rcode_name, type_name};
 #[cfg(test)]
 pub use flow::Failure;

@@ -40,6 +40,7 @@ pub enum ConfigError {
 pub struct Config {
     pub probes: ProbesConfig,
     pub dns: DnsConfig,
+    pub geo: GeoConfig,
     pub telemetry: TelemetryConfig,
     pub host: HostConfig,
     pub log: LogConfig,
@@ -138,6 +139,13 @@ mod ports {
     }
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoConfig {
+    /// A MaxMind-format City database (`GeoIP2` or `GeoLite2` City); `None`: no `geo.*`.
+    pub database: Option<std::path::PathBuf>,
+}
+
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
@@ -232,6 +240,15 @@ impl Config {
                     reason: "not a cgroup v2 directory (no cgroup.controllers there)".into(),
                 });
             }
+        }
+        if let Some(database) = &self.geo.database
+            && let Err(err) = std::fs::File::open(database)
+        {
+            return Err(ConfigError::Invalid {
+                key: "geo.database",
+                value: database.display().to_string(),
+                reason: format!("cannot be read: {err}"),
+            });
         }
         if self.host.name.as_deref() == Some("") {
             return Err(ConfigError::Invalid {

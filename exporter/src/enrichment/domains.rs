@@ -56,8 +56,8 @@ impl DomainNames {
     }
 
     /// The name for this address, unless none was seen or it has expired.
-    pub fn name_of(&self, address: IpAddr, now: Instant) -> Option<&str> {
-        self.entries.get(&address).filter(|e| e.expires > now).map(|e| &*e.name)
+    pub fn name_of(&self, address: IpAddr, now: Instant) -> Option<Arc<str>> {
+        self.entries.get(&address).filter(|e| e.expires > now).map(|e| Arc::clone(&e.name))
     }
 
     /// Drops expired entries (expiry alone is not an eviction).
@@ -95,13 +95,13 @@ mod tests {
         let now = Instant::now();
         let mut names = DomainNames::new(10, Duration::from_mins(1));
         names.learn("a.test", &[(ip("10.0.0.1"), 5), (ip("::1"), 600)], now);
-        assert_eq!(names.name_of(ip("10.0.0.1"), now), Some("a.test"));
+        assert_eq!(names.name_of(ip("10.0.0.1"), now).as_deref(), Some("a.test"));
         // The 5 s TTL is raised to the 60 s floor; the 600 s one is kept.
-        assert_eq!(names.name_of(ip("10.0.0.1"), now + Duration::from_secs(59)), Some("a.test"));
-        assert_eq!(names.name_of(ip("10.0.0.1"), now + Duration::from_secs(61)), None);
-        assert_eq!(names.name_of(ip("::1"), now + Duration::from_secs(599)), Some("a.test"));
+        assert_eq!(names.name_of(ip("10.0.0.1"), now + Duration::from_secs(59)).as_deref(), Some("a.test"));
+        assert_eq!(names.name_of(ip("10.0.0.1"), now + Duration::from_secs(61)).as_deref(), None);
+        assert_eq!(names.name_of(ip("::1"), now + Duration::from_secs(599)).as_deref(), Some("a.test"));
         names.learn("b.test", &[(ip("10.0.0.1"), 5)], now);
-        assert_eq!(names.name_of(ip("10.0.0.1"), now), Some("b.test"));
+        assert_eq!(names.name_of(ip("10.0.0.1"), now).as_deref(), Some("b.test"));
         names.purge_expired(now + Duration::from_secs(61));
         assert_eq!((names.len(), names.evicted()), (1, 0));
     }
@@ -114,8 +114,8 @@ mod tests {
         names.learn("two.test", &[(ip("10.0.0.2"), 60)], now);
         names.learn("one.test", &[(ip("10.0.0.1"), 60)], now); // refreshed: now the newest
         names.learn("three.test", &[(ip("10.0.0.3"), 60)], now);
-        assert_eq!(names.name_of(ip("10.0.0.2"), now), None);
-        assert_eq!(names.name_of(ip("10.0.0.1"), now), Some("one.test"));
+        assert_eq!(names.name_of(ip("10.0.0.2"), now).as_deref(), None);
+        assert_eq!(names.name_of(ip("10.0.0.1"), now).as_deref(), Some("one.test"));
         assert_eq!((names.len(), names.evicted()), (2, 1));
     }
 }

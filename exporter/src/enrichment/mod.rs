@@ -4,10 +4,14 @@
 mod cgroups;
 mod container;
 mod domains;
+mod geo;
 mod host;
+mod peers;
 mod process;
 
 pub use cgroups::CgroupPaths;
 pub use domains::DomainNames;
+pub use geo::{GeoIp, Location};
 pub use host::HostInfo;
+pub use peers::{PeerInfo, Peers};
 pub use process::{ProcessCache, ProcessInfo};

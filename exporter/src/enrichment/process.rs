@@ -16,23 +16,88 @@ pub struct ProcessInfo {
     pub executable_name: String,
     pub command: Option<String>,
     pub container: ContainerInfo,
-    /// `OTEL_SERVICE_NAME` from the process's own environment: an instrumented app's
-    /// chosen name wins over its executable's, as OpenTelemetry users expect.
+    /// `OTEL_SERVICE_NAME` from the process's own environment (else `service.name` from
+    /// its `OTEL_RESOURCE_ATTRIBUTES`): an instrumented app's chosen name wins over its
+    /// executable's, as OpenTelemetry users expect.
     pub otel_service_name: Option<String>,
+    /// The rest of the process's own `OTEL_RESOURCE_ATTRIBUTES` (bounded).
+    pub otel_resource_attributes: Vec<(String, String)>,
 }
 
 /// Environments are read up to this size: the variable is near the start in practice,
 /// and a huge environment must not cost the agent memory.
 const ENVIRON_MAX: u64 = 64 * 1024;
 
-fn otel_service_name(dir: &Path) -> Option<String> {
+/// At most this many of a process's own resource attributes are taken, each value cut
+/// at `ATTRIBUTE_VALUE_MAX` bytes: an environment is not a place to trust for sizes.
+const ATTRIBUTES_MAX: usize = 32;
+const ATTRIBUTE_VALUE_MAX: usize = 256;
+
+/// What an OpenTelemetry-instrumented process says about itself in its environment.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct OtelEnvironment {
+    service_name: Option<String>,
+    resource_attributes: Vec<(String, String)>,
+}
+
+fn otel_environment(dir: &Path) -> OtelEnvironment {
     use std::io::Read as _;
     let mut raw = Vec::new();
-    fs::File::open(dir.join("environ")).ok()?.take(ENVIRON_MAX).read_to_end(&mut raw).ok()?;
-    raw.split(|&b| b == 0)
-        .find_map(|entry| entry.strip_prefix(b"OTEL_SERVICE_NAME="))
-        .map(|value| String::from_utf8_lossy(value).trim().to_owned())
-        .filter(|name| !name.is_empty())
+    let Ok(file) = fs::File::open(dir.join("environ")) else { return OtelEnvironment::default() };
+    if file.take(ENVIRON_MAX).read_to_end(&mut raw).is_err() {
+        return OtelEnvironment::default();
+    }
+    let variable = |name: &[u8]| {
+        raw.split(|&b| b == 0)
+            .find_map(|entry| entry.strip_prefix(name))
+            .map(|value| String::from_utf8_lossy(value).trim().to_owned())
+            .filter(|value| !value.is_empty())
+    };
+    let mut resource_attributes =
+        variable(b"OTEL_RESOURCE_ATTRIBUTES=").map(|v| parse_resource_attributes(&v)).unwrap_or_default();
+    let from_attributes =
+        resource_attributes.iter().position(|(k, _)| k == "service.name").map(|i| resource_attributes.remove(i).1);
+    OtelEnvironment { service_name: variable(b"OTEL_SERVICE_NAME=").or(from_attributes), resource_attributes }
+}
+
+/// `key1=value1,key2=value2`, values percent-encoded (the OpenTelemetry SDK
+/// environment specification); malformed pairs are skipped, as the SDKs do.
+fn parse_resource_attributes(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            let (key, value) = (key.trim(), percent_decode(value.trim()));
+            let mut end = value.len().min(ATTRIBUTE_VALUE_MAX);
+            while !value.is_char_boundary(end) {
+                end -= 1;
+            }
+            (!key.is_empty() && !value.is_empty()).then(|| (key.to_owned(), value[..end].to_owned()))
+        })
+        .take(ATTRIBUTES_MAX)
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Process identity by pid, read from /proc once per process and kept while it lives.
@@ -76,10 +141,12 @@ fn read_proc(proc_root: &Path, pid: u32, kernel_name: Option<&str>) -> ProcessIn
         text
     });
     let container = fs::read_to_string(dir.join("cgroup")).map(|text| from_proc_cgroup(&text)).unwrap_or_default();
+    let otel = otel_environment(&dir);
     ProcessInfo {
         pid,
         container,
-        otel_service_name: otel_service_name(&dir),
+        otel_service_name: otel.service_name,
+        otel_resource_attributes: otel.resource_attributes,
         executable_name: exe
             .or(comm)
             .or_else(|| kernel_name.map(str::to_owned))
@@ -102,14 +169,30 @@ mod tests {
     }
 
     #[test]
-    fn otel_service_name_comes_from_the_environment() {
+    fn otel_service_name_and_resource_attributes_come_from_the_environment() {
         let dir = std::env::temp_dir().join(format!("flowtel-environ-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("environ"), b"PATH=/bin\0OTEL_SERVICE_NAME=checkout\0HOME=/\0").unwrap();
-        assert_eq!(otel_service_name(&dir).as_deref(), Some("checkout"));
+        assert_eq!(otel_environment(&dir).service_name.as_deref(), Some("checkout"));
         std::fs::write(dir.join("environ"), b"OTEL_SERVICE_NAME=\0").unwrap();
-        assert_eq!(otel_service_name(&dir), None);
+        assert_eq!(otel_environment(&dir), OtelEnvironment::default());
+        let attrs = b"OTEL_RESOURCE_ATTRIBUTES=service.name=cart, service.version=1.2,team=a%2Cb,broken,=x\0";
+        std::fs::write(dir.join("environ"), attrs).unwrap();
+        let env = otel_environment(&dir);
+        assert_eq!(env.service_name.as_deref(), Some("cart"));
+        let expected = [("service.version", "1.2"), ("team", "a,b")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(env.resource_attributes, expected);
+        std::fs::write(dir.join("environ"), [b"OTEL_SERVICE_NAME=wins\0".as_slice(), attrs].concat()).unwrap();
+        assert_eq!(otel_environment(&dir).service_name.as_deref(), Some("wins"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resource_attributes_are_bounded() {
+        let many: Vec<String> = (0..100).map(|i| format!("k{i}={}", "v".repeat(1000))).collect();
+        let parsed = parse_resource_attributes(&many.join(","));
+        assert_eq!(parsed.len(), ATTRIBUTES_MAX);
+        assert!(parsed.iter().all(|(_, v)| v.len() == ATTRIBUTE_VALUE_MAX));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use self::dns::{DnsBatch, DnsStage};
 use crate::{
     aggregation::{self, Outcome, TrackerSettings},
     config::{Config, OtelSettings},
-    enrichment::{DomainNames, HostInfo},
+    enrichment::{DomainNames, GeoIp, HostInfo, Peers},
     events::{DnsPacketReader, FlowReader, KernelFlow, ProcessNames},
     probes::{self, ProbeSettings, Probes},
     status,
@@ -35,7 +35,7 @@ pub fn probe_settings(config: &Config) -> ProbeSettings {
 struct Recorder {
     agent: AgentTelemetry,
     workloads: Workloads,
-    domains: DomainNames,
+    peers: Peers,
     processes: ProcessNames,
     dns_evicted_reported: u64,
     dns_pending: usize,
@@ -46,7 +46,7 @@ impl Recorder {
         let now = Instant::now();
         for lookup in &batch.lookups {
             if let Outcome::Answered { .. } = lookup.outcome {
-                self.domains.learn(&lookup.question_name, &lookup.addresses, now);
+                self.peers.domains.learn(&lookup.question_name, &lookup.addresses, now);
             }
             let kernel = (lookup.pid != 0 && !self.workloads.knows(lookup.pid))
                 .then(|| self.processes.get(lookup.pid))
@@ -80,10 +80,11 @@ impl Recorder {
         }
         self.agent.record_lost(&lost);
         self.agent.record_flows_active(flows.len());
-        self.workloads.record(&records, &names, &self.domains);
-        self.domains.purge_expired(Instant::now());
-        let evicted = self.domains.evicted();
-        self.agent.record_dns_state(self.domains.len(), evicted - self.dns_evicted_reported, self.dns_pending);
+        self.workloads.record(&records, &names, &mut self.peers);
+        let domains = &mut self.peers.domains;
+        domains.purge_expired(Instant::now());
+        let evicted = domains.evicted();
+        self.agent.record_dns_state(domains.len(), evicted - self.dns_evicted_reported, self.dns_pending);
         self.dns_evicted_reported = evicted;
     }
 }
@@ -119,7 +120,10 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     let mut recorder = Recorder {
         agent,
         workloads: Workloads::new(settings),
-        domains: DomainNames::new(config.dns.names_capacity, Duration::from_secs(config.dns.name_ttl_floor_s)),
+        peers: Peers {
+            domains: DomainNames::new(config.dns.names_capacity, Duration::from_secs(config.dns.name_ttl_floor_s)),
+            geo: config.geo.database.as_deref().map(GeoIp::open).transpose()?,
+        },
         processes: ProcessNames::new(&mut probes.ebpf)?,
         dns_evicted_reported: 0,
         dns_pending: 0,

@@ -5,7 +5,10 @@ use opentelemetry::{
     metrics::{Counter, Gauge, Histogram, Meter},
 };
 
-use crate::aggregation::{Direction, FlowRecord, Transport, classify};
+use crate::{
+    aggregation::{Direction, FlowRecord, Transport, classify},
+    enrichment::PeerInfo,
+};
 
 pub struct FlowInstruments {
     io: Counter<u64>,
@@ -36,11 +39,21 @@ impl FlowInstruments {
         }
     }
 
-    /// `peer_domain`: the name a local process looked up to reach the peer, if any.
-    pub fn record(&self, flow: &FlowRecord, peer_domain: Option<&str>) {
+    pub fn record(&self, flow: &FlowRecord, peer: &PeerInfo) {
         let mut attrs = flow_attributes(flow);
-        if let Some(domain) = peer_domain {
-            attrs.push(KeyValue::new(attr::PEER_DOMAIN, domain.to_owned()));
+        if let Some(domain) = &peer.domain {
+            attrs.push(KeyValue::new(attr::PEER_DOMAIN, domain.to_string()));
+        }
+        if let Some(location) = &peer.location {
+            for (key, value) in [
+                (attr::GEO_COUNTRY_ISO_CODE, &location.country_iso_code),
+                (attr::GEO_REGION_ISO_CODE, &location.region_iso_code),
+                (attr::GEO_LOCALITY_NAME, &location.locality_name),
+            ] {
+                if let Some(value) = value {
+                    attrs.push(KeyValue::new(key, value.clone()));
+                }
+            }
         }
         let with = |key: &'static str, v: &'static str| {
             let mut a = attrs.clone();

@@ -17,7 +17,7 @@ use opentelemetry_sdk::metrics::{
 use super::{TelemetrySettings, Workloads};
 use crate::{
     aggregation::{Direction, DnsLookup, Failure, FlowRecord, Outcome, Transport},
-    enrichment::{DomainNames, HostInfo},
+    enrichment::{DomainNames, HostInfo, Peers},
 };
 
 fn settings(limit: usize) -> TelemetrySettings {
@@ -36,8 +36,8 @@ fn settings(limit: usize) -> TelemetrySettings {
     }
 }
 
-fn no_domains() -> DomainNames {
-    DomainNames::new(10, Duration::from_mins(1))
+fn no_peers() -> Peers {
+    Peers { domains: DomainNames::new(10, Duration::from_mins(1)), geo: None }
 }
 
 fn flow(pid: u32, peer: &str) -> FlowRecord {
@@ -100,7 +100,7 @@ fn has(attrs: &[KeyValue], key: &str, value: &str) -> bool {
 fn a_flow_becomes_the_contracts_metrics_under_its_process() {
     let me = std::process::id();
     let mut workloads = Workloads::new(settings(100));
-    workloads.record(&[flow(me, "192.0.2.7")], &HashMap::new(), &no_domains());
+    workloads.record(&[flow(me, "192.0.2.7")], &HashMap::new(), &mut no_peers());
     let batch = workloads.collect();
     assert_eq!(batch.len(), 1);
     let rm = &batch[0];
@@ -145,7 +145,7 @@ fn a_flow_becomes_the_contracts_metrics_under_its_process() {
 #[test]
 fn flows_without_a_process_go_under_the_host_resource() {
     let mut workloads = Workloads::new(settings(100));
-    workloads.record(&[flow(0, "192.0.2.7")], &HashMap::new(), &no_domains());
+    workloads.record(&[flow(0, "192.0.2.7")], &HashMap::new(), &mut no_peers());
     let batch = workloads.collect();
     assert_eq!(resource_value(&batch[0], resource::PROCESS_PID), None);
     assert_eq!(resource_value(&batch[0], resource::HOST_NAME), Some(Value::from("node-1")));
@@ -155,7 +155,7 @@ fn flows_without_a_process_go_under_the_host_resource() {
 fn past_the_cardinality_limit_the_sdk_overflow_series_keeps_the_total() {
     let mut workloads = Workloads::new(settings(5));
     let peers: Vec<FlowRecord> = (1..=20).map(|i| flow(0, &format!("192.0.2.{i}"))).collect();
-    workloads.record(&peers, &HashMap::new(), &no_domains());
+    workloads.record(&peers, &HashMap::new(), &mut no_peers());
     let points = data_points(&workloads.collect()[0]);
     let io: Vec<_> = points.iter().filter(|(n, _, _, _)| n == metric::NETWORK_IO.name).collect();
     assert!(io.len() <= 6, "limit 5 (+1 overflow) exceeded: {}", io.len());
@@ -167,10 +167,10 @@ fn past_the_cardinality_limit_the_sdk_overflow_series_keeps_the_total() {
 
 #[test]
 fn a_peer_named_by_a_dns_answer_carries_its_domain() {
-    let mut domains = no_domains();
-    domains.learn("known.test", &[("192.0.2.7".parse().unwrap(), 300)], Instant::now());
+    let mut peers = no_peers();
+    peers.domains.learn("known.test", &[("192.0.2.7".parse().unwrap(), 300)], Instant::now());
     let mut workloads = Workloads::new(settings(100));
-    workloads.record(&[flow(0, "192.0.2.7"), flow(0, "192.0.2.8")], &HashMap::new(), &domains);
+    workloads.record(&[flow(0, "192.0.2.7"), flow(0, "192.0.2.8")], &HashMap::new(), &mut peers);
     let points = data_points(&workloads.collect()[0]);
     let opened: Vec<_> = points.iter().filter(|(n, ..)| n == metric::TCP_CONNECTIONS_OPENED.name).collect();
     assert_eq!(opened.len(), 2);

@@ -15,7 +15,7 @@ use opentelemetry_sdk::{
 use super::{dns_instruments::DnsInstruments, flow_instruments::FlowInstruments, reader::SharedReader};
 use crate::{
     aggregation::{DnsLookup, FlowRecord},
-    enrichment::{CgroupPaths, DomainNames, HostInfo, ProcessCache, ProcessInfo},
+    enrichment::{CgroupPaths, HostInfo, Peers, ProcessCache, ProcessInfo},
     events::KernelProcess,
 };
 
@@ -93,7 +93,14 @@ pub fn resource_with(attributes: Vec<KeyValue>) -> Resource {
 }
 
 fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>) -> Resource {
-    let mut attrs = host.attributes();
+    // Later attributes win: the process's own OTEL_RESOURCE_ATTRIBUTES first, then what
+    // flowtel measures (host, pid, executable, container), which they cannot override.
+    let mut attrs: Vec<KeyValue> = process
+        .iter()
+        .flat_map(|p| &p.otel_resource_attributes)
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .collect();
+    attrs.extend(host.attributes());
     if let Some(p) = process {
         let service = p.otel_service_name.as_ref().unwrap_or(&p.executable_name);
         attrs.push(KeyValue::new(resource::SERVICE_NAME, service.clone()));
@@ -119,12 +126,12 @@ impl Workloads {
     }
 
     /// Records one interval of flows, each under its process's workload (pid 0: the
-    /// host), with the peer's name where a DNS answer gave one.
-    pub fn record(&mut self, flows: &[FlowRecord], kernel: &HashMap<u32, KernelProcess>, domains: &DomainNames) {
+    /// host), with what is known of the peer (DNS name, location).
+    pub fn record(&mut self, flows: &[FlowRecord], kernel: &HashMap<u32, KernelProcess>, peers: &mut Peers) {
         let now = std::time::Instant::now();
         for flow in flows {
-            let domain = flow.peer.and_then(|peer| domains.name_of(peer, now));
-            self.workload(flow.pid, kernel.get(&flow.pid)).flows.record(flow, domain);
+            let peer = flow.peer.map(|address| peers.describe(address, now)).unwrap_or_default();
+            self.workload(flow.pid, kernel.get(&flow.pid)).flows.record(flow, &peer);
         }
     }
 
