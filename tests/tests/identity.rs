@@ -1,5 +1,7 @@
 //! Who: a server placed in real cgroups shaped like a containerd container of a
-//! Kubernetes pod gets `container.id` and `k8s.pod.uid` on its flows' Resource.
+//! Kubernetes pod gets `container.id` and `k8s.pod.uid` on its flows' Resource; a
+//! process that execs becomes the new program.
+#![allow(clippy::float_cmp, reason = "byte totals are integers carried as f64, compared exactly on purpose")]
 use std::path::PathBuf;
 
 use flowtel_e2e::{
@@ -135,4 +137,53 @@ fn a_containerized_server_carries_container_and_pod_identity() {
         !host_client.is_empty() && host_client.iter().all(|p| !p.resource.contains_key("container.id")),
         "{host_client:?}"
     );
+}
+
+#[test]
+fn a_process_that_execs_is_named_as_its_new_program() {
+    if !privileged_or_skip("a_process_that_execs_is_named_as_its_new_program") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("exec", 32);
+    let server = link.addr_a.to_string();
+    let mut first = Traffic::spawn(&link.a, &["tcp-server", "9900", "1", "5", "7"]);
+    first.wait_line("ready");
+    let mut second = Traffic::spawn(&link.a, &["tcp-server", "9901", "1", "10", "20"]);
+    second.wait_line("ready");
+    // bash talks over /dev/tcp, waits past an export interval, then execs python3 in
+    // the same process (same pid).
+    let script = format!(
+        "exec 3<>/dev/tcp/{server}/9900; printf hello >&3; head -c 7 <&3 >/dev/null; exec 3>&-; sleep 2.5; \
+         exec python3 {} tcp-client {server} 9901 1 10 20",
+        flowtel_e2e::traffic::script_path().display()
+    );
+    let mut process =
+        Link::exec(&link.b, "bash").args(["-c", &script]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let pid = process.id().to_string();
+    assert!(process.wait().unwrap().success());
+    first.wait_line("done");
+    first.finish();
+    second.wait_line("done");
+    second.finish();
+
+    let transmit = |exe: &str, port: &str| {
+        let io = points(&receiver.received.snapshot(), "flowtel.network.io");
+        let res = [("process.pid", pid.as_str()), ("process.executable.name", exe)];
+        matching(&io, &res, &[("network.peer.port", port), ("network.io.direction", "transmit")])
+            .iter()
+            .map(|p| p.value)
+            .sum::<f64>()
+    };
+    let both = eventually(std::time::Duration::from_secs(20), || {
+        transmit("bash", "9900") == 5.0 && transmit("python3", "9901") == 10.0
+    });
+    assert!(
+        both,
+        "bash sent {} to 9900, python3 sent {} to 9901 (want 5, 10); agent log:\n{}",
+        transmit("bash", "9900"),
+        transmit("python3", "9901"),
+        agent.log()
+    );
+    assert_eq!(transmit("bash", "9901"), 0.0, "the new program's bytes went under the old name");
 }

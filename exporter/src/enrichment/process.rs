@@ -123,6 +123,11 @@ impl ProcessCache {
     }
 
     /// Forgets processes that have exited, so a reused pid is read afresh.
+    /// Forgets one process (it exec'd), so it is read afresh.
+    pub fn forget(&mut self, pid: u32) {
+        self.entries.remove(&pid);
+    }
+
     pub fn forget_exited(&mut self) {
         self.entries.retain(|pid, _| Path::new("/proc").join(pid.to_string()).exists());
     }

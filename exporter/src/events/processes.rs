@@ -1,5 +1,6 @@
 //! Names and cgroups of processes as the probes recorded them when the process made a
-//! flow, so that one which has exited (a 5 ms curl, a `dig`) is still named.
+//! flow or exec'd, so that one which has exited (a 5 ms curl, a `dig`) is still named;
+//! and which processes exec'd, so that their identity is read afresh.
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
@@ -19,13 +20,14 @@ pub struct KernelProcess {
 }
 
 pub struct ProcessNames {
-    // An LRU hash in the kernel; aya reads it through the plain HashMap type.
+    // LRU hashes in the kernel; aya reads them through the plain HashMap type.
     seen: HashMap<MapData, u32, ProcessSeen>,
+    execed: HashMap<MapData, u32, u8>,
 }
 
 impl ProcessNames {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
-        Ok(Self { seen: take(ebpf, "PROCESSES_SEEN")? })
+        Ok(Self { seen: take(ebpf, "PROCESSES_SEEN")?, execed: take(ebpf, "EXECED")? })
     }
 
     /// What the kernel recorded about this pid; one map lookup (a syscall).
@@ -34,6 +36,15 @@ impl ProcessNames {
         let len = seen.comm.iter().position(|&b| b == 0).unwrap_or(seen.comm.len());
         let name = String::from_utf8_lossy(&seen.comm[..len]).into_owned();
         Some(KernelProcess { name, cgroup_id: seen.cgroup_id })
+    }
+
+    /// Pids that exec'd since the last call (each reported once).
+    pub fn take_execed(&mut self) -> Vec<u32> {
+        let pids: Vec<u32> = self.execed.keys().filter_map(Result::ok).collect();
+        for pid in &pids {
+            let _ = self.execed.remove(pid);
+        }
+        pids
     }
 
     /// What the kernel recorded about these pids.

@@ -70,6 +70,10 @@ impl Recorder {
 
     /// One interval's flows, with the agent's own state at its end.
     fn flows(&mut self, flows: &[KernelFlow], lost: [u64; LOST_CAUSES]) {
+        // Before this interval's flows: they are mostly the new program's.
+        for pid in self.processes.take_execed() {
+            self.workloads.exec(pid);
+        }
         // One map lookup per distinct process, not per flow.
         let pids: std::collections::BTreeSet<u32> = flows.iter().map(|f| f.key.pid).collect();
         let names = self.processes.get_all(pids);

@@ -34,6 +34,7 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
     (lost::PEER_TABLE_FULL, "netflow", "peer_table_full"),
     (lost::DNS_RING_FULL, "dnsflow", "ring_buffer_full"),
     (lost::DNS_PACKET_READ, "dnsflow", "kernel_read"),
+    (lost::EXEC_TABLE_FULL, "process", "exec_table_full"),
 ];
 
 /// Causes of DNS loss found in user space, exported at 0 from the start like the rest.

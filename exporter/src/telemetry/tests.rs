@@ -236,3 +236,18 @@ fn dns_question_name_can_be_left_out() {
     let points = data_points(&workloads.collect()[0]);
     assert!(points.iter().all(|(_, _, a, _)| a.iter().all(|kv| kv.key.as_str() != attr::DNS_QUESTION_NAME)));
 }
+
+#[test]
+fn after_exec_a_process_gets_a_fresh_resource_and_its_old_one_is_exported_once_more() {
+    let me = std::process::id();
+    let mut workloads = Workloads::new(settings(100));
+    workloads.record(&[flow(me, "192.0.2.7")], &HashMap::new(), &mut no_peers());
+    assert_eq!(workloads.collect().len(), 1);
+    workloads.retire_delivered();
+    workloads.exec(me);
+    workloads.record(&[flow(me, "192.0.2.8")], &HashMap::new(), &mut no_peers());
+    // The old workload's totals and the new one's, side by side, once.
+    assert_eq!(workloads.collect().len(), 2);
+    workloads.retire_delivered();
+    assert_eq!(workloads.collect().len(), 1);
+}

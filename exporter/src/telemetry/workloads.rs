@@ -48,6 +48,8 @@ fn process_alive(pid: u32) -> bool {
 pub struct Workloads {
     settings: TelemetrySettings,
     by_pid: HashMap<u32, Workload>,
+    /// Workloads of processes that exec'd: exported once more, then dropped.
+    replaced: Vec<Workload>,
     processes: ProcessCache,
     cgroups: CgroupPaths,
 }
@@ -122,7 +124,13 @@ fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>) -> Resource
 
 impl Workloads {
     pub fn new(settings: TelemetrySettings) -> Self {
-        Self { settings, by_pid: HashMap::new(), processes: ProcessCache::default(), cgroups: CgroupPaths::new() }
+        Self {
+            settings,
+            by_pid: HashMap::new(),
+            replaced: Vec::new(),
+            processes: ProcessCache::default(),
+            cgroups: CgroupPaths::new(),
+        }
     }
 
     /// Records one interval of flows, each under its process's workload (pid 0: the
@@ -152,6 +160,15 @@ impl Workloads {
         workload
     }
 
+    /// A process exec'd: it is another program now. Its next data goes under a fresh
+    /// Resource; what it did before stays under the old one, exported once more.
+    pub fn exec(&mut self, pid: u32) {
+        self.processes.forget(pid);
+        if let Some(old) = self.by_pid.remove(&pid) {
+            self.replaced.push(old);
+        }
+    }
+
     /// Whether this pid already has its workload (so its identity need not be looked up).
     pub fn knows(&self, pid: u32) -> bool {
         self.by_pid.contains_key(&pid)
@@ -159,8 +176,8 @@ impl Workloads {
 
     /// Collects every workload's metrics for export.
     pub fn collect(&mut self) -> Vec<ResourceMetrics> {
-        let mut batch = Vec::with_capacity(self.by_pid.len());
-        for workload in self.by_pid.values_mut() {
+        let mut batch = Vec::with_capacity(self.by_pid.len() + self.replaced.len());
+        for workload in self.by_pid.values_mut().chain(&mut self.replaced) {
             let mut rm = ResourceMetrics::default();
             if workload.reader.0.collect(&mut rm).is_ok() && rm.scope_metrics().next().is_some() {
                 batch.push(rm);
@@ -175,6 +192,9 @@ impl Workloads {
     /// a failed export, so an outage never loses an exited process's totals (see
     /// `bound_backlog` for the memory bound).
     pub fn retire_delivered(&mut self) {
+        for replaced in self.replaced.drain(..) {
+            let _ = replaced.provider.shutdown();
+        }
         let limit = self.settings.idle_intervals;
         self.by_pid.retain(|&pid, w| {
             let keep = pid == 0 || w.idle_intervals <= limit || process_alive(pid);
@@ -189,6 +209,11 @@ impl Workloads {
     /// During an outage: bounds memory by dropping the exited workloads idle longest
     /// beyond `MAX_RETAINED_EXITED`. Returns how many were dropped (their totals lost).
     pub fn bound_backlog(&mut self) -> u64 {
+        // Replaced workloads (exec'd processes) first, oldest first.
+        let replaced_excess = self.replaced.len().saturating_sub(MAX_RETAINED_EXITED);
+        for old in self.replaced.drain(..replaced_excess) {
+            let _ = old.provider.shutdown();
+        }
         let mut exited: Vec<(u32, u32)> = self
             .by_pid
             .iter()
@@ -196,7 +221,7 @@ impl Workloads {
             .map(|(&pid, w)| (w.idle_intervals, pid))
             .collect();
         if exited.len() <= MAX_RETAINED_EXITED {
-            return 0;
+            return replaced_excess as u64;
         }
         exited.sort_unstable_by(|a, b| b.cmp(a));
         let excess = exited.len() - MAX_RETAINED_EXITED;
@@ -205,7 +230,7 @@ impl Workloads {
                 let _ = w.provider.shutdown();
             }
         }
-        excess as u64
+        (excess + replaced_excess) as u64
     }
 
     pub fn len(&self) -> usize {

@@ -52,7 +52,9 @@ pub mod lost {
     pub const DNS_RING_FULL: u32 = 4;
     /// A DNS packet's headers could not be read from the socket buffer.
     pub const DNS_PACKET_READ: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// An exec could not be recorded: that process keeps its old identity.
+    pub const EXEC_TABLE_FULL: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Indexes into the `CONTROL` array that user space writes and the probes read.

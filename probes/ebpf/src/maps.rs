@@ -36,6 +36,11 @@ pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(SOCKET_
 #[map]
 pub static PROCESSES_SEEN: LruHashMap<u32, ProcessSeen> = LruHashMap::with_max_entries(8_192, 0);
 
+/// Pids that exec'd since user space last looked: their identity is read afresh. LRU,
+/// so a burst of execs between two reads keeps the newest.
+#[map]
+pub static EXECED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4_096, 0);
+
 /// Peer of the datagram being sent or received on each thread (unconnected UDP). LRU,
 /// so entries of threads that exited make room by themselves.
 #[map]
