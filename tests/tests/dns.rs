@@ -97,6 +97,9 @@ fn lookups_are_counted_by_rcode_and_transport_under_the_asking_process() {
     for _ in 0..2 {
         assert!(dig(&link.a, &["+tcp", &at, "known.test"]).1.contains("status: NOERROR"));
     }
+    // Two queries over one TCP connection (RFC 7766 keep-open): two lookups.
+    let (keepopen_pid, keepopen) = dig(&link.a, &["+tcp", "+keepopen", &at, "known.test", &at, "nx.test"]);
+    assert!(keepopen.contains("status: NOERROR") && keepopen.contains("status: NXDOMAIN"), "{keepopen}");
     assert!(dig(&link.a, &["-p", "5300", &at, "known.test"]).1.contains("status: NOERROR"));
     assert!(dig(&link.a, &[&format!("@{server6}"), "known.test", "AAAA"]).1.contains("status: NOERROR"));
     // A resolver on the same host, over loopback (as with a stub resolver on 127.0.0.53).
@@ -109,7 +112,8 @@ fn lookups_are_counted_by_rcode_and_transport_under_the_asking_process() {
     };
     let delivered = eventually(Duration::from_secs(20), || {
         by("NOERROR", "udp", &server) == 4.0
-            && by("NOERROR", "tcp", &server) == 2.0
+            && by("NOERROR", "tcp", &server) == 3.0
+            && by("NXDOMAIN", "tcp", &server) == 1.0
             && by("NXDOMAIN", "udp", &server) == 2.0
             && by("REFUSED", "udp", &server) == 1.0
             && by("NOERROR", "udp", &server6) == 1.0
@@ -120,7 +124,11 @@ fn lookups_are_counted_by_rcode_and_transport_under_the_asking_process() {
     assert!(delivered, "lookups never matched; got {:#?}\nagent log:\n{}", matching(&lookups, &[], &[]), agent.log());
     // Exactly the client's view: the local dnsmasq's side of each exchange adds nothing.
     let to_server = [("network.peer.address", server.as_str())];
-    assert_eq!(total(&lookups, &[], &to_server), 9.0);
+    assert_eq!(total(&lookups, &[], &to_server), 11.0);
+    let keepopen_res = [("process.pid", keepopen_pid.as_str())];
+    assert_eq!(total(&lookups, &keepopen_res, &[("network.transport", "tcp")]), 2.0);
+    let opened = points(&got, "flowtel.tcp.connections.opened");
+    assert_eq!(total(&opened, &keepopen_res, &[("network.peer.port", "53")]), 1.0, "both over one connection");
     assert_eq!(total(&lookups, &[], &[("network.peer.address", &server6), ("dns.question.type", "AAAA")]), 1.0);
 
     // Each lookup sits under the dig that asked.

@@ -253,6 +253,10 @@ mod tests {
         let num = btf.offset_of("sock", "__sk_common.skc_num").unwrap();
         assert_eq!(num, dport + 2, "skc_dport and skc_num form skc_portpair");
         assert!(btf.offset_of("tcp_sock", "srtt_us").unwrap() > 1000);
+        // The process name the probes record: the leader's comm, within 16-bit reach.
+        let leader = btf.offset_of("task_struct", "group_leader").unwrap();
+        let comm = btf.offset_of("task_struct", "comm").unwrap();
+        assert!(leader > 0 && comm > 0 && leader < 65_536 && comm < 65_536, "{leader} {comm}");
         assert!(matches!(btf.offset_of("sock", "no_such_member"), Err(BtfError::NoMember { .. })));
         assert!(matches!(btf.offset_of("no_such_struct", "x"), Err(BtfError::NoStruct(_))));
         let send = btf.raw_tracepoint_params("sock_send_length").unwrap();

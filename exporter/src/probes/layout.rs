@@ -60,6 +60,10 @@ pub fn resolve(rtt_sample_gap_ns: u64, dns_ports: &[u16]) -> Result<ProbeConfig,
         // A bit field before Linux 5.6: then only the classic tracepoints can be used.
         sock_protocol: offset16(&btf, "sock", "sk_protocol").unwrap_or(0),
         dns_ports: ports,
+        // Optional: without them a process is named by the thread that made the flow.
+        task_group_leader: offset16(&btf, "task_struct", "group_leader").unwrap_or(0),
+        task_comm: offset16(&btf, "task_struct", "comm").unwrap_or(0),
+        _pad: [0; 2],
     })
 }
 

@@ -223,8 +223,13 @@ pub struct ProbeConfig {
     pub sock_protocol: u16,
     /// Ports whose UDP and TCP payloads the DNS probe captures; 0 marks an unused slot.
     pub dns_ports: [u16; dns::PORTS_MAX],
+    // struct task_struct: a process's name is its thread group leader's `comm` (the
+    // current thread's may be a worker's, "isc-net-0000"); 0 when BTF lacks them.
+    pub task_group_leader: u16,
+    pub task_comm: u16,
+    pub _pad: [u16; 2],
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 64);
+const _: () = assert!(size_of::<ProbeConfig>() == 72);
 
 /// The peer address of a datagram on an unconnected UDP socket, stashed per thread by
 /// the cgroup sendmsg/recvmsg hooks while the syscall runs.

@@ -30,6 +30,9 @@ static FLOWTEL_CONFIG: ProbeConfig = ProbeConfig {
     tcp_total_retrans: 0,
     sock_protocol: 0,
     dns_ports: [0; flowtel_probes_abi::dns::PORTS_MAX],
+    task_group_leader: 0,
+    task_comm: 0,
+    _pad: [0; 2],
 };
 
 /// The configuration as patched by user space. A volatile read keeps the compiler from

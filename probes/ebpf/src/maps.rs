@@ -1,6 +1,7 @@
 //! Every map the probes share with user space, and the loss counter.
+use crate::config::config;
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -80,13 +81,29 @@ pub fn count_lost(cause: u32) {
     }
 }
 
-/// Records the current process's `comm` and cgroup. Called only on rare events in
-/// process context (a new flow, a connect, a socket changing owner), never per send.
+/// Records the current process's name and cgroup. Called only on rare events in
+/// process context (a new flow, a connect, a socket changing owner, an exec), never
+/// per send.
 #[inline(always)]
 pub fn remember_process_name(pid: u32) {
-    if let Ok(comm) = bpf_get_current_comm() {
+    if let Some(comm) = leader_comm().or_else(|| bpf_get_current_comm().ok()) {
         // SAFETY: no preconditions; available to tracing programs since Linux 4.18.
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
         let _ = PROCESSES_SEEN.insert(pid, ProcessSeen { cgroup_id, comm }, 0);
     }
+}
+
+/// The thread group leader's `comm`: the process's name, whichever thread runs (a
+/// worker thread's own comm is often something like "isc-net-0000").
+#[inline(always)]
+fn leader_comm() -> Option<[u8; 16]> {
+    let cfg = config();
+    if cfg.task_group_leader == 0 || cfg.task_comm == 0 {
+        return None;
+    }
+    // SAFETY: bpf_get_current_task has no preconditions; the reads go through
+    // bpf_probe_read_kernel, which validates the addresses.
+    let task = unsafe { bpf_get_current_task() };
+    let leader: u64 = unsafe { bpf_probe_read_kernel((task + u64::from(cfg.task_group_leader)) as *const u64) }.ok()?;
+    unsafe { bpf_probe_read_kernel((leader + u64::from(cfg.task_comm)) as *const [u8; 16]) }.ok()
 }
