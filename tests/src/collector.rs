@@ -1,12 +1,8 @@
 //! rotel (from `PyPI`), a third-party OpenTelemetry collector written in Rust, as a real OTLP
 //! hop between the agent and the test receiver.
-use std::{
-    net::TcpListener,
-    process::{Child, Command},
-    time::Duration,
-};
+use std::{net::TcpListener, process::Command, time::Duration};
 
-use crate::traffic::eventually;
+use crate::{servers::Background, traffic::eventually};
 
 fn rotel_binary() -> String {
     let out = Command::new("python3")
@@ -25,7 +21,7 @@ fn free_port() -> u16 {
 /// A running rotel that forwards OTLP to `forward_to` (an `http://host:port` gRPC
 /// endpoint); stopped on drop.
 pub struct Rotel {
-    child: Child,
+    _child: Background,
     /// Its OTLP/gRPC listening port on 127.0.0.1.
     pub grpc_port: u16,
 }
@@ -42,16 +38,9 @@ impl Rotel {
             .stdout(std::fs::File::create(std::env::temp_dir().join(format!("flowtel-e2e-rotel-{grpc}.log"))).unwrap())
             .spawn()
             .expect("start rotel-agent");
-        let rotel = Self { child, grpc_port: grpc };
+        let rotel = Self { _child: Background(child), grpc_port: grpc };
         let up = eventually(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", grpc)).is_ok());
         assert!(up, "rotel did not listen on {grpc}");
         rotel
-    }
-}
-
-impl Drop for Rotel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

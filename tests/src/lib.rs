@@ -9,6 +9,7 @@ pub mod collector;
 pub mod netns;
 pub mod query;
 pub mod receiver;
+pub mod servers;
 pub mod traffic;
 
 /// The capabilities the Kubernetes `DaemonSet` and the compose sidecar grant flowtel, and

@@ -1,10 +1,7 @@
 //! DNS end to end: real servers (dnsmasq, a dnslib server) on one test host, real `dig`
 //! on the other, the real agent, exact lookup counts read back from a real OTLP receiver.
 #![allow(clippy::float_cmp, reason = "lookup counts are integers carried as f64, compared exactly on purpose")]
-use std::{
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use flowtel_e2e::{
     agent::{Agent, with_grpc_receiver},
@@ -12,38 +9,19 @@ use flowtel_e2e::{
     privileged_or_skip,
     query::{matching, points, total},
     receiver::Receiver,
+    servers::{self, Background},
     traffic::{Traffic, eventually},
 };
 
 const LOOKUPS: &str = "flowtel.dns.lookups";
 const DURATION: &str = "dns.lookup.duration";
 
-/// A server process in a test host, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// dnsmasq on `ns`, port `port`: `known.test`-style names from `answers` (name, address),
-/// `nx.test` NXDOMAIN, and no upstream, so any other name is REFUSED.
-fn dnsmasq(ns: &str, listen: &[&str], port: u16, answers: &[(&str, &str)]) -> Server {
-    let mut cmd = Link::exec(ns, "dnsmasq");
-    cmd.args(["--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces", "--pid-file=", "--user=root"]);
-    cmd.arg(format!("--port={port}"));
-    for address in listen {
-        cmd.arg(format!("--listen-address={address}"));
-    }
-    for (name, address) in answers {
-        cmd.arg(format!("--address=/{name}/{address}"));
-    }
-    cmd.arg("--address=/nx.test/");
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn dnsmasq");
-    std::thread::sleep(Duration::from_millis(300)); // it binds before it forks nothing; give it a moment
-    Server(child)
+/// dnsmasq on `ns`, port `port`: names from `answers` (name, address), `nx.test`
+/// NXDOMAIN, and no upstream, so any other name is REFUSED.
+fn dnsmasq(ns: &str, listen: &[&str], port: u16, answers: &[(&str, &str)]) -> Background {
+    let mut args: Vec<String> = answers.iter().map(|(name, address)| format!("--address=/{name}/{address}")).collect();
+    args.push("--address=/nx.test/".into());
+    servers::dnsmasq(ns, listen, port, &args)
 }
 
 /// Runs `dig` in `ns` to completion; returns its pid and output.

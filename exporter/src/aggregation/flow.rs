@@ -1,8 +1,8 @@
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-use flowtel_probes_abi::{FlowKey, FlowStats, RTT_BUCKETS, direction, failure, family, protocol};
+use flowtel_probes_abi::{FlowStats, RTT_BUCKETS, direction, failure, protocol};
 
-use crate::events::KernelFlow;
+use crate::events::{KernelFlow, kernel_address};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Transport {
@@ -98,8 +98,8 @@ pub fn from_kernel(flow: &KernelFlow) -> Option<FlowRecord> {
     let KernelFlow { key, stats } = flow;
     let transport = Transport::try_from(key.protocol).ok()?;
     let direction = Direction::try_from(key.direction).ok()?;
-    let local = address(key, &key.local_addr)?;
-    let peer = address(key, &key.peer_addr).filter(|addr| !addr.is_unspecified());
+    let local = kernel_address(key.family, &key.local_addr)?;
+    let peer = kernel_address(key.family, &key.peer_addr).filter(|addr| !addr.is_unspecified());
     let rtt_samples = rtt_samples(stats);
     Some(FlowRecord {
         pid: key.pid,
@@ -124,17 +124,6 @@ pub fn from_kernel(flow: &KernelFlow) -> Option<FlowRecord> {
     })
 }
 
-fn address(key: &FlowKey, raw: &[u8; 16]) -> Option<IpAddr> {
-    match key.family {
-        family::IPV4 => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
-        family::IPV6 => {
-            let v6 = Ipv6Addr::from(*raw);
-            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
-        }
-        _ => None,
-    }
-}
-
 /// Turns the kernel's log2 buckets back into samples: each bucket's geometric midpoint,
 /// all scaled by one factor so that the samples add up to the exact sum the kernel kept.
 /// The histogram's count and sum are then exact; each value stays within about a
@@ -154,6 +143,10 @@ fn rtt_samples(stats: &FlowStats) -> Vec<(f64, u64)> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use flowtel_probes_abi::{FlowKey, family};
+
     use super::*;
 
     fn kernel(key: FlowKey, stats: &FlowStats) -> KernelFlow {

@@ -123,9 +123,24 @@ impl ProcessCache {
     }
 
     /// Forgets processes that have exited, so a reused pid is read afresh.
-    /// Forgets one process (it exec'd), so it is read afresh.
-    pub fn forget(&mut self, pid: u32) {
-        self.entries.remove(&pid);
+    /// A process exec'd: reads it afresh and says whether it is now another program.
+    /// Not when it was first read after the exec already (`ip netns exec dig` execs
+    /// before dig's first packet). When it has exited since, the name the probe
+    /// recorded at the exec (`kernel`) tells.
+    pub fn refresh(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> bool {
+        let Some(cached) = self.entries.get_mut(&pid) else { return false };
+        let fresh = read_proc(Path::new("/proc"), pid, kernel.map(|k| k.name.as_str()));
+        let changed = if fresh.command.is_some() {
+            fresh != *cached
+        } else {
+            // Gone: compare names as the kernel keeps them (`comm`, 15 bytes at most).
+            let comm: String = cached.executable_name.chars().take(15).collect();
+            kernel.is_some() && fresh.executable_name != comm
+        };
+        if changed {
+            *cached = fresh;
+        }
+        changed
     }
 
     pub fn forget_exited(&mut self) {

@@ -2,13 +2,13 @@
 //! and at once when the probe finds it a quarter full, so its size only has to cover
 //! the time between two reads; what did not fit was counted by the probe
 //! (`lost::DNS_RING_FULL`).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
 };
-use flowtel_probes_abi::{DnsPacket, dns, family, protocol};
+use flowtel_probes_abi::{DnsPacket, dns, protocol};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use super::flows::{ReadError, take};
@@ -92,14 +92,7 @@ fn decode(bytes: &[u8]) -> Option<CapturedPacket> {
     if payload.len() > dns::PAYLOAD_MAX {
         return None;
     }
-    let address = |raw: &[u8; 16]| match header.family {
-        family::IPV4 => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
-        family::IPV6 => {
-            let v6 = Ipv6Addr::from(*raw);
-            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
-        }
-        _ => None,
-    };
+    let address = |raw: &[u8; 16]| super::kernel_address(header.family, raw);
     let tcp = match header.protocol {
         protocol::TCP => true,
         protocol::UDP => false,

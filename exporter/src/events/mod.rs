@@ -12,3 +12,21 @@ mod processes;
 pub use dns::{CapturedPacket, DnsPacketReader};
 pub use flows::{FlowReader, KernelFlow};
 pub use processes::{KernelProcess, ProcessNames};
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use flowtel_probes_abi::family;
+
+/// An address as the probes carry it (`family`, 16 bytes, network order): IPv4 in the
+/// first four bytes, or IPv6, where a v4-mapped address is folded to IPv4. `None` for
+/// a family the agent does not know.
+pub fn kernel_address(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        family::IPV4 => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        family::IPV6 => {
+            let v6 = Ipv6Addr::from(*raw);
+            Some(v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4))
+        }
+        _ => None,
+    }
+}

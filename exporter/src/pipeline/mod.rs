@@ -72,7 +72,9 @@ impl Recorder {
     fn flows(&mut self, flows: &[KernelFlow], lost: [u64; LOST_CAUSES]) {
         // Before this interval's flows: they are mostly the new program's.
         for pid in self.processes.take_execed() {
-            self.workloads.exec(pid);
+            if self.workloads.knows(pid) {
+                self.workloads.exec(pid, self.processes.get(pid).as_ref());
+            }
         }
         // One map lookup per distinct process, not per flow.
         let pids: std::collections::BTreeSet<u32> = flows.iter().map(|f| f.key.pid).collect();

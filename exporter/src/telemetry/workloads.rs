@@ -160,11 +160,12 @@ impl Workloads {
         workload
     }
 
-    /// A process exec'd: it is another program now. Its next data goes under a fresh
-    /// Resource; what it did before stays under the old one, exported once more.
-    pub fn exec(&mut self, pid: u32) {
-        self.processes.forget(pid);
-        if let Some(old) = self.by_pid.remove(&pid) {
+    /// A process exec'd. If it is another program now, its next data goes under a fresh
+    /// Resource and what it did before stays under the old one, exported once more.
+    pub fn exec(&mut self, pid: u32, kernel: Option<&KernelProcess>) {
+        if self.processes.refresh(pid, kernel)
+            && let Some(old) = self.by_pid.remove(&pid)
+        {
             self.replaced.push(old);
         }
     }

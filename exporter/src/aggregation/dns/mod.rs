@@ -70,6 +70,31 @@ struct PendingKey {
     question_type: u16,
 }
 
+impl PendingKey {
+    fn new(client: SocketAddr, server: SocketAddr, tcp: bool, message: DnsMessage) -> Self {
+        Self {
+            client,
+            server,
+            tcp,
+            id: message.id,
+            question_name: message.question_name,
+            question_type: message.question_type,
+        }
+    }
+
+    fn into_lookup(self, pending: Pending, outcome: Outcome, addresses: Vec<(IpAddr, u32)>) -> DnsLookup {
+        DnsLookup {
+            pid: pending.pid,
+            transport: if self.tcp { Transport::Tcp } else { Transport::Udp },
+            server: self.server.ip(),
+            question_name: self.question_name,
+            question_type: self.question_type,
+            outcome,
+            addresses,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     at_ns: u64,
@@ -128,14 +153,7 @@ impl DnsTracker {
     }
 
     fn query(&mut self, packet: &CapturedPacket, message: DnsMessage) {
-        let key = PendingKey {
-            client: packet.src,
-            server: packet.dst,
-            tcp: packet.tcp,
-            id: message.id,
-            question_name: message.question_name,
-            question_type: message.question_type,
-        };
+        let key = PendingKey::new(packet.src, packet.dst, packet.tcp, message);
         if self.pending.contains_key(&key) {
             return; // a retransmission: the first query's time stands
         }
@@ -146,28 +164,14 @@ impl DnsTracker {
         self.pending.insert(key, Pending { at_ns: packet.at_ns, pid: packet.pid });
     }
 
-    fn answer(&mut self, packet: &CapturedPacket, message: DnsMessage, out: &mut Vec<DnsLookup>) {
-        let key = PendingKey {
-            client: packet.dst,
-            server: packet.src,
-            tcp: packet.tcp,
-            id: message.id,
-            question_name: message.question_name,
-            question_type: message.question_type,
-        };
+    fn answer(&mut self, packet: &CapturedPacket, mut message: DnsMessage, out: &mut Vec<DnsLookup>) {
+        let (rcode, addresses) = (message.rcode, std::mem::take(&mut message.addresses));
+        let key = PendingKey::new(packet.dst, packet.src, packet.tcp, message);
         // An answer to a query we did not see (sent before flowtel started, or after
         // its timeout was reported) is not a lookup of ours.
         let Some(pending) = self.pending.remove(&key) else { return };
-        let latency_ns = packet.at_ns.saturating_sub(pending.at_ns);
-        out.push(DnsLookup {
-            pid: pending.pid,
-            transport: if key.tcp { Transport::Tcp } else { Transport::Udp },
-            server: key.server.ip(),
-            question_name: key.question_name,
-            question_type: key.question_type,
-            outcome: Outcome::Answered { rcode: message.rcode, latency_s: latency_ns as f64 / 1e9 },
-            addresses: message.addresses,
-        });
+        let latency_s = packet.at_ns.saturating_sub(pending.at_ns) as f64 / 1e9;
+        out.push(key.into_lookup(pending, Outcome::Answered { rcode, latency_s }, addresses));
     }
 
     /// Reports queries older than the timeout as `TIMEOUT` lookups and forgets TCP
@@ -181,16 +185,9 @@ impl DnsTracker {
             .map(|(k, _)| k.clone())
             .collect();
         for key in expired {
-            let Some(pending) = self.pending.remove(&key) else { continue };
-            out.push(DnsLookup {
-                pid: pending.pid,
-                transport: if key.tcp { Transport::Tcp } else { Transport::Udp },
-                server: key.server.ip(),
-                question_name: key.question_name,
-                question_type: key.question_type,
-                outcome: Outcome::TimedOut,
-                addresses: Vec::new(),
-            });
+            if let Some(pending) = self.pending.remove(&key) {
+                out.push(key.into_lookup(pending, Outcome::TimedOut, Vec::new()));
+            }
         }
         self.streams.retain(|_, (_, last_ns)| now_ns.saturating_sub(*last_ns) < timeout);
     }

@@ -2,17 +2,14 @@
 //! rates, each rate run without and then with the agent. Every lookup dnsperf sent must
 //! come back from the receiver as one `flowtel.dns.lookups` under dnsperf's pid. Then
 //! the memory of the pending-query table and the name map, both driven to their caps.
-use std::{
-    io::Write as _,
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{io::Write as _, process::Stdio, time::Duration};
 
 use flowtel_e2e::{
     agent::Agent,
     netns::Link,
     query::{points, total},
     receiver::Receiver,
+    servers::dnsmasq,
 };
 
 use super::{BpfStats, cpu_ticks, env_or, peak_rss_kib, print_probe_table, program_stats};
@@ -22,15 +19,6 @@ const NAMES: u32 = 65_536;
 /// A second address of the server host whose packets its firewall drops: queries there
 /// are never answered and draw no ICMP error.
 const SILENT_SERVER: &str = "10.201.60.3";
-
-struct Dnsmasq(Child);
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// What dnsperf reported: (queries sent, queries completed, queries per second), and its pid.
 struct Perf {
@@ -96,18 +84,10 @@ pub fn run() {
     let stats = BpfStats::enable();
     let (queries, hosts) = write_inputs();
     let link = Link::new("bdns", 60);
-    let server = Link::exec(&link.b, "dnsmasq")
-        .args(["--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces", "--pid-file=", "--user=root"])
-        .args([format!("--listen-address={}", link.addr_b), format!("--addn-hosts={hosts}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq (apt install dnsmasq-base)");
-    let _server = Dnsmasq(server);
+    let _server = dnsmasq(&link.b, &[&link.addr_b.to_string()], 53, &[format!("--addn-hosts={hosts}")]);
     let ok = |cmd: &mut std::process::Command| assert!(cmd.status().is_ok_and(|s| s.success()), "{cmd:?}");
     ok(Link::exec(&link.b, "ip").args(["addr", "add", &format!("{SILENT_SERVER}/24"), "dev", &link.veth(false)]));
     ok(Link::exec(&link.b, "iptables").args(["-A", "INPUT", "-d", SILENT_SERVER, "-j", "DROP"]));
-    std::thread::sleep(Duration::from_secs(1));
 
     let receiver = Receiver::grpc("127.0.0.1:0");
     let endpoint = format!("http://{}", receiver.addr);
