@@ -120,6 +120,11 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     assert_eq!(resource.get("k8s.pod.uid").map(String::as_str), Some(POD_UID), "{resource:?}");
     // The app's own OTEL_SERVICE_NAME names its workload.
     assert_eq!(resource.get("service.name").map(String::as_str), Some("checkout"), "{resource:?}");
+    // It started moments ago (today, UTC).
+    let today = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT"]).output().unwrap();
+    let today = String::from_utf8_lossy(&today.stdout).trim().to_owned();
+    let created = resource.get("process.creation.time").cloned().unwrap_or_default();
+    assert!(created.starts_with(&today) && created.ends_with('Z'), "process.creation.time {created:?}");
     // Its OTEL_RESOURCE_ATTRIBUTES add to the Resource, but cannot override what flowtel measures.
     assert_eq!(resource.get("service.namespace").map(String::as_str), Some("shop"), "{resource:?}");
     assert_eq!(resource.get("team").map(String::as_str), Some("a,b"), "{resource:?}");

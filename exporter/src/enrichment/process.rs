@@ -22,6 +22,8 @@ pub struct ProcessInfo {
     pub otel_service_name: Option<String>,
     /// The rest of the process's own `OTEL_RESOURCE_ATTRIBUTES` (bounded).
     pub otel_resource_attributes: Vec<(String, String)>,
+    /// `process.creation.time`, ISO 8601 UTC to the second; `None` once it has exited.
+    pub creation_time: Option<String>,
 }
 
 /// Environments are read up to this size: the variable is near the start in practice,
@@ -100,6 +102,34 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// When the process started, from `/proc/<pid>/stat` field 22 (clock ticks after boot)
+/// and the boot time in `/proc/stat`.
+fn creation_time(stat: &str) -> Option<String> {
+    let after_name = stat.rsplit_once(')')?.1;
+    let start_ticks: u64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: u64 =
+        fs::read_to_string("/proc/stat").ok()?.lines().find_map(|l| l.strip_prefix("btime "))?.trim().parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|&t| t > 0)?;
+    Some(iso8601_utc(boot + start_ticks / ticks_per_second))
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDThh:mm:ssZ` (civil-from-days, proleptic
+/// Gregorian calendar).
+fn iso8601_utc(unix_seconds: u64) -> String {
+    let (days, seconds) = (unix_seconds / 86_400, unix_seconds % 86_400);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", seconds / 3_600, seconds % 3_600 / 60, seconds % 60)
+}
+
 /// Process identity by pid, read from /proc once per process and kept while it lives.
 #[derive(Default)]
 pub struct ProcessCache {
@@ -162,7 +192,9 @@ fn read_proc(proc_root: &Path, pid: u32, kernel_name: Option<&str>) -> ProcessIn
     });
     let container = fs::read_to_string(dir.join("cgroup")).map(|text| from_proc_cgroup(&text)).unwrap_or_default();
     let otel = otel_environment(&dir);
+    let creation_time = fs::read_to_string(dir.join("stat")).ok().and_then(|stat| creation_time(&stat));
     ProcessInfo {
+        creation_time,
         pid,
         container,
         otel_service_name: otel.service_name,
@@ -213,6 +245,15 @@ mod tests {
         let parsed = parse_resource_attributes(&many.join(","));
         assert_eq!(parsed.len(), ATTRIBUTES_MAX);
         assert!(parsed.iter().all(|(_, v)| v.len() == ATTRIBUTE_VALUE_MAX));
+    }
+
+    #[test]
+    fn creation_time_is_iso8601() {
+        assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(iso8601_utc(1_795_617_045), "2026-11-25T14:30:45Z");
+        let mine = read_proc(Path::new("/proc"), std::process::id(), None).creation_time.unwrap();
+        assert!(mine.starts_with("20") && mine.ends_with('Z') && mine.len() == 20, "{mine}");
     }
 
     #[test]

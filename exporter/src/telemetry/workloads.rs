@@ -112,6 +112,9 @@ fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>) -> Resource
         if let Some(command) = &p.command {
             attrs.push(KeyValue::new(resource::PROCESS_COMMAND, command.clone()));
         }
+        if let Some(created) = &p.creation_time {
+            attrs.push(KeyValue::new(resource::PROCESS_CREATION_TIME, created.clone()));
+        }
         if let Some(id) = &p.container.container_id {
             attrs.push(KeyValue::new(resource::CONTAINER_ID, id.clone()));
         }
