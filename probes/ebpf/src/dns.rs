@@ -32,7 +32,7 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPV4_HEADER_MIN: u32 = 20;
 const IPV6_HEADER: u32 = 40;
-/// IPv4 `frag_off` bits that mark a fragment other than the first (offset), and "more".
+/// IPv4 `frag_off` offset bits: non-zero marks a fragment other than the first.
 const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
 
 #[cgroup_skb(egress)]
