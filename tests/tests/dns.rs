@@ -205,16 +205,18 @@ fn a_flow_to_a_looked_up_address_carries_the_domain() {
 
     let client_res = [("process.pid", client_pid.as_str())];
     let named = [("network.peer.address", server.as_str()), ("flowtel.peer.domain", "web.test")];
+    // Each Resource travels in its own export request, so the agent's own metrics (host Resource)
+    // may land a moment after the workload's flows: wait for both.
     let delivered = eventually(Duration::from_secs(20), || {
         let got = receiver.received.snapshot();
         total(&points(&got, "flowtel.tcp.connections.opened"), &client_res, &named) == 1.0
+            && points(&got, "flowtel.agent.dns.names").iter().any(|p| p.value >= 1.0)
     });
     let got = receiver.received.snapshot();
     let io = points(&got, "flowtel.network.io");
-    assert!(delivered, "no named flow: {:#?}\nagent log:\n{}", matching(&io, &client_res, &[]), agent.log());
-    assert_eq!(total(&io, &client_res, &[named[1], ("network.io.direction", "transmit")]), 100.0);
     let names = points(&got, "flowtel.agent.dns.names");
-    assert!(names.iter().any(|p| p.value >= 1.0), "{names:?}");
+    assert!(delivered, "no named flow: {:#?}\nnames: {names:?}\nagent log:\n{}", matching(&io, &client_res, &[]), agent.log());
+    assert_eq!(total(&io, &client_res, &[named[1], ("network.io.direction", "transmit")]), 100.0);
 }
 
 #[test]
