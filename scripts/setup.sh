@@ -14,8 +14,9 @@ build_only=false
 
 # dnsmasq-base and bind9-dnsutils (dig): the DNS server and client of the DNS tests;
 # dnsperf: the DNS load generator of the benchmark; docker-compose (1.29, no engine
-# needed): checks the compose example.
-apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose)
+# needed): checks the compose example; nginx, wrk and openssl: the HTTP(S) server, load
+# generator and certificate maker of the HTTP tests and benchmark.
+apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose nginx wrk openssl)
 if $build_only; then
   apt_packages=(curl)
 fi

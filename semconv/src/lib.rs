@@ -16,6 +16,7 @@ pub struct MetricName {
 pub mod scope {
     pub const NETFLOW: &str = "flowtel.netflow";
     pub const DNS: &str = "flowtel.dns";
+    pub const HTTP: &str = "flowtel.http";
     pub const AGENT: &str = "flowtel.agent";
 }
 
@@ -67,6 +68,26 @@ pub mod metric {
         unit: "{lookup}",
         description: "DNS lookups by answer code (flowtel.dns.rcode), TIMEOUT for those without an answer.",
     };
+    pub const HTTP_SERVER_REQUEST_DURATION: MetricName = MetricName {
+        name: "http.server.request.duration",
+        unit: "s",
+        description: "Time from the first request byte received to the first response byte sent (time to first byte).",
+    };
+    pub const HTTP_CLIENT_REQUEST_DURATION: MetricName = MetricName {
+        name: "http.client.request.duration",
+        unit: "s",
+        description: "Time from the first request byte sent to the first response byte received (time to first byte).",
+    };
+    pub const AGENT_HTTP_CONNECTIONS: MetricName = MetricName {
+        name: "flowtel.agent.http.connections",
+        unit: "{connection}",
+        description: "Connections with HTTP exchanges being tracked at the end of the interval.",
+    };
+    pub const AGENT_TLS_LIBRARIES: MetricName = MetricName {
+        name: "flowtel.agent.tls.libraries",
+        unit: "{file}",
+        description: "OpenSSL libraries and executables with the TLS uprobes attached.",
+    };
     pub const AGENT_DNS_NAMES: MetricName = MetricName {
         name: "flowtel.agent.dns.names",
         unit: "{address}",
@@ -104,7 +125,7 @@ pub mod metric {
     };
 
     /// Every metric flowtel can emit.
-    pub const ALL: [MetricName; 16] = [
+    pub const ALL: [MetricName; 20] = [
         NETWORK_IO,
         TCP_RETRANSMITS,
         TCP_RTT,
@@ -114,6 +135,10 @@ pub mod metric {
         TCP_CONNECTIONS_FAILED,
         DNS_LOOKUP_DURATION,
         DNS_LOOKUPS,
+        HTTP_SERVER_REQUEST_DURATION,
+        HTTP_CLIENT_REQUEST_DURATION,
+        AGENT_HTTP_CONNECTIONS,
+        AGENT_TLS_LIBRARIES,
         AGENT_DNS_NAMES,
         AGENT_DNS_NAMES_EVICTED,
         AGENT_DNS_PENDING,
@@ -143,6 +168,21 @@ pub mod attr {
     pub const DNS_QUESTION_NAME: &str = "dns.question.name";
     pub const DNS_QUESTION_TYPE: &str = "dns.question.type";
     pub const DNS_RCODE: &str = "flowtel.dns.rcode";
+    pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    pub const HTTP_ROUTE: &str = "http.route";
+    pub const URL_SCHEME: &str = "url.scheme";
+    pub const URL_PATH: &str = "url.path";
+    pub const URL_QUERY: &str = "url.query";
+    pub const NETWORK_PROTOCOL_NAME: &str = "network.protocol.name";
+    pub const NETWORK_PROTOCOL_VERSION: &str = "network.protocol.version";
+    pub const SERVER_ADDRESS: &str = "server.address";
+    pub const SERVER_PORT: &str = "server.port";
+    pub const CLIENT_ADDRESS: &str = "client.address";
+    pub const CLIENT_PORT: &str = "client.port";
+    pub const USER_AGENT_ORIGINAL: &str = "user_agent.original";
+    /// True when the captured bytes cut the request line or headers.
+    pub const HTTP_TRUNCATED: &str = "flowtel.http.truncated";
     /// `flowtel.agent.*`: which probe.
     pub const AGENT_PROBE: &str = "flowtel.probe";
     /// `flowtel.agent.events.lost`: why.
@@ -187,6 +227,9 @@ pub mod value {
     pub const REFUSED: &str = "refused";
     pub const TIMEOUT: &str = "timeout";
     pub const RESET: &str = "reset";
+    pub const HTTP: &str = "http";
+    pub const HTTPS: &str = "https";
+    pub const CONNECTION_RESET: &str = "connection_reset";
     /// `flowtel.dns.rcode` of a lookup that got no answer within the timeout.
     pub const DNS_TIMEOUT: &str = "TIMEOUT";
 }

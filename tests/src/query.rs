@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use opentelemetry_proto::tonic::{
-    collector::metrics::v1::ExportMetricsServiceRequest,
+    collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
     common::v1::{AnyValue, KeyValue, any_value::Value},
     metrics::v1::metric::Data,
 };
@@ -142,4 +142,84 @@ pub fn matching<'a>(points: &'a [Point], resource: &[(&str, &str)], attributes: 
 /// Sum of the matching series' values.
 pub fn total(points: &[Point], resource: &[(&str, &str)], attributes: &[(&str, &str)]) -> f64 {
     matching(points, resource, attributes).iter().map(|p| p.value).sum()
+}
+
+/// One span as the receiver decoded it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SpanRow {
+    pub resource: Attrs,
+    pub attrs: Attrs,
+    pub name: String,
+    /// `SERVER` or `CLIENT` (and the other kinds by their proto names).
+    pub kind: String,
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    /// `OK`, `ERROR` or `UNSET`.
+    pub status: String,
+    pub scope: String,
+}
+
+impl SpanRow {
+    pub fn duration_s(&self) -> f64 {
+        self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Every span received, in order.
+pub fn spans(requests: &[ExportTraceServiceRequest]) -> Vec<SpanRow> {
+    let mut out = Vec::new();
+    for request in requests {
+        for rs in &request.resource_spans {
+            let resource = rs.resource.as_ref().map(|r| attrs(&r.attributes)).unwrap_or_default();
+            for ss in &rs.scope_spans {
+                let scope = ss.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                for span in &ss.spans {
+                    let kind = opentelemetry_proto::tonic::trace::v1::span::SpanKind::try_from(span.kind)
+                        .map(|k| k.as_str_name().trim_start_matches("SPAN_KIND_").to_owned())
+                        .unwrap_or_default();
+                    let status = span
+                        .status
+                        .as_ref()
+                        .and_then(|s| opentelemetry_proto::tonic::trace::v1::status::StatusCode::try_from(s.code).ok())
+                        .map_or("UNSET".to_owned(), |c| c.as_str_name().trim_start_matches("STATUS_CODE_").to_owned());
+                    out.push(SpanRow {
+                        resource: resource.clone(),
+                        attrs: attrs(&span.attributes),
+                        name: span.name.clone(),
+                        kind,
+                        trace_id: hex(&span.trace_id),
+                        span_id: hex(&span.span_id),
+                        parent_span_id: hex(&span.parent_span_id),
+                        start_ns: span.start_time_unix_nano,
+                        end_ns: span.end_time_unix_nano,
+                        status,
+                        scope: scope.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Spans whose Resource and attributes contain every pair given.
+pub fn spans_matching<'a>(
+    spans: &'a [SpanRow],
+    resource: &[(&str, &str)],
+    attributes: &[(&str, &str)],
+) -> Vec<&'a SpanRow> {
+    let has = |map: &Attrs, pairs: &[(&str, &str)]| pairs.iter().all(|(k, v)| map.get(*k).is_some_and(|x| x == v));
+    spans.iter().filter(|s| has(&s.resource, resource) && has(&s.attrs, attributes)).collect()
 }

@@ -1,13 +1,20 @@
-//! A real OTLP metrics receiver: the official protos, served over gRPC (tonic) and over
-//! HTTP/protobuf (a small HTTP/1.1 server), keeping every request it decoded.
+//! A real OTLP receiver for metrics and traces: the official protos, served over gRPC
+//! (tonic) and over HTTP/protobuf (a small HTTP/1.1 server), keeping every request it
+//! decoded.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-    metrics_service_server::{MetricsService, MetricsServiceServer},
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
+    trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
 };
 use prost::Message as _;
 use tokio::{
@@ -15,19 +22,34 @@ use tokio::{
     net::TcpListener,
 };
 
-#[derive(Clone, Default)]
-pub struct Received(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
+/// Every request of one signal, in arrival order.
+pub struct Requests<T>(Arc<Mutex<Vec<T>>>);
 
-impl Received {
-    pub fn snapshot(&self) -> Vec<ExportMetricsServiceRequest> {
+impl<T> Clone for Requests<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for Requests<T> {
+    fn default() -> Self {
+        Self(Arc::default())
+    }
+}
+
+impl<T: Clone> Requests<T> {
+    pub fn snapshot(&self) -> Vec<T> {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
     }
-    fn push(&self, request: ExportMetricsServiceRequest) {
+    fn push(&self, request: T) {
         if let Ok(mut v) = self.0.lock() {
             v.push(request);
         }
     }
 }
+
+pub type Received = Requests<ExportMetricsServiceRequest>;
+pub type ReceivedTraces = Requests<ExportTraceServiceRequest>;
 
 struct Service(Received);
 
@@ -42,10 +64,24 @@ impl MetricsService for Service {
     }
 }
 
+struct Traces(ReceivedTraces);
+
+#[tonic::async_trait]
+impl TraceService for Traces {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
 /// A receiver running on its own runtime thread until dropped.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub received: Received,
+    pub traces: ReceivedTraces,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -59,11 +95,18 @@ impl Receiver {
         // Collectors (rotel among them) send gzip by default, as a real receiver accepts.
         let service = MetricsServiceServer::new(Service(received.clone()))
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+        let traces = ReceivedTraces::default();
+        let trace_service =
+            TraceServiceServer::new(Traces(traces.clone())).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         runtime.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let _ = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await;
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .add_service(trace_service)
+                .serve_with_incoming(incoming)
+                .await;
         });
-        Self { addr: local, received, _runtime: runtime }
+        Self { addr: local, received, traces, _runtime: runtime }
     }
 
     /// OTLP/HTTP with protobuf bodies (`POST /v1/metrics`).
@@ -72,18 +115,19 @@ impl Receiver {
         let received = Received::default();
         let listener = runtime.block_on(TcpListener::bind(addr)).expect("bind HTTP receiver");
         let local = listener.local_addr().unwrap();
-        let sink = received.clone();
+        let traces = ReceivedTraces::default();
+        let sinks = (received.clone(), traces.clone());
         runtime.spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_http(stream, sink.clone()));
+                tokio::spawn(serve_http(stream, sinks.clone()));
             }
         });
-        Self { addr: local, received, _runtime: runtime }
+        Self { addr: local, received, traces, _runtime: runtime }
     }
 }
 
 /// HTTP/1.1 keep-alive loop: Content-Length bodies only, which is what OTLP clients send.
-async fn serve_http(mut stream: tokio::net::TcpStream, sink: Received) {
+async fn serve_http(mut stream: tokio::net::TcpStream, (metrics, traces): (Received, ReceivedTraces)) {
     let mut buf = Vec::new();
     loop {
         let Some(head_end) = find(&buf, b"\r\n\r\n") else {
@@ -108,13 +152,27 @@ async fn serve_http(mut stream: tokio::net::TcpStream, sink: Received) {
             }
         }
         let body: Vec<u8> = buf.drain(..head_end + 4 + length).skip(head_end + 4).collect();
-        let ok = head.starts_with("post /v1/metrics") && head.contains("application/x-protobuf");
-        let (status, reply) = match ExportMetricsServiceRequest::decode(body.as_slice()) {
-            Ok(request) if ok => {
-                sink.push(request);
-                ("200 OK", ExportMetricsServiceResponse { partial_success: None }.encode_to_vec())
+        let protobuf = head.contains("application/x-protobuf");
+        let (status, reply) = if !protobuf {
+            ("400 Bad Request", Vec::new())
+        } else if head.starts_with("post /v1/metrics") {
+            match ExportMetricsServiceRequest::decode(body.as_slice()) {
+                Ok(request) => {
+                    metrics.push(request);
+                    ("200 OK", ExportMetricsServiceResponse { partial_success: None }.encode_to_vec())
+                }
+                Err(_) => ("400 Bad Request", Vec::new()),
             }
-            _ => ("400 Bad Request", Vec::new()),
+        } else if head.starts_with("post /v1/traces") {
+            match ExportTraceServiceRequest::decode(body.as_slice()) {
+                Ok(request) => {
+                    traces.push(request);
+                    ("200 OK", ExportTraceServiceResponse { partial_success: None }.encode_to_vec())
+                }
+                Err(_) => ("400 Bad Request", Vec::new()),
+            }
+        } else {
+            ("404 Not Found", Vec::new())
         };
         let response = format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",

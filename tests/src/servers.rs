@@ -1,4 +1,4 @@
-//! Servers the tests and benchmarks start (dnsmasq, rotel, ...): each stopped on drop.
+//! Servers the tests and benchmarks start (dnsmasq, nginx, rotel, ...): each stopped on drop.
 use std::process::{Child, Stdio};
 
 use crate::netns::Link;
@@ -27,4 +27,31 @@ pub fn dnsmasq(ns: &str, listen: &[&str], port: u16, answers: &[String]) -> Back
     // It reads its configuration and binds within milliseconds; queries before that would be refused.
     std::thread::sleep(std::time::Duration::from_millis(300));
     server
+}
+
+/// nginx from Debian in namespace `ns` with one `server { ... }` block, its files in
+/// `dir`. One process (no master): killing it on drop leaves no orphaned worker.
+pub fn nginx(ns: &str, server_block: &str, dir: &std::path::Path) -> Background {
+    std::fs::create_dir_all(dir.join("html")).expect("nginx directory");
+    let conf = format!(
+        "master_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  root {d}/html;\n  keepalive_requests 1000000;\n\
+         client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+         {server_block}\n}}\n",
+        d = dir.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let child = Link::exec(ns, "nginx")
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (apt install nginx)");
+    // It binds within milliseconds; a request before that would be refused.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Background(child)
 }

@@ -215,7 +215,12 @@ fn a_flow_to_a_looked_up_address_carries_the_domain() {
     let got = receiver.received.snapshot();
     let io = points(&got, "flowtel.network.io");
     let names = points(&got, "flowtel.agent.dns.names");
-    assert!(delivered, "no named flow: {:#?}\nnames: {names:?}\nagent log:\n{}", matching(&io, &client_res, &[]), agent.log());
+    assert!(
+        delivered,
+        "no named flow: {:#?}\nnames: {names:?}\nagent log:\n{}",
+        matching(&io, &client_res, &[]),
+        agent.log()
+    );
     assert_eq!(total(&io, &client_res, &[named[1], ("network.io.direction", "transmit")]), 100.0);
 }
 

@@ -40,6 +40,7 @@ pub enum ConfigError {
 pub struct Config {
     pub probes: ProbesConfig,
     pub dns: DnsConfig,
+    pub http: HttpConfig,
     pub geo: GeoConfig,
     pub telemetry: TelemetryConfig,
     pub host: HostConfig,
@@ -107,6 +108,103 @@ impl Default for DnsConfig {
             names_capacity: 65_536,
             name_ttl_floor_s: 60,
         }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+#[allow(clippy::struct_excessive_bools, reason = "each is one documented on/off setting of the file format")]
+pub struct HttpConfig {
+    /// Bytes of each clear-text HTTP message start copied from the kernel (request line
+    /// and headers); 0 turns clear-text HTTP off. Longer heads are marked
+    /// `flowtel.http.truncated`.
+    pub capture_bytes: u16,
+    /// Whether to attach uprobes to OpenSSL for HTTPS.
+    pub tls: bool,
+    /// Whether to export spans (the `http.*.request.duration` metrics are always on).
+    pub spans: bool,
+    /// A request without a response after this long ends with `error.type=timeout`.
+    pub timeout_ms: u64,
+    /// Whether spans carry `url.query` (off: query strings often hold secrets).
+    pub query_string: bool,
+    /// Route templates for `http.route`, like `/users/{id}` (a `{...}` segment matches
+    /// any one segment). A YAML list, or in the environment comma-separated.
+    #[serde(deserialize_with = "strings::deserialize")]
+    pub routes: Vec<String>,
+    /// When no template matches: collapse numeric, UUID and long hex segments into
+    /// `{id}` and use that as `http.route`.
+    pub route_heuristic: bool,
+    /// Connections with an exchange in progress, at most (least recent dropped, counted).
+    pub max_connections: usize,
+    /// Spans held for the next export, at most (more are dropped and counted).
+    pub max_spans: usize,
+    /// Size of the kernel's HTTP ring buffer, in KiB (a power of two).
+    pub ring_buffer_kib: u32,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            capture_bytes: 2_048,
+            tls: true,
+            spans: true,
+            timeout_ms: 30_000,
+            query_string: false,
+            routes: Vec::new(),
+            route_heuristic: true,
+            max_connections: 65_536,
+            max_spans: 262_144,
+            ring_buffer_kib: 8_192,
+        }
+    }
+}
+
+impl HttpConfig {
+    fn validate(
+        &self,
+        range: impl Fn(&'static str, u64, u64, u64) -> Result<(), ConfigError>,
+    ) -> Result<(), ConfigError> {
+        range("http.capture_bytes", self.capture_bytes.into(), 0, flowtel_probes_abi::http::CAPTURE_MAX as u64)?;
+        range("http.timeout_ms", self.timeout_ms, 100, 3_600_000)?;
+        range("http.max_connections", self.max_connections as u64, 16, 1 << 22)?;
+        range("http.max_spans", self.max_spans as u64, 16, 1 << 24)?;
+        range("http.ring_buffer_kib", self.ring_buffer_kib.into(), 4, 1 << 20)?;
+        if !self.ring_buffer_kib.is_power_of_two() {
+            return Err(ConfigError::Invalid {
+                key: "http.ring_buffer_kib",
+                value: self.ring_buffer_kib.to_string(),
+                reason: "must be a power of two (the kernel's ring buffer requires it)".into(),
+            });
+        }
+        if let Some(bad) = self.routes.iter().find(|r| !r.starts_with('/')) {
+            return Err(ConfigError::Invalid {
+                key: "http.routes",
+                value: bad.clone(),
+                reason: "a route template starts with '/', like /users/{id}".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+mod strings {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Strings {
+        List(Vec<String>),
+        Text(String),
+        Empty(()),
+    }
+
+    /// A list, or a comma-separated string (as an environment variable gives).
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+        Ok(match Strings::deserialize(deserializer)? {
+            Strings::List(list) => list,
+            Strings::Text(text) => text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+            Strings::Empty(()) => Vec::new(),
+        })
     }
 }
 
@@ -222,6 +320,7 @@ impl Config {
         range("probes.socket_table_entries", self.probes.socket_table_entries.into(), 64, 1 << 22)?;
         range("probes.rtt_sample_interval_us", self.probes.rtt_sample_interval_us, 0, 60_000_000)?;
         self.dns.validate(range)?;
+        self.http.validate(range)?;
         range("telemetry.cardinality_limit", self.telemetry.cardinality_limit as u64, 1, 1_000_000)?;
         range("telemetry.idle_intervals", self.telemetry.idle_intervals.into(), 0, 1_000)?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

@@ -11,12 +11,33 @@ use crate::telemetry::SinkKind;
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtelSettings {
     pub sink: SinkKind,
+    /// Where HTTP spans go (`OTEL_TRACES_EXPORTER`).
+    pub traces_sink: SinkKind,
     pub temporality: Temporality,
     pub export_interval: Duration,
 }
 
 fn invalid(var: &str, value: &str, accepted: &str) -> ConfigError {
     ConfigError::Env { var: var.into(), reason: format!("{value:?} is not one of: {accepted}") }
+}
+
+/// Where one signal (`METRICS`, `TRACES`) goes: `OTEL_<SIGNAL>_EXPORTER`, and for OTLP
+/// the signal's own protocol variable, else the general one.
+fn signal_sink(get: &impl Fn(&str) -> Option<String>, signal: &str) -> Result<SinkKind, ConfigError> {
+    let own = format!("OTEL_EXPORTER_OTLP_{signal}_PROTOCOL");
+    let protocol_var = if get(&own).is_some() { own.as_str() } else { "OTEL_EXPORTER_OTLP_PROTOCOL" };
+    let otlp = match get(protocol_var).as_deref() {
+        None | Some("grpc") => SinkKind::OtlpGrpc,
+        Some("http/protobuf") => SinkKind::OtlpHttp,
+        Some(other) => return Err(invalid(protocol_var, other, "grpc, http/protobuf")),
+    };
+    let exporter_var = format!("OTEL_{signal}_EXPORTER");
+    match get(&exporter_var).as_deref() {
+        None | Some("otlp") => Ok(otlp),
+        Some("console") => Ok(SinkKind::Console),
+        Some("none") => Ok(SinkKind::None),
+        Some(other) => Err(invalid(&exporter_var, other, "otlp, console, none")),
+    }
 }
 
 /// `get` reads one variable (the process environment in production).
@@ -29,28 +50,8 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
         Some(other) => return Err(invalid("OTEL_SDK_DISABLED", other, "true, false")),
     };
 
-    let protocol_var = if get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL").is_some() {
-        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL"
-    } else {
-        "OTEL_EXPORTER_OTLP_PROTOCOL"
-    };
-    let otlp = match get(protocol_var).as_deref() {
-        None | Some("grpc") => SinkKind::OtlpGrpc,
-        Some("http/protobuf") => SinkKind::OtlpHttp,
-        Some(other) => return Err(invalid(protocol_var, other, "grpc, http/protobuf")),
-    };
-
-    let sink = match get("OTEL_METRICS_EXPORTER").as_deref() {
-        _ if disabled => SinkKind::None,
-        None | Some("otlp") => otlp,
-        Some("console") => SinkKind::Console,
-        Some("none") => SinkKind::None,
-        Some(other) => return Err(invalid("OTEL_METRICS_EXPORTER", other, "otlp, console, none")),
-    };
-    // No traces yet (HTTP spans come with issue #4), but a bad value is still an error.
-    if let Some(other) = get("OTEL_TRACES_EXPORTER").filter(|v| !["otlp", "console", "none"].contains(&v.as_str())) {
-        return Err(invalid("OTEL_TRACES_EXPORTER", &other, "otlp, console, none"));
-    }
+    let sink = if disabled { SinkKind::None } else { signal_sink(&get, "METRICS")? };
+    let traces_sink = if disabled { SinkKind::None } else { signal_sink(&get, "TRACES")? };
 
     let var = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE";
     let temporality = match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
@@ -86,5 +87,5 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
             return Err(invalid(var, &other, "gzip, none"));
         }
     }
-    Ok(OtelSettings { sink, temporality, export_interval })
+    Ok(OtelSettings { sink, traces_sink, temporality, export_interval })
 }

@@ -1,16 +1,19 @@
 //! Reading what the probes produced: the flow tables (drained each interval, table
 //! swap so nothing is lost between reads), the loss counters, the process names, and
-//! the DNS packets (a ring buffer read as it fills).
+//! the DNS packets and HTTP payloads (ring buffers read as they fill).
 //!
 //! Guarantee: every count the kernel added to a table is read exactly once. The probes
 //! write into the active table; `drain` makes the other one active, waits for programs
 //! still running on the old one to finish, then reads and empties it.
 mod dns;
 mod flows;
+mod http;
 mod processes;
+mod ring;
 
 pub use dns::{CapturedPacket, DnsPacketReader};
 pub use flows::{FlowReader, KernelFlow};
+pub use http::{HttpChunk, HttpChunkReader};
 pub use processes::{KernelProcess, ProcessNames};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -29,4 +32,13 @@ pub fn kernel_address(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
         }
         _ => None,
     }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`, which stamps
+/// every event.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }

@@ -13,7 +13,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 
 use crate::{
     aggregation::{DnsLookup, DnsTracker, TrackerLosses, TrackerSettings},
-    events::{CapturedPacket, DnsPacketReader},
+    events::{CapturedPacket, DnsPacketReader, monotonic_now_ns},
 };
 
 /// Packets read from the ring buffer per wake-up, at most.
@@ -117,12 +117,4 @@ async fn run(mut reader: DnsPacketReader, mut tracker: DnsTracker, tx: mpsc::Sen
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
-}
-
-/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns` that stamps the packets.
-fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }

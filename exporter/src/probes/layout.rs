@@ -1,6 +1,6 @@
 //! The running kernel's layout, as the probes need it: tracepoint field offsets from
 //! tracefs, `struct sock` / `struct tcp_sock` member offsets from BTF.
-use flowtel_probes_abi::{ProbeConfig, dns};
+use flowtel_probes_abi::{ProbeConfig, dns, http};
 
 use super::{
     btf::{Btf, BtfError, Param},
@@ -18,7 +18,12 @@ pub enum LayoutError {
 }
 
 /// `dns_ports`: at most `dns::PORTS_MAX` (the configuration is validated before this).
-pub fn resolve(rtt_sample_gap_ns: u64, dns_ports: &[u16]) -> Result<ProbeConfig, LayoutError> {
+pub fn resolve(
+    rtt_sample_gap_ns: u64,
+    dns_ports: &[u16],
+    http_capture_bytes: u16,
+    tls: bool,
+) -> Result<ProbeConfig, LayoutError> {
     let state = Format::read("sock", "inet_sock_set_state")?;
     let retransmit = Format::read("tcp", "tcp_retransmit_skb").ok();
     let probe = Format::read("tcp", "tcp_probe").ok();
@@ -32,6 +37,7 @@ pub fn resolve(rtt_sample_gap_ns: u64, dns_ports: &[u16]) -> Result<ProbeConfig,
     for (slot, &port) in ports.iter_mut().zip(dns_ports) {
         *slot = port;
     }
+    let regs = syscall_registers(&btf);
     Ok(ProbeConfig {
         rtt_sample_gap_ns,
         state_skaddr: state.offset("skaddr")?,
@@ -63,8 +69,54 @@ pub fn resolve(rtt_sample_gap_ns: u64, dns_ports: &[u16]) -> Result<ProbeConfig,
         // Optional: without them a process is named by the thread that made the flow.
         task_group_leader: offset16(&btf, "task_struct", "group_leader").unwrap_or(0),
         task_comm: offset16(&btf, "task_struct", "comm").unwrap_or(0),
-        _pad: [0; 2],
+        regs_syscall_nr: regs.map_or(0, |r| r.number),
+        regs_arg0: regs.map_or(0, |r| r.args[0]),
+        regs_arg1: regs.map_or(0, |r| r.args[1]),
+        syscalls: socket_syscalls(),
+        // Without the registers the probe cannot find a buffer: clear-text HTTP is off.
+        http_capture_bytes: if regs.is_some() { http_capture_bytes } else { 0 },
+        tls_enabled: u8::from(tls),
+        _pad: [0; 3],
     })
+}
+
+/// Where `struct pt_regs` keeps a syscall's number and first arguments.
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallRegisters {
+    pub number: u16,
+    pub args: [u16; 2],
+}
+
+/// Resolved from BTF by this architecture's member names; `None` on an architecture
+/// the HTTP probe does not know yet (it then reports clear-text HTTP as off).
+pub fn syscall_registers(btf: &Btf) -> Option<SyscallRegisters> {
+    let (number, arg0, arg1) = match std::env::consts::ARCH {
+        "x86_64" => ("orig_ax", "di", "si"),
+        "aarch64" => ("syscallno", "regs", "regs"),
+        _ => return None,
+    };
+    let at = |member| offset16(btf, "pt_regs", member).ok();
+    // arm64 keeps x0..x30 in one array: the second argument is 8 bytes after the first.
+    let step = if arg0 == arg1 { 8 } else { 0 };
+    Some(SyscallRegisters { number: at(number)?, args: [at(arg0)?, at(arg1)? + step] })
+}
+
+/// This architecture's syscall numbers, in `http::syscall` order.
+fn socket_syscalls() -> [u16; http::syscall::COUNT] {
+    let mut numbers = [0u16; http::syscall::COUNT];
+    for (index, nr) in [
+        (http::syscall::READ, libc::SYS_read),
+        (http::syscall::WRITE, libc::SYS_write),
+        (http::syscall::SENDTO, libc::SYS_sendto),
+        (http::syscall::RECVFROM, libc::SYS_recvfrom),
+        (http::syscall::READV, libc::SYS_readv),
+        (http::syscall::WRITEV, libc::SYS_writev),
+        (http::syscall::SENDMSG, libc::SYS_sendmsg),
+        (http::syscall::RECVMSG, libc::SYS_recvmsg),
+    ] {
+        numbers[index] = u16::try_from(nr).unwrap_or(0);
+    }
+    numbers
 }
 
 /// Which raw tracepoints the running kernel declares with the prototype the raw

@@ -4,6 +4,7 @@
 //! [`ProbeReport`]s for the log, `flowtel status` and `flowtel.agent.probes.attached`.
 mod btf;
 mod layout;
+mod tls;
 mod tracefs;
 
 use aya::{
@@ -12,6 +13,7 @@ use aya::{
 };
 
 pub use layout::LayoutError;
+pub use tls::TlsAttacher;
 
 /// The kernel programs, built by build.rs from probes/ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowtel-probes"));
@@ -59,6 +61,12 @@ pub struct ProbeSettings {
     pub dns_ports: Vec<u16>,
     /// Size of the DNS ring buffer (a power of two, a multiple of the page size).
     pub dns_ring_bytes: u32,
+    /// Bytes of each clear-text HTTP payload to copy; 0 turns clear-text HTTP off.
+    pub http_capture_bytes: u16,
+    /// Whether to attach the OpenSSL uprobes.
+    pub tls: bool,
+    /// Size of the HTTP ring buffer (a power of two, a multiple of the page size).
+    pub http_ring_bytes: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +88,8 @@ pub struct ProbeReport {
 pub struct Probes {
     pub ebpf: Ebpf,
     pub reports: Vec<ProbeReport>,
+    /// The OpenSSL uprobes, when `http.tls` is on: attaches to libraries found later.
+    pub tls: Option<TlsAttacher>,
 }
 
 struct Hook {
@@ -117,6 +127,11 @@ const DATAGRAM_PEERS: [Hook; 4] = [
     Hook { program: "datagram_recvmsg4", kind: HookKind::Cgroup },
     Hook { program: "datagram_sendmsg6", kind: HookKind::Cgroup },
     Hook { program: "datagram_recvmsg6", kind: HookKind::Cgroup },
+];
+/// HTTP payload starts on sockets (http.rs); they also tie OpenSSL calls to sockets.
+const HTTP: [Hook; 2] = [
+    Hook { program: "http_send", kind: HookKind::Raw("sock_send_length") },
+    Hook { program: "http_recv", kind: HookKind::Raw("sock_recv_length") },
 ];
 /// DNS packets of every local socket (dns.rs).
 const DNS: [Hook; 2] = [
@@ -237,7 +252,8 @@ pub fn kprobes_available() -> bool {
 /// attaches the flow probes.
 pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
     tracefs::ensure_mounted()?;
-    let config = layout::resolve(settings.rtt_sample_gap_ns, &settings.dns_ports)?;
+    let config =
+        layout::resolve(settings.rtt_sample_gap_ns, &settings.dns_ports, settings.http_capture_bytes, settings.tls)?;
     let mut ebpf = EbpfLoader::new()
         .override_global("FLOWTEL_CONFIG", &config, true)
         .map_max_entries("FLOWS_0", settings.flow_table_entries)
@@ -246,6 +262,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .map_max_entries("TRAFFIC_0", settings.socket_table_entries)
         .map_max_entries("TRAFFIC_1", settings.socket_table_entries)
         .map_max_entries("DNS_PACKETS", settings.dns_ring_bytes)
+        .map_max_entries("HTTP_CHUNKS", settings.http_ring_bytes)
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
 
@@ -254,9 +271,10 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .chain(&BYTES_RAW)
         .chain(&BYTES_TRACEPOINTS)
         .chain(&BYTES_KPROBES);
-    for hook in all.chain(&DATAGRAM_PEERS).chain(&DNS) {
+    for hook in all.chain(&DATAGRAM_PEERS).chain(&DNS).chain(&HTTP) {
         hook.load(&mut ebpf)?;
     }
+    tls::load(&mut ebpf)?;
 
     let mut reports = vec![STATE.attach(&mut ebpf)];
     if reports[0].state != ProbeState::Attached {
@@ -282,7 +300,22 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         (false, true) => hook.attach(&mut ebpf),
         (false, false) => hook.unavailable("no cgroup v2 hierarchy mounted"),
     }));
-    Ok(Probes { ebpf, reports })
+    let http_wanted = config.http_capture_bytes != 0 || settings.tls;
+    reports.extend(HTTP.iter().map(|hook| match (http_wanted, raw.lengths) {
+        (false, _) if settings.http_capture_bytes != 0 => {
+            hook.unavailable("no syscall registers known for this architecture")
+        }
+        (false, _) => hook.unavailable("turned off (http.capture_bytes is 0 and http.tls is off)"),
+        (true, true) => hook.attach(&mut ebpf),
+        (true, false) => hook.unavailable("needs the sock_send_length raw tracepoint (Linux 6.3+)"),
+    }));
+    let tls = settings.tls.then(|| {
+        let mut attacher = TlsAttacher::default();
+        attacher.scan_all(&mut ebpf);
+        reports.push(attacher.report());
+        attacher
+    });
+    Ok(Probes { ebpf, reports, tls })
 }
 
 /// Attaches the raw-tracepoint programs when usable, else the classic ones; the others

@@ -24,6 +24,8 @@ pub struct AgentTelemetry {
     dns_pending: Gauge<u64>,
     probes_attached: Gauge<u64>,
     export_failures: Counter<u64>,
+    http_connections: Gauge<u64>,
+    tls_libraries: Gauge<u64>,
 }
 
 /// (probe, cause) of each kernel loss counter.
@@ -35,10 +37,26 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
     (lost::DNS_RING_FULL, "dnsflow", "ring_buffer_full"),
     (lost::DNS_PACKET_READ, "dnsflow", "kernel_read"),
     (lost::EXEC_TABLE_FULL, "process", "exec_table_full"),
+    (lost::HTTP_RING_FULL, "httpflow", "ring_buffer_full"),
+    (lost::HTTP_READ, "httpflow", "user_read"),
+    (lost::TLS_TABLE_FULL, "httpflow", "tls_table_full"),
 ];
 
-/// Causes of DNS loss found in user space, exported at 0 from the start like the rest.
-const DNS_USER_SPACE_LOSSES: [&str; 5] = ["parse", "pending_full", "stream_gap", "channel_full", "decode"];
+/// Causes of loss found in user space, exported at 0 from the start like the rest.
+const USER_SPACE_LOSSES: [(&str, &str); 12] = [
+    ("dnsflow", "parse"),
+    ("dnsflow", "pending_full"),
+    ("dnsflow", "stream_gap"),
+    ("dnsflow", "channel_full"),
+    ("dnsflow", "decode"),
+    ("httpflow", "parse"),
+    ("httpflow", "pending_full"),
+    ("httpflow", "unpaired"),
+    ("httpflow", "channel_full"),
+    ("httpflow", "decode"),
+    ("httpflow", "spans_full"),
+    ("httpflow", "span_export"),
+];
 
 impl AgentTelemetry {
     pub fn new(settings: &TelemetrySettings) -> Self {
@@ -71,11 +89,16 @@ impl AgentTelemetry {
             events_lost
                 .add(0, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
         }
-        for cause in DNS_USER_SPACE_LOSSES {
+        for (probe, cause) in USER_SPACE_LOSSES {
             events_lost
-                .add(0, &[KeyValue::new(attr::AGENT_PROBE, "dnsflow"), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
+                .add(0, &[KeyValue::new(attr::AGENT_PROBE, probe), KeyValue::new(attr::AGENT_LOSS_CAUSE, cause)]);
         }
         export_failures.add(0, &[KeyValue::new(attr::AGENT_SIGNAL, "metrics")]);
+        export_failures.add(0, &[KeyValue::new(attr::AGENT_SIGNAL, "traces")]);
+        let m = metric::AGENT_HTTP_CONNECTIONS;
+        let http_connections = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
+        let m = metric::AGENT_TLS_LIBRARIES;
+        let tls_libraries = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
         Self {
             _provider: provider,
             reader,
@@ -86,6 +109,24 @@ impl AgentTelemetry {
             dns_pending,
             probes_attached,
             export_failures,
+            http_connections,
+            tls_libraries,
+        }
+    }
+
+    pub fn record_http_connections(&self, n: usize) {
+        self.http_connections.record(n as u64, &[]);
+    }
+
+    pub fn record_tls_libraries(&self, n: usize) {
+        self.tls_libraries.record(n as u64, &[]);
+    }
+
+    /// Span exports that failed, and the spans they carried (dropped).
+    pub fn record_span_export(&self, failures: u64, spans_lost: u64) {
+        if failures > 0 {
+            self.export_failures.add(failures, &[KeyValue::new(attr::AGENT_SIGNAL, "traces")]);
+            self.record_user_space_loss("httpflow", "span_export", spans_lost);
         }
     }
 

@@ -1,5 +1,6 @@
-//! Flow records and DNS lookups into OpenTelemetry metrics, each under the Resource of the workload
-//! that did the work, and out through one exporter.
+//! Flow records, DNS lookups and HTTP exchanges into OpenTelemetry metrics (and HTTP
+//! spans), each under the Resource of the workload that did the work, and out through
+//! one exporter per signal.
 //!
 //! One agent process, one exporter: each workload (process) gets an `SdkMeterProvider`
 //! with its own Resource and a manual reader, and the export loop collects them one by
@@ -8,12 +9,15 @@
 mod agent;
 mod dns_instruments;
 mod flow_instruments;
+mod http_instruments;
 mod reader;
 mod sink;
+mod spans;
 mod workloads;
 
 pub use agent::AgentTelemetry;
-pub use sink::{MetricsSink, SinkKind};
+pub use sink::{ExportOutcome, MetricsSink, SinkKind};
+pub use spans::{SpanBuilder, SpanSink};
 pub use workloads::{TelemetrySettings, Workloads};
 
 #[cfg(test)]

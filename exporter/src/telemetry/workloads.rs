@@ -12,9 +12,14 @@ use opentelemetry_sdk::{
     resource::EnvResourceDetector,
 };
 
-use super::{dns_instruments::DnsInstruments, flow_instruments::FlowInstruments, reader::SharedReader};
+use opentelemetry_sdk::trace::SpanData;
+
+use super::{
+    dns_instruments::DnsInstruments, flow_instruments::FlowInstruments, http_instruments::HttpInstruments,
+    reader::SharedReader,
+};
 use crate::{
-    aggregation::{DnsLookup, FlowRecord},
+    aggregation::{DnsLookup, FlowRecord, HttpExchange},
     enrichment::{CgroupPaths, HostInfo, Peers, ProcessCache, ProcessInfo},
     events::KernelProcess,
 };
@@ -31,10 +36,14 @@ pub struct TelemetrySettings {
 }
 
 struct Workload {
+    resource: Resource,
     provider: SdkMeterProvider,
     reader: SharedReader,
     flows: FlowInstruments,
     dns: DnsInstruments,
+    http: HttpInstruments,
+    /// Spans since the last export.
+    spans: Vec<SpanData>,
     idle_intervals: u32,
 }
 
@@ -60,6 +69,10 @@ pub fn netflow_scope() -> InstrumentationScope {
 
 fn dns_scope() -> InstrumentationScope {
     InstrumentationScope::builder(scope::DNS).with_version(env!("CARGO_PKG_VERSION")).build()
+}
+
+fn http_scope() -> InstrumentationScope {
+    InstrumentationScope::builder(scope::HTTP).with_version(env!("CARGO_PKG_VERSION")).build()
 }
 
 /// A provider with flowtel's views: every instrument capped at the configured
@@ -151,13 +164,39 @@ impl Workloads {
         self.workload(lookup.pid, kernel).dns.record(lookup);
     }
 
+    /// Records one HTTP exchange under the serving or sending process's workload, with
+    /// its span when spans are on.
+    pub fn record_http(
+        &mut self,
+        exchange: &HttpExchange,
+        route: Option<&str>,
+        kernel: Option<&KernelProcess>,
+        span: Option<SpanData>,
+    ) {
+        let workload = self.workload(exchange.pid, kernel);
+        workload.http.record(exchange, route);
+        workload.spans.extend(span);
+    }
+
+    /// Every workload's spans since the last call, with its Resource.
+    pub fn take_spans(&mut self) -> Vec<(Resource, Vec<SpanData>)> {
+        self.by_pid
+            .values_mut()
+            .chain(&mut self.replaced)
+            .filter(|w| !w.spans.is_empty())
+            .map(|w| (w.resource.clone(), std::mem::take(&mut w.spans)))
+            .collect()
+    }
+
     fn workload(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> &mut Workload {
         let workload = self.by_pid.entry(pid).or_insert_with(|| {
             let process = (pid != 0).then(|| self.processes.lookup(pid, kernel, &mut self.cgroups).clone());
-            let (provider, reader) = provider(&self.settings, workload_resource(&self.settings.host, process.as_ref()));
+            let resource = workload_resource(&self.settings.host, process.as_ref());
+            let (provider, reader) = provider(&self.settings, resource.clone());
             let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
             let dns = DnsInstruments::new(&provider.meter_with_scope(dns_scope()), self.settings.dns_question_name);
-            Workload { provider, reader, flows, dns, idle_intervals: 0 }
+            let http = HttpInstruments::new(&provider.meter_with_scope(http_scope()));
+            Workload { resource, provider, reader, flows, dns, http, spans: Vec::new(), idle_intervals: 0 }
         });
         workload.idle_intervals = 0;
         workload

@@ -54,7 +54,13 @@ pub mod lost {
     pub const DNS_PACKET_READ: u32 = 5;
     /// An exec could not be recorded: that process keeps its old identity.
     pub const EXEC_TABLE_FULL: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// An HTTP payload could not be handed to user space: the HTTP ring buffer was full.
+    pub const HTTP_RING_FULL: u32 = 7;
+    /// An HTTP payload's bytes could not be read from the process's memory.
+    pub const HTTP_READ: u32 = 8;
+    /// A TLS call could not be tracked (the in-flight call table was full).
+    pub const TLS_TABLE_FULL: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Indexes into the `CONTROL` array that user space writes and the probes read.
@@ -227,9 +233,22 @@ pub struct ProbeConfig {
     // current thread's may be a worker's, "isc-net-0000"); 0 when BTF lacks them.
     pub task_group_leader: u16,
     pub task_comm: u16,
-    pub _pad: [u16; 2],
+    // struct pt_regs (the syscall's saved user registers): its number and first two
+    // arguments, for the HTTP probe to find the buffer a send or receive used.
+    pub regs_syscall_nr: u16,
+    pub regs_arg0: u16,
+    pub regs_arg1: u16,
+    /// This architecture's numbers for the syscalls whose buffers the HTTP probe reads,
+    /// indexed by [`http::syscall`]; 0 where the architecture lacks one.
+    pub syscalls: [u16; http::syscall::COUNT],
+    /// Bytes of each HTTP payload to copy (at most [`http::CAPTURE_MAX`]); 0 turns the
+    /// clear-text HTTP probe off.
+    pub http_capture_bytes: u16,
+    /// 1 when the OpenSSL probes are attached, so the socket probes tie `SSL*`s to sockets.
+    pub tls_enabled: u8,
+    pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 72);
+const _: () = assert!(size_of::<ProbeConfig>() == 96);
 
 /// The peer address of a datagram on an unconnected UDP socket, stashed per thread by
 /// the cgroup sendmsg/recvmsg hooks while the syscall runs.
@@ -284,6 +303,77 @@ pub struct DnsPacket {
 }
 const _: () = assert!(size_of::<DnsPacket>() == 64);
 
+/// The HTTP probes' capture limits and event codes.
+pub mod http {
+    /// Most payload bytes one event carries. A power of two: the probe masks lengths with
+    /// `CAPTURE_MAX - 1` for the verifier.
+    pub const CAPTURE_MAX: usize = 8192;
+    /// [`super::HttpChunk::direction`]: the process sent these bytes.
+    pub const SEND: u8 = 1;
+    /// The process received them.
+    pub const RECV: u8 = 2;
+
+    /// Syscalls a socket send or receive can come through, as indexes into
+    /// [`super::ProbeConfig::syscalls`].
+    pub mod syscall {
+        /// `read`, `write`, `sendto`, `recvfrom`: the buffer is the second argument.
+        pub const READ: usize = 0;
+        pub const WRITE: usize = 1;
+        pub const SENDTO: usize = 2;
+        pub const RECVFROM: usize = 3;
+        /// `readv`, `writev`: the second argument is an `iovec` array.
+        pub const READV: usize = 4;
+        pub const WRITEV: usize = 5;
+        /// `sendmsg`, `recvmsg`: the second argument is a `msghdr`.
+        pub const SENDMSG: usize = 6;
+        pub const RECVMSG: usize = 7;
+        pub const COUNT: usize = 8;
+    }
+}
+
+/// The first bytes of one send or receive on a TCP socket (clear text), or of one
+/// `SSL_write`/`SSL_read` (TLS), that look like an HTTP/1.x message start. Followed in
+/// the ring buffer by `captured_len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpChunk {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the call finished.
+    pub timestamp_ns: u64,
+    /// The connection: its `struct sock *`, or for TLS whose socket was not seen yet the
+    /// `SSL *`. Only an identity.
+    pub connection: u64,
+    pub pid: u32,
+    /// Bytes the call moved.
+    pub len: u32,
+    /// Bytes that follow this header (at most [`http::CAPTURE_MAX`]).
+    pub captured_len: u32,
+    /// IPv4 in the first four bytes, or IPv6, network order; zero when unknown.
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
+    pub local_port: u16,
+    pub peer_port: u16,
+    pub family: u8,
+    /// [`http::SEND`] or [`http::RECV`].
+    pub direction: u8,
+    /// 1 when the bytes are the plaintext of an OpenSSL call.
+    pub tls: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(size_of::<HttpChunk>() == 72);
+
+/// An OpenSSL call in flight on one thread, from its uprobe to its uretprobe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsCall {
+    pub ssl: u64,
+    pub buffer: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the byte count goes; 0 for `SSL_read`/`SSL_write`.
+    pub len_out: u64,
+    pub direction: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<TlsCall>() == 32);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain-old-data: #[repr(C)], integer fields only, explicit padding.
@@ -304,4 +394,6 @@ mod pod {
     unsafe impl aya::Pod for super::SocketTraffic {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DnsPacket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HttpChunk {}
 }

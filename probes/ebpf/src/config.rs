@@ -32,13 +32,22 @@ static FLOWTEL_CONFIG: ProbeConfig = ProbeConfig {
     dns_ports: [0; flowtel_probes_abi::dns::PORTS_MAX],
     task_group_leader: 0,
     task_comm: 0,
-    _pad: [0; 2],
+    regs_syscall_nr: 0,
+    regs_arg0: 0,
+    regs_arg1: 0,
+    syscalls: [0; flowtel_probes_abi::http::syscall::COUNT],
+    http_capture_bytes: 0,
+    tls_enabled: 0,
+    _pad: [0; 3],
 };
 
-/// The configuration as patched by user space. A volatile read keeps the compiler from
-/// folding in the zeroes above.
+/// The configuration as patched by user space, by reference: a copy would cost ~100
+/// bytes of each program's 512-byte stack. The address goes through a volatile read, so
+/// the compiler cannot see which static it points to and fold in the zeroes above.
 #[inline(always)]
-pub fn config() -> ProbeConfig {
-    // SAFETY: a plain read of a static that lives in the object's read-only data.
-    unsafe { core::ptr::read_volatile(&raw const FLOWTEL_CONFIG) }
+pub fn config() -> &'static ProbeConfig {
+    let address: *const ProbeConfig = &raw const FLOWTEL_CONFIG;
+    // SAFETY: a volatile read of a local; the pointer it yields is to a static that
+    // lives, read-only, for the whole program.
+    unsafe { &*core::ptr::read_volatile(&raw const address) }
 }

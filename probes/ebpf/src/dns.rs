@@ -23,7 +23,7 @@ use flowtel_probes_abi::{DnsPacket, dns, family, lost, protocol};
 
 use crate::{
     config::config,
-    maps::{DNS_PACKETS, DNS_SCRATCH, count_lost},
+    maps::{DNS_PACKETS, DNS_SCRATCH, count_lost, wakeup_flag},
 };
 
 /// Lets the packet through: the probe only observes.
@@ -167,7 +167,7 @@ fn addresses(ctx: &SkBuffContext, ethertype: u16, packet: &mut DnsPacket) -> Opt
 /// event (too big for the 512-byte stack) and hands them to the ring buffer.
 fn emit(ctx: &SkBuffContext, packet: &mut DnsPacket, payload_offset: u32, wire_len: u32) {
     if wire_len == 0 {
-        if DNS_PACKETS.output::<DnsPacket>(packet, wakeup_flag()).is_err() {
+        if DNS_PACKETS.output::<DnsPacket>(packet, wakeup_flag(&DNS_PACKETS)).is_err() {
             count_lost(lost::DNS_RING_FULL);
         }
         return;
@@ -195,24 +195,8 @@ fn emit(ctx: &SkBuffContext, packet: &mut DnsPacket, payload_offset: u32, wire_l
     let size = size_of::<DnsPacket>() + len as usize;
     // SAFETY: `size` is within the scratch event, which is plain bytes.
     let bytes = unsafe { core::slice::from_raw_parts(scratch.cast::<u8>(), size) };
-    if DNS_PACKETS.output::<[u8]>(bytes, wakeup_flag()).is_err() {
+    if DNS_PACKETS.output::<[u8]>(bytes, wakeup_flag(&DNS_PACKETS)).is_err() {
         count_lost(lost::DNS_RING_FULL);
-    }
-}
-
-/// Waking the reader costs more than the whole probe (an irq_work and a task switch
-/// per packet, about 2 µs), so the reader polls on a short timer and is woken only
-/// when a quarter of the buffer is in use.
-/// <https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/ringbuf.c#L561> (flags >= 5.8)
-fn wakeup_flag() -> u64 {
-    const BPF_RB_NO_WAKEUP: u64 = 1;
-    const BPF_RB_FORCE_WAKEUP: u64 = 2;
-    const BPF_RB_AVAIL_DATA: u64 = 0;
-    const BPF_RB_RING_SIZE: u64 = 1;
-    if DNS_PACKETS.query(BPF_RB_AVAIL_DATA) > DNS_PACKETS.query(BPF_RB_RING_SIZE) / 4 {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
     }
 }
 

@@ -13,11 +13,13 @@ mod dns;
 mod exec;
 mod fallback;
 mod flow_table;
+mod http;
 mod maps;
 mod retransmit;
 mod rtt;
 mod socket;
 mod state;
+mod tls;
 mod traffic;
 
 #[cfg(not(test))]

@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use flowtel_probes_abi::{
-    DatagramPeer, DnsPacket, FlowKey, FlowStats, ProcessSeen, SocketInfo, SocketKey, SocketTraffic, control, dns, lost,
+    DatagramPeer, DnsPacket, FlowKey, FlowStats, HttpChunk, ProcessSeen, SocketInfo, SocketKey, SocketTraffic, TlsCall,
+    control, dns, http, lost,
 };
 
 /// Default sizes; user space resizes them from its configuration before load.
@@ -69,6 +70,29 @@ pub struct DnsScratch {
 #[map]
 pub static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// HTTP payload starts for user space (http.rs, tls.rs). User space sizes it.
+#[map]
+pub static HTTP_CHUNKS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// One HTTP payload being assembled, per CPU.
+#[repr(C)]
+pub struct HttpScratch {
+    pub header: HttpChunk,
+    pub payload: [u8; http::CAPTURE_MAX],
+}
+
+#[map]
+pub static HTTP_SCRATCH: PerCpuArray<HttpScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// OpenSSL calls in flight, per thread (tls.rs). LRU: a thread killed inside a call
+/// leaves an entry that ages out.
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// `SSL *` to `struct sock *`, learnt while an OpenSSL call does its socket I/O.
+#[map]
+pub static SSL_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);
+
 /// Events the kernel side had to drop, per cause (`lost::*`), summed by user space.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
@@ -106,4 +130,21 @@ fn leader_comm() -> Option<[u8; 16]> {
     let task = unsafe { bpf_get_current_task() };
     let leader: u64 = unsafe { bpf_probe_read_kernel((task + u64::from(cfg.task_group_leader)) as *const u64) }.ok()?;
     unsafe { bpf_probe_read_kernel((leader + u64::from(cfg.task_comm)) as *const [u8; 16]) }.ok()
+}
+
+/// The flag for a ring buffer output. Waking the reader costs more than a whole probe
+/// (an irq_work and a task switch per record, about 2 µs), so the readers poll on a
+/// short timer and are woken only when a quarter of the buffer is in use.
+/// <https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/ringbuf.c#L561> (flags >= 5.8)
+#[inline(always)]
+pub fn wakeup_flag(ring: &RingBuf) -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_RING_SIZE: u64 = 1;
+    if ring.query(BPF_RB_AVAIL_DATA) > ring.query(BPF_RB_RING_SIZE) / 4 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }

@@ -1,8 +1,8 @@
-//! `cargo run --release -p flowtel-e2e --bin bench [flows|dns]`: flowtel's cost,
+//! `cargo run --release -p flowtel-e2e --bin bench [flows|dns|http]`: flowtel's cost,
 //! measured in one run, with and without the agent.
 //!
 //! `flows` (default): loopback iperf3, 1 KiB writes. `dns`: dnsperf against dnsmasq on a
-//! test host. Both report per-probe nanoseconds per event from the kernel's own
+//! test host. `http`: wrk against nginx on a test host's loopback, spans on. Both report per-probe nanoseconds per event from the kernel's own
 //! accounting (`kernel.bpf_stats_enabled`: `run_time_ns` / `run_cnt`), agent CPU and
 //! peak RSS from /proc, and what a real OTLP receiver got (counts, losses).
 //! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SECONDS` (default 5),
@@ -14,6 +14,7 @@
 )]
 mod dns;
 mod flows;
+mod http;
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,7 @@ pub fn program_stats() -> BTreeMap<String, (u64, u64)> {
     let mut stats = BTreeMap::new();
     for info in aya::programs::loaded_programs().flatten() {
         let name = info.name_as_str().unwrap_or_default().to_owned();
-        if ["flow_", "datagram_", "dns_"].iter().any(|prefix| name.starts_with(prefix)) {
+        if ["flow_", "datagram_", "dns_", "http_", "tls_"].iter().any(|prefix| name.starts_with(prefix)) {
             let entry = stats.entry(name).or_insert((0, 0));
             entry.0 += info.run_time().as_nanos() as u64;
             entry.1 += info.run_count();
@@ -94,6 +95,7 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         None | Some("flows") => flows::run(),
         Some("dns") => dns::run(),
-        Some(other) => panic!("unknown benchmark {other:?}: flows or dns"),
+        Some("http") => http::run(),
+        Some(other) => panic!("unknown benchmark {other:?}: flows, dns or http"),
     }
 }

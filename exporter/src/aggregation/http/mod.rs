@@ -1,0 +1,245 @@
+//! HTTP chunks into exchanges. Per connection (process × kernel connection id) the
+//! requests wait in order; each response takes the oldest (keep-alive and pipelining
+//! both keep order in HTTP/1.x). Whether the process is the server or the client
+//! follows from who sent the request. An exchange starts at the first request byte and
+//! ends at the first response byte (time to first byte), both kernel timestamps.
+//!
+//! Bounded: at most `max_connections` connections and [`MAX_PENDING_PER_CONNECTION`]
+//! requests each; what is pushed out is counted, never dropped silently.
+mod parse;
+mod route;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+pub use parse::{Parsed, RequestHead, ResponseHead, requests, responses};
+pub use route::Routes;
+
+use crate::events::HttpChunk;
+
+/// Requests waiting for their responses on one connection, at most (a deep pipeline).
+const MAX_PENDING_PER_CONNECTION: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The process received the request.
+    Server,
+    /// The process sent it.
+    Client,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpError {
+    /// No response within the configured time.
+    Timeout,
+    /// The connection ended before the response.
+    ConnectionReset,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpExchange {
+    pub pid: u32,
+    pub role: Role,
+    pub tls: bool,
+    pub request: RequestHead,
+    pub response: Option<ResponseHead>,
+    pub error: Option<HttpError>,
+    /// `CLOCK_MONOTONIC` ns: first request byte seen, and first response byte (or when
+    /// the exchange was given up).
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HttpLosses {
+    /// Bytes that looked like HTTP to the kernel but did not parse.
+    pub parse: u64,
+    /// Requests pushed out of a full connection table or a full pipeline.
+    pub pending_full: u64,
+    /// Responses with no request waiting (the request came before the agent started).
+    pub unpaired: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct HttpSettings {
+    pub timeout_ns: u64,
+    pub max_connections: usize,
+}
+
+struct Pending {
+    request: RequestHead,
+    at_ns: u64,
+}
+
+struct Connection {
+    role: Role,
+    tls: bool,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    pending: VecDeque<Pending>,
+    last_ns: u64,
+}
+
+impl Connection {
+    fn new(role: Role, first: &HttpChunk) -> Self {
+        Self {
+            role,
+            tls: first.tls,
+            local: first.local,
+            peer: first.peer,
+            pending: VecDeque::new(),
+            last_ns: first.at_ns,
+        }
+    }
+}
+
+pub struct HttpTracker {
+    settings: HttpSettings,
+    connections: HashMap<(u32, u64), Connection>,
+    losses: HttpLosses,
+}
+
+impl HttpTracker {
+    pub fn new(settings: HttpSettings) -> Self {
+        Self { settings, connections: HashMap::new(), losses: HttpLosses::default() }
+    }
+
+    pub fn chunk(&mut self, chunk: &HttpChunk, out: &mut Vec<HttpExchange>) {
+        let key = (chunk.pid, chunk.connection);
+        if chunk.is_close() {
+            if let Some(connection) = self.connections.remove(&key) {
+                give_up(key.0, connection, chunk.at_ns, HttpError::ConnectionReset, out);
+            }
+            return;
+        }
+        if chunk.payload.starts_with(b"HTTP/") {
+            self.responses(key, chunk, out);
+        } else {
+            self.requests(key, chunk, out);
+        }
+    }
+
+    fn requests(&mut self, key: (u32, u64), chunk: &HttpChunk, out: &mut Vec<HttpExchange>) {
+        let Parsed::Heads(heads) = requests(&chunk.payload) else {
+            self.losses.parse += 1;
+            return;
+        };
+        let role = if chunk.sent { Role::Client } else { Role::Server };
+        if !self.connections.contains_key(&key) && self.connections.len() >= self.settings.max_connections {
+            self.evict_oldest();
+        }
+        let connection = self.connections.entry(key).or_insert_with(|| Connection::new(role, chunk));
+        if connection.role != role {
+            // The same connection now carries requests the other way (a kernel id
+            // reused by a new connection): start over.
+            let old = std::mem::replace(connection, Connection::new(role, chunk));
+            give_up(key.0, old, chunk.at_ns, HttpError::ConnectionReset, out);
+        }
+        let connection = self.connections.get_mut(&key).expect("inserted above");
+        connection.last_ns = chunk.at_ns;
+        connection.local = chunk.local.or(connection.local);
+        connection.peer = chunk.peer.or(connection.peer);
+        for request in heads {
+            if connection.pending.len() >= MAX_PENDING_PER_CONNECTION {
+                connection.pending.pop_front();
+                self.losses.pending_full += 1;
+            }
+            connection.pending.push_back(Pending { request, at_ns: chunk.at_ns });
+        }
+    }
+
+    fn responses(&mut self, key: (u32, u64), chunk: &HttpChunk, out: &mut Vec<HttpExchange>) {
+        let heads = match responses(&chunk.payload) {
+            Parsed::Heads(heads) => heads,
+            Parsed::Garbage => {
+                self.losses.parse += 1;
+                return;
+            }
+        };
+        let role = if chunk.sent { Role::Server } else { Role::Client };
+        let Some(connection) = self.connections.get_mut(&key).filter(|c| c.role == role) else {
+            self.losses.unpaired += heads.len() as u64;
+            return;
+        };
+        connection.last_ns = chunk.at_ns;
+        for response in heads {
+            let Some(pending) = connection.pending.pop_front() else {
+                self.losses.unpaired += 1;
+                continue;
+            };
+            out.push(HttpExchange {
+                pid: key.0,
+                role,
+                tls: connection.tls,
+                request: pending.request,
+                response: Some(response),
+                error: None,
+                start_ns: pending.at_ns,
+                end_ns: chunk.at_ns,
+                local: chunk.local.or(connection.local),
+                peer: chunk.peer.or(connection.peer),
+            });
+        }
+    }
+
+    /// Ends requests that waited longer than the timeout; forgets idle connections.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<HttpExchange>) {
+        let timeout = self.settings.timeout_ns;
+        for (&(pid, _), connection) in &mut self.connections {
+            while connection.pending.front().is_some_and(|p| now_ns.saturating_sub(p.at_ns) >= timeout) {
+                let pending = connection.pending.pop_front().expect("checked above");
+                out.push(exchange_without_response(pid, connection, pending, now_ns, HttpError::Timeout));
+            }
+        }
+        self.connections.retain(|_, c| !c.pending.is_empty() || now_ns.saturating_sub(c.last_ns) < timeout);
+    }
+
+    fn evict_oldest(&mut self) {
+        let oldest = self.connections.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k);
+        if let Some(connection) = oldest.and_then(|key| self.connections.remove(&key)) {
+            self.losses.pending_full += connection.pending.len() as u64;
+        }
+    }
+
+    pub fn take_losses(&mut self) -> HttpLosses {
+        std::mem::take(&mut self.losses)
+    }
+
+    /// Connections tracked now.
+    pub fn connections(&self) -> usize {
+        self.connections.len()
+    }
+}
+
+fn give_up(pid: u32, mut connection: Connection, at_ns: u64, error: HttpError, out: &mut Vec<HttpExchange>) {
+    while let Some(pending) = connection.pending.pop_front() {
+        out.push(exchange_without_response(pid, &connection, pending, at_ns, error));
+    }
+}
+
+fn exchange_without_response(
+    pid: u32,
+    connection: &Connection,
+    pending: Pending,
+    at_ns: u64,
+    error: HttpError,
+) -> HttpExchange {
+    HttpExchange {
+        pid,
+        role: connection.role,
+        tls: connection.tls,
+        request: pending.request,
+        response: None,
+        error: Some(error),
+        start_ns: pending.at_ns,
+        end_ns: at_ns.max(pending.at_ns),
+        local: connection.local,
+        peer: connection.peer,
+    }
+}

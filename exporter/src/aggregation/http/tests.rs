@@ -1,0 +1,119 @@
+use std::net::SocketAddr;
+
+use super::{HttpError, HttpSettings, HttpTracker, Parsed, Role, requests, responses};
+use crate::events::HttpChunk;
+
+const MS: u64 = 1_000_000;
+
+fn chunk(at_ms: u64, connection: u64, sent: bool, payload: &[u8]) -> HttpChunk {
+    let local: SocketAddr = "10.0.0.1:8080".parse().unwrap();
+    let peer: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+    HttpChunk {
+        at_ns: at_ms * MS,
+        pid: 7,
+        connection,
+        sent,
+        tls: false,
+        local: Some(local),
+        peer: Some(peer),
+        len: u32::try_from(payload.len()).unwrap(),
+        payload: payload.to_vec(),
+    }
+}
+
+fn tracker() -> HttpTracker {
+    HttpTracker::new(HttpSettings { timeout_ns: 1_000 * MS, max_connections: 4 })
+}
+
+#[test]
+fn keep_alive_pairs_in_order_as_server() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.chunk(&chunk(1, 1, false, b"GET /a HTTP/1.1\r\nHost: x\r\nUser-Agent: curl/8\r\n\r\n"), &mut out);
+    t.chunk(&chunk(3, 1, true, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), &mut out);
+    t.chunk(&chunk(5, 1, false, b"POST /b?x=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"), &mut out);
+    t.chunk(&chunk(9, 1, true, b"HTTP/1.1 404 Not Found\r\n\r\n"), &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!((out[0].role, out[0].request.path.as_str(), out[0].response.unwrap().status), (Role::Server, "/a", 200));
+    assert_eq!(out[0].request.user_agent.as_deref(), Some("curl/8"));
+    assert_eq!((out[0].start_ns, out[0].end_ns), (MS, 3 * MS));
+    assert_eq!((out[1].request.method.as_str(), out[1].request.query.as_deref()), ("POST", Some("x=1")));
+    assert_eq!(out[1].response.unwrap().status, 404);
+    assert_eq!(t.take_losses(), super::HttpLosses::default());
+}
+
+#[test]
+fn pipelined_requests_and_responses_in_single_writes() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    let three =
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\nGET /3 HTTP/1.1\r\nHost: x\r\n\r\n";
+    t.chunk(&chunk(1, 2, true, three), &mut out);
+    let answers = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 301 Moved\r\nContent-Length: 0\r\n\r\nHTTP/1.1 500 E\r\n\r\n";
+    t.chunk(&chunk(2, 2, false, answers), &mut out);
+    let got: Vec<(&str, u16, Role)> =
+        out.iter().map(|e| (e.request.path.as_str(), e.response.unwrap().status, e.role)).collect();
+    assert_eq!(got, [("/1", 200, Role::Client), ("/2", 301, Role::Client), ("/3", 500, Role::Client)]);
+}
+
+#[test]
+fn timeouts_resets_and_interim_responses() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.chunk(&chunk(0, 3, false, b"GET /slow HTTP/1.1\r\n\r\n"), &mut out);
+    t.expire(999 * MS, &mut out);
+    assert!(out.is_empty());
+    t.expire(1_000 * MS, &mut out);
+    assert_eq!(out[0].error, Some(HttpError::Timeout));
+    out.clear();
+    t.chunk(&chunk(0, 4, true, b"PUT /up HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"), &mut out);
+    t.chunk(&chunk(1, 4, false, b"HTTP/1.1 100 Continue\r\n\r\n"), &mut out);
+    assert!(out.is_empty(), "an interim response does not end the exchange");
+    let mut close = chunk(5, 4, false, b"");
+    close.len = 0;
+    t.chunk(&close, &mut out);
+    assert_eq!((out[0].error, out[0].end_ns), (Some(HttpError::ConnectionReset), 5 * MS));
+}
+
+#[test]
+fn garbage_and_oversized_heads() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.chunk(&chunk(0, 5, false, b"GET \x00\x01\x02 garbage\xff\xfe"), &mut out);
+    t.chunk(&chunk(0, 5, true, b"HTTP/1.1 abc\r\n"), &mut out);
+    assert_eq!(t.take_losses().parse, 1);
+    // A 64 KiB header cut by the capture: the request line survives, marked truncated.
+    let mut big = b"GET /big HTTP/1.1\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 2_000));
+    assert!(matches!(requests(&big), Parsed::Heads(h) if h[0].truncated && h[0].path == "/big"));
+    assert_eq!(
+        responses(b"HTTP/1.1 200 OK\r\nX: y"),
+        Parsed::Heads(vec![super::ResponseHead { status: 200, version: "1.1" }])
+    );
+    assert_eq!(
+        requests(b"GET http://proxy.example/p?q HTTP/1.0\r\n\r\n"),
+        Parsed::Heads(vec![super::RequestHead {
+            method: "GET".into(),
+            path: "/p".into(),
+            query: Some("q".into()),
+            version: "1.0",
+            host: None,
+            user_agent: None,
+            traceparent: None,
+            truncated: false,
+        }])
+    );
+}
+
+#[test]
+fn connection_table_is_bounded_and_counts_what_it_drops() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    for connection in 0..6 {
+        t.chunk(&chunk(connection, connection, false, b"GET / HTTP/1.1\r\n\r\n"), &mut out);
+    }
+    assert_eq!(t.connections(), 4);
+    assert_eq!(t.take_losses().pending_full, 2);
+    t.chunk(&chunk(9, 99, true, b"HTTP/1.1 200 OK\r\n\r\n"), &mut out);
+    assert_eq!(t.take_losses().unpaired, 1);
+}

@@ -1,0 +1,156 @@
+//! What the export loop enriches and records into between two exports: flows, DNS
+//! lookups and HTTP exchanges go under their workloads, with peers named and the agent's
+//! own state and losses alongside.
+use std::time::{Duration, Instant};
+
+use super::{dns::DnsBatch, http::HttpBatch};
+use crate::{
+    aggregation::{self, Outcome, Routes},
+    config::Config,
+    enrichment::{DomainNames, GeoIp, Peers},
+    events::{KernelFlow, ProcessNames, monotonic_now_ns},
+    probes::Probes,
+    telemetry::{AgentTelemetry, SpanBuilder, TelemetrySettings, Workloads},
+};
+
+const LOST_CAUSES: usize = flowtel_probes_abi::lost::COUNT as usize;
+
+/// What the loop enriches and records into, between two exports.
+pub struct Recorder {
+    pub agent: AgentTelemetry,
+    pub workloads: Workloads,
+    peers: Peers,
+    processes: ProcessNames,
+    dns_evicted_reported: u64,
+    dns_pending: usize,
+    routes: Routes,
+    /// `None` when spans are off.
+    spans: Option<SpanBuilder>,
+    /// Spans held for the next export, and the most allowed.
+    pub spans_held: usize,
+    max_spans: usize,
+    http_connections: usize,
+}
+
+impl Recorder {
+    pub fn new(config: &Config, settings: TelemetrySettings, probes: &mut Probes) -> anyhow::Result<Self> {
+        let agent = AgentTelemetry::new(&settings);
+        agent.record_probes(&probes.reports);
+        Ok(Self {
+            agent,
+            workloads: Workloads::new(settings),
+            peers: Peers {
+                domains: DomainNames::new(config.dns.names_capacity, Duration::from_secs(config.dns.name_ttl_floor_s)),
+                geo: config.geo.database.as_deref().map(GeoIp::open).transpose()?,
+            },
+            processes: ProcessNames::new(&mut probes.ebpf)?,
+            dns_evicted_reported: 0,
+            dns_pending: 0,
+            routes: Routes::new(&config.http.routes, config.http.route_heuristic),
+            spans: config.http.spans.then(|| SpanBuilder::new(config.http.query_string)),
+            spans_held: 0,
+            max_spans: config.http.max_spans,
+            http_connections: 0,
+        })
+    }
+
+    pub fn http(&mut self, batch: &HttpBatch) {
+        let boot_wall_ns = wall_clock_ns().saturating_sub(monotonic_now_ns());
+        let mut spans_dropped = 0;
+        for exchange in &batch.exchanges {
+            let route = self.routes.route(&exchange.request.path);
+            let kernel = (exchange.pid != 0 && !self.workloads.knows(exchange.pid))
+                .then(|| self.processes.get(exchange.pid))
+                .flatten();
+            let span = match &self.spans {
+                Some(_) if self.spans_held >= self.max_spans => {
+                    spans_dropped += 1;
+                    None
+                }
+                Some(builder) => {
+                    self.spans_held += 1;
+                    Some(builder.span(exchange, route.as_deref(), boot_wall_ns))
+                }
+                None => None,
+            };
+            self.workloads.record_http(exchange, route.as_deref(), kernel.as_ref(), span);
+        }
+        let losses = batch.losses;
+        for (cause, n) in [
+            ("parse", losses.tracker.parse),
+            ("pending_full", losses.tracker.pending_full),
+            ("unpaired", losses.tracker.unpaired),
+            ("decode", losses.undecodable),
+            ("channel_full", losses.channel_full),
+            ("spans_full", spans_dropped),
+        ] {
+            if n > 0 {
+                self.agent.record_user_space_loss("httpflow", cause, n);
+            }
+        }
+        self.http_connections = batch.connections;
+    }
+
+    pub fn dns(&mut self, batch: &DnsBatch) {
+        let now = Instant::now();
+        for lookup in &batch.lookups {
+            if let Outcome::Answered { .. } = lookup.outcome {
+                self.peers.domains.learn(&lookup.question_name, &lookup.addresses, now);
+            }
+            let kernel = (lookup.pid != 0 && !self.workloads.knows(lookup.pid))
+                .then(|| self.processes.get(lookup.pid))
+                .flatten();
+            self.workloads.record_dns(lookup, kernel.as_ref());
+        }
+        let losses = batch.losses;
+        for (cause, n) in [
+            ("parse", losses.tracker.parse),
+            ("pending_full", losses.tracker.pending_full),
+            ("stream_gap", losses.tracker.stream_gap),
+            ("decode", losses.undecodable),
+            ("channel_full", losses.channel_full),
+        ] {
+            if n > 0 {
+                self.agent.record_user_space_loss("dnsflow", cause, n);
+            }
+        }
+        self.dns_pending = batch.pending;
+    }
+
+    /// One interval's flows, with the agent's own state at its end. Returns the pids
+    /// that exec'd since the last interval.
+    pub fn flows(&mut self, flows: &[KernelFlow], lost: [u64; LOST_CAUSES]) -> Vec<u32> {
+        // Before this interval's flows: they are mostly the new program's.
+        let execed = self.processes.take_execed();
+        for &pid in &execed {
+            if self.workloads.knows(pid) {
+                self.workloads.exec(pid, self.processes.get(pid).as_ref());
+            }
+        }
+        // One map lookup per distinct process, not per flow.
+        let pids: std::collections::BTreeSet<u32> = flows.iter().map(|f| f.key.pid).collect();
+        let names = self.processes.get_all(pids);
+        let records: Vec<_> = flows.iter().filter_map(aggregation::from_kernel).collect();
+        let undecodable = (flows.len() - records.len()) as u64;
+        if undecodable > 0 {
+            self.agent.record_user_space_loss("netflow", "decode", undecodable);
+        }
+        self.agent.record_lost(&lost);
+        self.agent.record_flows_active(flows.len());
+        self.workloads.record(&records, &names, &mut self.peers);
+        let domains = &mut self.peers.domains;
+        domains.purge_expired(Instant::now());
+        let evicted = domains.evicted();
+        self.agent.record_dns_state(domains.len(), evicted - self.dns_evicted_reported, self.dns_pending);
+        self.dns_evicted_reported = evicted;
+        self.agent.record_http_connections(self.http_connections);
+        execed
+    }
+}
+
+/// Wall-clock nanoseconds since the Unix epoch.
+fn wall_clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}

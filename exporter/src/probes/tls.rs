@@ -1,0 +1,149 @@
+//! OpenSSL uprobes (the kernel side is probes/ebpf/src/tls.rs). A uprobe belongs to a
+//! file, not a process: attached once to a libssl, it fires in every process that maps
+//! that file, now or later. So the attacher looks for OpenSSL files: the system's own
+//! at start, every library or executable that running processes map (containers' copies
+//! through `/proc/<pid>/root`), and again for each process that execs.
+use std::{
+    collections::HashSet,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    programs::{UProbe, uprobe::UProbeScope},
+};
+
+use super::{ProbeError, ProbeReport, ProbeState};
+
+/// Entry programs and the functions they watch; `tls_return` watches all four.
+const ENTRIES: [(&str, &str); 4] = [
+    ("tls_write", "SSL_write"),
+    ("tls_write_ex", "SSL_write_ex"),
+    ("tls_read", "SSL_read"),
+    ("tls_read_ex", "SSL_read_ex"),
+];
+const RETURN: &str = "tls_return";
+
+/// Where distributions put the system OpenSSL, so that a process started after the
+/// agent is covered from its first call.
+const SYSTEM_LIBRARY_DIRS: [&str; 5] =
+    ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib64"];
+
+/// Loads the five programs (the verifier checks them even when TLS is off).
+pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    for program in ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]) {
+        let verify = |source| ProbeError::Verify { program: static_name(program), source };
+        let probe: &mut UProbe =
+            ebpf.program_mut(program).ok_or(ProbeError::NoProgram(static_name(program)))?.try_into().map_err(verify)?;
+        probe.load().map_err(verify)?;
+    }
+    Ok(())
+}
+
+fn static_name(program: &str) -> &'static str {
+    ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]).find(|p| *p == program).unwrap_or("tls")
+}
+
+/// Finds OpenSSL files and attaches to each one once.
+#[derive(Default)]
+pub struct TlsAttacher {
+    /// (device, inode) of every file looked at, with or without OpenSSL in it.
+    examined: HashSet<(u64, u64)>,
+    /// Files with the uprobes attached.
+    pub attached: Vec<PathBuf>,
+}
+
+impl TlsAttacher {
+    /// The system libraries and every process running now.
+    pub fn scan_all(&mut self, ebpf: &mut Ebpf) {
+        for dir in SYSTEM_LIBRARY_DIRS {
+            let Ok(entries) = std::fs::read_dir(dir) else { continue };
+            for entry in entries.flatten() {
+                if is_libssl(&entry.file_name().to_string_lossy()) {
+                    self.examine(ebpf, &entry.path(), false);
+                }
+            }
+        }
+        let Ok(proc) = std::fs::read_dir("/proc") else { return };
+        for pid in proc.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+            self.scan_process(ebpf, pid);
+        }
+    }
+
+    /// One process's libssl mappings (as its own mount namespace names them), and its
+    /// executable when it maps no libssl (OpenSSL linked in statically).
+    pub fn scan_process(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let libraries: HashSet<&str> = maps
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(5))
+            .filter(|path| path.rsplit('/').next().is_some_and(is_libssl))
+            .collect();
+        for library in &libraries {
+            self.examine(ebpf, &root.join(library.trim_start_matches('/')), false);
+        }
+        if libraries.is_empty() {
+            self.examine(ebpf, Path::new(&format!("/proc/{pid}/exe")), true);
+        }
+    }
+
+    fn examine(&mut self, ebpf: &mut Ebpf, path: &Path, executable: bool) {
+        let Ok(meta) = std::fs::metadata(path) else { return };
+        if !meta.is_file() || !self.examined.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        // An executable without OpenSSL symbols is the common case: nothing to say.
+        match attach_file(ebpf, path) {
+            Ok(()) => {
+                let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+                tracing::info!(file = %shown.display(), "OpenSSL uprobes attached");
+                self.attached.push(shown);
+            }
+            Err(err) if !executable => {
+                tracing::warn!(file = %path.display(), error = %err, "OpenSSL found but not attached");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// For the log, `flowtel status` and `flowtel.agent.probes.attached`.
+    pub fn report(&self) -> ProbeReport {
+        let state = if self.attached.is_empty() {
+            ProbeState::Failed("no OpenSSL library found".into())
+        } else {
+            ProbeState::Attached
+        };
+        let files: Vec<String> = self.attached.iter().map(|p| p.display().to_string()).collect();
+        ProbeReport { program: "tls", hook: format!("uprobe SSL_read/SSL_write in {}", files.join(", ")), state }
+    }
+}
+
+fn is_libssl(file_name: &str) -> bool {
+    file_name.starts_with("libssl.so")
+}
+
+/// Attaches the entry probes and the return probe to every function the file has.
+/// `SSL_write` must be there; the `_ex` forms are OpenSSL 1.1.1 and later.
+fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<(), String> {
+    let mut attached = 0;
+    for (program, function) in ENTRIES {
+        let entry: &mut UProbe = program_of(ebpf, program)?;
+        match entry.attach(function, path, UProbeScope::AllProcesses) {
+            Ok(_) => attached += 1,
+            Err(err) if function == "SSL_write" => return Err(err.to_string()),
+            Err(_) => continue,
+        }
+        let exit: &mut UProbe = program_of(ebpf, RETURN)?;
+        exit.attach(function, path, UProbeScope::AllProcesses).map_err(|e| e.to_string())?;
+    }
+    if attached == 0 { Err("no OpenSSL functions".into()) } else { Ok(()) }
+}
+
+fn program_of<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("no program {name}"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())
+}

@@ -1,0 +1,238 @@
+//! Clear-text HTTP/1.x: the first bytes of each send and receive on a TCP socket that
+//! starts like an HTTP request or response, for user space to pair into exchanges.
+//!
+//! The hooks are the same `sock_send_length`/`sock_recv_length` raw tracepoints the byte
+//! counters use: they fire only for sockets (file I/O never reaches them) and after the
+//! data is in the user buffer, for sends and receives alike. Their arguments carry no
+//! buffer, so the probe reads it from the syscall's saved registers
+//! (`bpf_task_pt_regs`): the second argument of read/write/sendto/recvfrom, or the first
+//! `iovec` of readv/writev/sendmsg/recvmsg. Sends from elsewhere (sendfile, io_uring,
+//! the kernel itself) have no such buffer and are skipped.
+//!
+//! Cost for a payload that is not HTTP: the register reads and one 8-byte user read.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs, generated::bpf_probe_read_user as read_user_raw,
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use flowtel_probes_abi::{HttpChunk, ProbeConfig, http, lost, protocol};
+
+use crate::{
+    config::config,
+    maps::{HTTP_CHUNKS, HTTP_SCRATCH, count_lost, wakeup_flag},
+    socket::read,
+    tls,
+};
+
+const MSG_PEEK: i32 = 2;
+const ECONNRESET: i32 = 104;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn http_send(ctx: RawTracePointContext) -> i32 {
+    let _ = try_socket_call(&ctx, http::SEND);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn http_recv(ctx: RawTracePointContext) -> i32 {
+    let _ = try_socket_call(&ctx, http::RECV);
+    0
+}
+
+fn try_socket_call(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
+    let cfg = config();
+    let sk: u64 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
+    if direction == http::RECV && flags & MSG_PEEK != 0 {
+        return None;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if ret <= 0 {
+        // End of stream or a reset, seen by a reader: ends any exchange left open.
+        if direction == http::RECV && (ret == 0 || ret == -ECONNRESET) {
+            emit_close(&cfg, sk, pid_tgid);
+        }
+        return None;
+    }
+    if cfg.tls_enabled != 0 && tls::note_socket(pid_tgid, sk) {
+        // Ciphertext inside an OpenSSL call: the uretprobe reports the plaintext.
+        return None;
+    }
+    if cfg.http_capture_bytes == 0 {
+        return None;
+    }
+    let (buffer, available) = user_buffer(&cfg, ret as u32)?;
+    if !starts_like_http(buffer, available) || read::<u8>(sk, cfg.sock_protocol)? != protocol::TCP {
+        return None;
+    }
+    emit(&cfg, Source { connection: sk, sk, pid_tgid, buffer, len: ret as u32, available, direction, tls: 0 })
+}
+
+/// The user buffer of the send or receive in progress, and how many of its bytes are
+/// the call's (the first `iovec` may hold fewer than the call moved).
+#[inline(always)]
+fn user_buffer(cfg: &ProbeConfig, moved: u32) -> Option<(u64, u32)> {
+    // SAFETY: both helpers are valid in tracing programs; the registers are read with
+    // bpf_probe_read_kernel, which validates the address.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let kernel = |offset: u16| unsafe { bpf_probe_read_kernel((regs + u64::from(offset)) as *const u64) }.ok();
+    let nr = kernel(cfg.regs_syscall_nr)? as u16;
+    let arg1 = kernel(cfg.regs_arg1)?;
+    let is = |index: usize| nr != 0 && cfg.syscalls[index] == nr;
+    use http::syscall::{READ, READV, RECVFROM, RECVMSG, SENDMSG, SENDTO, WRITE, WRITEV};
+    if is(READ) || is(WRITE) || is(SENDTO) || is(RECVFROM) {
+        return Some((arg1, moved));
+    }
+    let iovec = if is(READV) || is(WRITEV) {
+        arg1
+    } else if is(SENDMSG) || is(RECVMSG) {
+        // struct user_msghdr: msg_name, msg_namelen (padded to 8), msg_iov.
+        user::<u64>(arg1 + 16)?
+    } else {
+        return None;
+    };
+    let [base, len] = user::<[u64; 2]>(iovec)?;
+    Some((base, moved.min(len as u32)))
+}
+
+#[inline(always)]
+fn user<T>(address: u64) -> Option<T> {
+    // SAFETY: bpf_probe_read_user validates the address; a fault returns Err.
+    unsafe { bpf_probe_read_user(address as *const T) }.ok()
+}
+
+/// A request line's method followed by a space, or a status line's "HTTP/1.". Checked
+/// on the first eight bytes, one user read.
+#[inline(always)]
+pub fn starts_like_http(buffer: u64, available: u32) -> bool {
+    if available < 8 {
+        return false;
+    }
+    let Some(head) = user::<[u8; 8]>(buffer) else { return false };
+    matches!(
+        &head,
+        [b'G', b'E', b'T', b' ', ..]
+            | [b'P', b'U', b'T', b' ', ..]
+            | [b'P', b'O', b'S', b'T', b' ', ..]
+            | [b'H', b'E', b'A', b'D', b' ', ..]
+            | [b'P', b'A', b'T', b'C', b'H', b' ', ..]
+            | [b'D', b'E', b'L', b'E', b'T', b'E', b' ', ..]
+            | [b'O', b'P', b'T', b'I', b'O', b'N', b'S', b' ']
+            | [b'T', b'R', b'A', b'C', b'E', b' ', ..]
+            | [b'H', b'T', b'T', b'P', b'/', b'1', b'.', _]
+    )
+}
+
+/// One payload to hand to user space.
+pub struct Source {
+    pub connection: u64,
+    /// The socket, for the addresses; 0 when unknown (TLS before its socket was seen).
+    pub sk: u64,
+    pub pid_tgid: u64,
+    pub buffer: u64,
+    pub len: u32,
+    /// Bytes readable at `buffer` that belong to this call.
+    pub available: u32,
+    pub direction: u8,
+    pub tls: u8,
+}
+
+/// Copies the header and the payload's first bytes into this CPU's scratch event (too
+/// big for the stack) and hands them to the ring buffer.
+#[inline(always)]
+pub fn emit(cfg: &ProbeConfig, source: Source) -> Option<()> {
+    let pid = (source.pid_tgid >> 32) as u32;
+    let scratch = HTTP_SCRATCH.get_ptr_mut(0)?;
+    let want = source.available.min(u32::from(cfg.http_capture_bytes)).max(1);
+    // `(n - 1) & mask + 1` keeps the length in [1, CAPTURE_MAX] in a form the verifier
+    // can bound; the `min` before it makes it the true one.
+    let len = ((want.min(http::CAPTURE_MAX as u32) - 1) & (http::CAPTURE_MAX as u32 - 1)) + 1;
+    // SAFETY: the scratch slot is this CPU's alone while the program runs; the helper
+    // writes at most `len` <= CAPTURE_MAX bytes into a CAPTURE_MAX buffer.
+    let copied = unsafe {
+        let chunk = &mut (*scratch).header;
+        *chunk = HttpChunk {
+            timestamp_ns: bpf_ktime_get_ns(),
+            connection: source.connection,
+            pid,
+            len: source.len,
+            captured_len: len,
+            direction: source.direction,
+            tls: source.tls,
+            ..HttpChunk::default()
+        };
+        if source.sk != 0 {
+            addresses(cfg, source.sk, chunk);
+        }
+        read_user_raw((*scratch).payload.as_mut_ptr().cast(), len, source.buffer as *const _)
+    };
+    if copied != 0 {
+        count_lost(lost::HTTP_READ);
+        return None;
+    }
+    let size = size_of::<HttpChunk>() + len as usize;
+    // SAFETY: `size` is within the scratch event, which is plain bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(scratch.cast::<u8>(), size) };
+    if HTTP_CHUNKS.output::<[u8]>(bytes, wakeup_flag(&HTTP_CHUNKS)).is_err() {
+        count_lost(lost::HTTP_RING_FULL);
+    }
+    // The process's name and cgroup were recorded with its flow (a short-lived curl
+    // is still named after it exits).
+    Some(())
+}
+
+/// A TCP connection's reader saw its end: an event with no payload. One per connection
+/// at most (the first read after the end returns 0), so cheap whatever the traffic.
+#[inline(always)]
+fn emit_close(cfg: &ProbeConfig, sk: u64, pid_tgid: u64) {
+    if read::<u8>(sk, cfg.sock_protocol) != Some(protocol::TCP) {
+        return;
+    }
+    let chunk = HttpChunk {
+        // SAFETY: no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        connection: sk,
+        pid: (pid_tgid >> 32) as u32,
+        direction: http::RECV,
+        ..HttpChunk::default()
+    };
+    if HTTP_CHUNKS.output::<HttpChunk>(&chunk, wakeup_flag(&HTTP_CHUNKS)).is_err() {
+        count_lost(lost::HTTP_RING_FULL);
+    }
+}
+
+/// The socket's two ends, as it sees them; left zero where a read fails.
+#[inline(always)]
+fn addresses(cfg: &ProbeConfig, sk: u64, chunk: &mut HttpChunk) {
+    let kernel = |offset: u16| sk + u64::from(offset);
+    // SAFETY: bpf_probe_read_kernel validates the addresses; failures leave zeroes.
+    unsafe {
+        match bpf_probe_read_kernel(kernel(cfg.sock_family) as *const u16) {
+            Ok(AF_INET) => {
+                chunk.family = flowtel_probes_abi::family::IPV4;
+                if let Ok(a) = bpf_probe_read_kernel(kernel(cfg.sock_rcv_saddr) as *const [u8; 4]) {
+                    chunk.local_addr[..4].copy_from_slice(&a);
+                }
+                if let Ok(a) = bpf_probe_read_kernel(kernel(cfg.sock_daddr) as *const [u8; 4]) {
+                    chunk.peer_addr[..4].copy_from_slice(&a);
+                }
+            }
+            Ok(AF_INET6) => {
+                chunk.family = flowtel_probes_abi::family::IPV6;
+                chunk.local_addr =
+                    bpf_probe_read_kernel(kernel(cfg.sock_v6_rcv_saddr) as *const [u8; 16]).unwrap_or_default();
+                chunk.peer_addr =
+                    bpf_probe_read_kernel(kernel(cfg.sock_v6_daddr) as *const [u8; 16]).unwrap_or_default();
+            }
+            _ => return,
+        }
+        chunk.local_port = bpf_probe_read_kernel(kernel(cfg.sock_num) as *const u16).unwrap_or(0);
+        chunk.peer_port = u16::from_be(bpf_probe_read_kernel(kernel(cfg.sock_dport) as *const u16).unwrap_or(0));
+    }
+}

@@ -1,0 +1,55 @@
+"""A small HTTP/1.1 server for the HTTP tests: keep-alive, known statuses, a slow
+endpoint, and TLS when given a certificate (Python's ssl module uses the system
+libssl, the one flowtel's uprobes watch).
+
+usage: http_server.py ADDRESS PORT [CERT KEY]
+  /ok 200, /missing 404, /fail 500, /moved 301, /slow 200 after 300 ms.
+Prints "ready" once listening.
+"""
+import http.server
+import socketserver
+import ssl
+import sys
+import time
+
+ROUTES = {"/ok": 200, "/missing": 404, "/fail": 500, "/moved": 301, "/slow": 200}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path == "/slow":
+            time.sleep(0.3)
+        status = ROUTES.get(path, 404)
+        body = b"hello\n"
+        self.send_response(status)
+        if status == 301:
+            self.send_header("Location", "/ok")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    address, port = sys.argv[1], int(sys.argv[2])
+    server = Server((address, port), Handler)
+    if len(sys.argv) > 4:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[3], sys.argv[4])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    print("ready", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+//! HTTP and HTTPS exchanges end to end: real servers (a Python HTTP/1.1 server, nginx)
+//! and real clients (curl, a raw socket for pipelining) in test hosts; the agent's spans
+//! and histograms as a real OTLP receiver decoded them.
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use flowtel_e2e::{
+    agent::with_grpc_receiver,
+    netns::Link,
+    privileged_or_skip,
+    query::{SpanRow, points, spans, spans_matching, total},
+    servers::nginx,
+    traffic::{Traffic, eventually},
+};
+
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_ID: &str = "00f067aa0ba902b7";
+
+/// curl in namespace `ns` with `args`; returns its pid once it has exited.
+fn curl(ns: &str, args: &[&str]) -> String {
+    let mut child = Link::exec(ns, "curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn curl");
+    let pid = child.id().to_string();
+    assert!(child.wait().expect("curl").success(), "curl {args:?} failed");
+    pid
+}
+
+/// `payload` written in one send on one connection, then everything read until the
+/// server has answered `responses` times (or closes).
+fn raw_exchange(ns: &str, address: &str, port: u16, payload: &[u8], responses: usize) -> String {
+    let script = format!(
+        "import socket, sys\n\
+         s = socket.create_connection(('{address}', {port}))\n\
+         got = b''\n\
+         try:\n\
+         \x20   s.sendall(sys.stdin.buffer.read())\n\
+         \x20   while got.count(b'HTTP/1.') < {responses}:\n\
+         \x20       data = s.recv(65536)\n\
+         \x20       if not data: break\n\
+         \x20       got += data\n\
+         except ConnectionError:\n\
+         \x20   pass\n\
+         s.close()\n"
+    );
+    let mut child = Link::exec(ns, "python3")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn python");
+    let pid = child.id().to_string();
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), payload).expect("write payload");
+    drop(child.stdin.take());
+    assert!(child.wait().expect("python").success());
+    pid
+}
+
+/// (method, path, status) of each span, counted.
+fn census(spans: &[&SpanRow]) -> BTreeMap<(String, String, String), usize> {
+    let mut out = BTreeMap::new();
+    for s in spans {
+        let key = (
+            s.attrs["http.request.method"].clone(),
+            s.attrs["url.path"].clone(),
+            s.attrs.get("http.response.status_code").cloned().unwrap_or_default(),
+        );
+        *out.entry(key).or_default() += 1;
+    }
+    out
+}
+
+fn expected(rows: &[(&str, &str, &str, usize)]) -> BTreeMap<(String, String, String), usize> {
+    rows.iter().map(|(m, p, s, n)| (((*m).to_owned(), (*p).to_owned(), (*s).to_owned()), *n)).collect()
+}
+
+#[test]
+fn requests_become_server_and_client_spans_and_histograms() {
+    if !privileged_or_skip("requests_become_server_and_client_spans_and_histograms") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("http", 51);
+    let server_ip = link.addr_b.to_string();
+    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8080"]);
+    server.wait_line("ready");
+    let server_pid = server.pid().to_string();
+    let base = format!("http://{server_ip}:8080");
+    let url = |path: &str| format!("{base}{path}");
+
+    // Five requests on one keep-alive connection, one with a trace context, one slow.
+    let keep_alive =
+        curl(&link.a, &[&url("/ok"), &url("/ok?secret=1"), &url("/missing"), &url("/fail"), &url("/moved")]);
+    let traceparent = format!("traceparent: 00-{TRACE_ID}-{PARENT_ID}-01");
+    curl(&link.a, &["-H", &traceparent, &url("/ok")]);
+    curl(&link.a, &[&url("/slow")]);
+    // Three pipelined requests in a single write.
+    let host = format!("Host: {server_ip}\r\n\r\n");
+    let pipelined = ["/ok", "/missing", "/ok"].map(|p| format!("GET {p} HTTP/1.1\r\n{host}")).concat();
+    let raw_pid = raw_exchange(&link.a, &server_ip, 8080, pipelined.as_bytes(), 3);
+
+    let server_res = [("process.pid", server_pid.as_str())];
+    let to_server = [("server.address", server_ip.as_str())];
+    let delivered = eventually(Duration::from_secs(20), || {
+        let got = spans(&receiver.traces.snapshot());
+        spans_matching(&got, &server_res, &[]).len() >= 10 && spans_matching(&got, &[], &to_server).len() >= 20
+    });
+    let got = spans(&receiver.traces.snapshot());
+    let served = spans_matching(&got, &server_res, &[]);
+    assert!(delivered, "spans: {got:#?}\nagent log:\n{}", agent.log());
+
+    // Exactly one SERVER span per request, with method, path and status.
+    assert!(served.iter().all(|s| s.kind == "SERVER" && s.scope == "flowtel.http"), "{served:#?}");
+    let want = expected(&[
+        ("GET", "/fail", "500", 1),
+        ("GET", "/missing", "404", 2),
+        ("GET", "/moved", "301", 1),
+        ("GET", "/ok", "200", 5),
+        ("GET", "/slow", "200", 1),
+    ]);
+    assert_eq!(census(&served), want);
+    // Exactly one CLIENT span per request, under the process that sent it.
+    let sent = spans_matching(&got, &[], &[("server.address", &server_ip), ("server.port", "8080")]);
+    let clients: Vec<&SpanRow> = sent.iter().copied().filter(|s| s.kind == "CLIENT").collect();
+    assert_eq!(census(&clients), want);
+    let by_curl = spans_matching(&got, &[("process.pid", &keep_alive)], &[]);
+    assert_eq!(by_curl.len(), 5);
+    assert!(by_curl.iter().all(|s| s.resource["service.name"] == "curl" && s.kind == "CLIENT"));
+    assert_eq!(spans_matching(&got, &[("process.pid", &raw_pid)], &[]).len(), 3);
+
+    for s in &served {
+        assert_eq!(s.attrs["url.scheme"], "http");
+        assert_eq!(s.attrs["network.protocol.version"], "1.1");
+        assert_eq!(s.attrs["server.port"], "8080");
+        assert_eq!(s.attrs["client.address"], link.addr_a.to_string());
+        assert!(!s.attrs.contains_key("url.query"), "query strings are off by default: {s:?}");
+        assert_eq!(s.attrs["flowtel.http.truncated"], "false");
+        assert!(s.resource["process.executable.name"].starts_with("python"), "{s:?}");
+    }
+    // Errors: 5xx for a server, 4xx and 5xx for a client.
+    let failed = |rows: &[&SpanRow]| rows.iter().filter(|s| s.status == "ERROR").count();
+    assert_eq!(failed(&served), 1);
+    assert_eq!(failed(&clients), 3);
+    // The slow endpoint's span lasts at least its 300 ms.
+    let slow = spans_matching(&got, &server_res, &[("url.path", "/slow")])[0];
+    assert!(slow.duration_s() >= 0.3 && slow.duration_s() < 1.0, "slow span {} s", slow.duration_s());
+    // The trace context in the request parents both ends' spans.
+    let joined: Vec<&SpanRow> = got.iter().filter(|s| s.trace_id == TRACE_ID).collect();
+    assert_eq!(joined.len(), 2, "{joined:#?}");
+    assert!(joined.iter().all(|s| s.parent_span_id == PARENT_ID));
+    assert!(got.iter().filter(|s| s.trace_id != TRACE_ID).all(|s| s.parent_span_id.is_empty()));
+
+    // The histograms count every request, by status, under the same Resources.
+    let histogram_count = |metric: &str, resource: &[(&str, &str)], attrs: &[(&str, &str)]| {
+        let got = receiver.received.snapshot();
+        flowtel_e2e::query::matching(&points(&got, metric), resource, attrs).iter().map(|p| p.count).sum::<u64>()
+    };
+    let counted =
+        eventually(Duration::from_secs(10), || histogram_count("http.server.request.duration", &server_res, &[]) == 10);
+    assert!(counted, "server histogram count {}", histogram_count("http.server.request.duration", &server_res, &[]));
+    for (status, n) in [("200", 6), ("404", 2), ("500", 1), ("301", 1)] {
+        let attrs = [("http.response.status_code", status)];
+        assert_eq!(histogram_count("http.server.request.duration", &server_res, &attrs), n, "status {status}");
+    }
+    assert_eq!(
+        histogram_count("http.server.request.duration", &server_res, &[("error.type", "500"), ("http.route", "/fail")]),
+        1
+    );
+    assert_eq!(histogram_count("http.client.request.duration", &[("process.pid", &keep_alive)], &to_server), 5);
+    let got = receiver.received.snapshot();
+    let lost = points(&got, "flowtel.agent.events.lost");
+    // Nothing lost in the kernel (and the series exist, at 0).
+    let kernel_losses: Vec<_> = flowtel_e2e::query::matching(&lost, &[], &[("flowtel.probe", "httpflow")])
+        .into_iter()
+        .filter(|p| {
+            ["ring_buffer_full", "user_read", "tls_table_full"].contains(&p.attrs["flowtel.loss.cause"].as_str())
+        })
+        .collect();
+    assert_eq!(kernel_losses.len(), 3);
+    assert!(kernel_losses.iter().all(|p| p.value < 0.5), "{kernel_losses:#?}");
+}
+
+#[test]
+fn https_through_openssl_is_seen_in_plaintext() {
+    if !privileged_or_skip("https_through_openssl_is_seen_in_plaintext") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("flowtel-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=flowtel.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("https", 52);
+    let server_ip = link.addr_b.to_string();
+    let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
+    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8443", &cert, &key]);
+    server.wait_line("ready");
+    let server_pid = server.pid().to_string();
+    let url = |path: &str| format!("https://{server_ip}:8443{path}");
+    let client_pid = curl(&link.a, &["-k", &url("/ok"), &url("/missing"), &url("/fail")]);
+
+    let server_res = [("process.pid", server_pid.as_str())];
+    let client_res = [("process.pid", client_pid.as_str())];
+    let delivered = eventually(Duration::from_secs(20), || {
+        let got = spans(&receiver.traces.snapshot());
+        spans_matching(&got, &server_res, &[]).len() >= 3 && spans_matching(&got, &client_res, &[]).len() >= 3
+    });
+    let got = spans(&receiver.traces.snapshot());
+    assert!(delivered, "spans: {got:#?}\nagent log:\n{}", agent.log());
+    let want = expected(&[("GET", "/fail", "500", 1), ("GET", "/missing", "404", 1), ("GET", "/ok", "200", 1)]);
+    let served = spans_matching(&got, &server_res, &[("url.scheme", "https")]);
+    let sent = spans_matching(&got, &client_res, &[("url.scheme", "https")]);
+    assert_eq!(census(&served), want);
+    assert_eq!(census(&sent), want);
+    assert!(served.iter().all(|s| s.kind == "SERVER" && s.attrs["client.address"] == link.addr_a.to_string()));
+    assert!(sent.iter().all(|s| s.kind == "CLIENT" && s.attrs["network.peer.port"] == "8443"));
+    assert!(spans_matching(&got, &server_res, &[("url.scheme", "http")]).is_empty(), "ciphertext taken for HTTP");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nginx_is_named_and_garbage_or_huge_heads_do_no_harm() {
+    if !privileged_or_skip("nginx_is_named_and_garbage_or_huge_heads_do_no_harm") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("nginx", 53);
+    let server_ip = link.addr_b.to_string();
+    let dir = std::env::temp_dir().join(format!("flowtel-nginx-{}", std::process::id()));
+    let server_block = format!(
+        "server {{ listen {server_ip}:8081;\n\
+           location = /ok {{ return 200 'ok'; }}\n\
+           location = /moved {{ return 301 /ok; }}\n\
+           location = /fail {{ return 500; }} }}"
+    );
+    let _nginx = nginx(&link.b, &server_block, &dir);
+    let url = |path: &str| format!("http://{server_ip}:8081{path}");
+    curl(&link.a, &[&url("/ok"), &url("/moved"), &url("/missing"), &url("/fail")]);
+    // Garbage that starts like a request, then a request with a 64 KiB header.
+    raw_exchange(&link.a, &server_ip, 8081, b"GET \x00\xff\xfe garbage\r\n\r\n", 1);
+    let big = format!("GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    raw_exchange(&link.a, &server_ip, 8081, big.as_bytes(), 1);
+    let after = curl(&link.a, &[&url("/ok")]);
+
+    let nginx_res = [("service.name", "nginx")];
+    let to_nginx = [("server.port", "8081"), ("server.address", server_ip.as_str())];
+    let delivered = eventually(Duration::from_secs(20), || {
+        let got = spans(&receiver.traces.snapshot());
+        spans_matching(&got, &[("process.pid", after.as_str())], &[]).len() == 1
+            && spans_matching(&got, &nginx_res, &to_nginx).len() >= 6
+    });
+    let got = spans(&receiver.traces.snapshot());
+    assert!(delivered, "spans: {got:#?}\nagent log:\n{}", agent.log());
+    let served = spans_matching(&got, &nginx_res, &to_nginx);
+    assert!(served.iter().all(|s| s.kind == "SERVER"));
+    let big = spans_matching(&got, &nginx_res, &[("url.path", "/big")]);
+    assert_eq!(big.len(), 1, "{served:#?}");
+    // nginx refuses a head larger than its buffers with a 4xx of its choosing.
+    let big_status = big[0].attrs["http.response.status_code"].clone();
+    assert!(big_status.starts_with('4'), "{:?}", big[0]);
+    assert_eq!(big[0].attrs["flowtel.http.truncated"], "true");
+    assert_eq!(
+        census(&served),
+        expected(&[
+            ("GET", "/big", &big_status, 1),
+            ("GET", "/fail", "500", 1),
+            ("GET", "/missing", "404", 1),
+            ("GET", "/moved", "301", 1),
+            ("GET", "/ok", "200", 2),
+        ]),
+        "{served:#?}"
+    );
+    // The garbage was counted, and the agent is still up and exits cleanly.
+    let parse_lost = || {
+        let got = receiver.received.snapshot();
+        total(
+            &points(&got, "flowtel.agent.events.lost"),
+            &[],
+            &[("flowtel.probe", "httpflow"), ("flowtel.loss.cause", "parse")],
+        )
+    };
+    assert!(eventually(Duration::from_secs(10), || parse_lost() >= 1.0), "garbage not counted");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "agent did not exit cleanly: {status}\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
