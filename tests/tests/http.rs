@@ -299,3 +299,71 @@ fn nginx_is_named_and_garbage_or_huge_heads_do_no_harm() {
     assert!(status.success(), "agent did not exit cleanly: {status}\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// wrk's requests completed, from its report.
+fn wrk(ns: &str, url: &str, seconds: u32, connections: u32) -> (u64, String) {
+    let child = Link::exec(ns, "wrk")
+        .args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wrk (apt install wrk)");
+    let pid = child.id().to_string();
+    let out = String::from_utf8_lossy(&child.wait_with_output().expect("wrk").stdout).into_owned();
+    let requests = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("wrk said: {out}"));
+    (requests, pid)
+}
+
+#[test]
+fn under_wrk_load_every_request_is_one_span_at_each_end() {
+    if !privileged_or_skip("under_wrk_load_every_request_is_one_span_at_each_end") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("wrk", 54);
+    let server_ip = link.addr_b.to_string();
+    let dir = std::env::temp_dir().join(format!("flowtel-wrk-{}", std::process::id()));
+    let block = format!("server {{ listen {server_ip}:8082; location = /ok {{ return 200 'ok'; }} }}");
+    let _nginx = nginx(&link.b, &block, &dir);
+    // wrk reads and writes with read(2)/write(2), where curl uses recv/send.
+    let (requests, wrk_pid) = wrk(&link.a, &format!("http://{server_ip}:8082/ok"), 1, 4);
+    assert!(requests > 1_000, "wrk made only {requests} requests");
+
+    let wrk_res = [("process.pid", wrk_pid.as_str())];
+    let to_nginx = [("server.port", "8082"), ("server.address", server_ip.as_str())];
+    let count = |resource: &[(&str, &str)]| {
+        let got = spans(&receiver.traces.snapshot());
+        spans_matching(&got, resource, &[("http.response.status_code", "200")]).len() as u64
+    };
+    let delivered = eventually(Duration::from_secs(30), || {
+        count(&wrk_res) >= requests && count(&[("service.name", "nginx")]) >= requests
+    });
+    assert!(
+        delivered,
+        "wrk {requests}, CLIENT {}, SERVER {}\n{}",
+        count(&wrk_res),
+        count(&[("service.name", "nginx")]),
+        agent.log()
+    );
+    // wrk counts the responses it read: exactly its CLIENT spans. nginx may also have
+    // answered requests still in flight when wrk stopped (at most one per connection).
+    assert_eq!(count(&wrk_res), requests);
+    let served = {
+        let got = spans(&receiver.traces.snapshot());
+        spans_matching(&got, &[("service.name", "nginx")], &to_nginx).len() as u64
+    };
+    assert!((requests..=requests + 4).contains(&served), "nginx served {served} of wrk's {requests}");
+    let got = receiver.received.snapshot();
+    let lost: Vec<_> = points(&got, "flowtel.agent.events.lost")
+        .into_iter()
+        // Parse errors and unpaired responses may come from the other tests' traffic,
+        // which every agent on the host sees; losses to capacity may not.
+        .filter(|p| p.attrs["flowtel.probe"] == "httpflow" && p.value > 0.5)
+        .filter(|p| !["parse", "unpaired"].contains(&p.attrs["flowtel.loss.cause"].as_str()))
+        .collect();
+    assert!(lost.is_empty(), "{lost:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -153,7 +153,7 @@ impl Default for HttpConfig {
             routes: Vec::new(),
             route_heuristic: true,
             max_connections: 65_536,
-            max_spans: 262_144,
+            max_spans: 65_536,
             ring_buffer_kib: 8_192,
         }
     }

@@ -67,6 +67,10 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     let mut ticker = tokio::time::interval(otel.export_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
+    // Spans leave every second (or sooner when many wait), not each metric interval:
+    // holding a minute of spans would cost memory for nothing.
+    let mut span_ticker = tokio::time::interval(SPAN_FLUSH);
+    span_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(interval = ?otel.export_interval, sink = ?otel.sink, "flowtel is observing");
 
     loop {
@@ -80,6 +84,13 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
             }
             Some(batch) = next_http_batch(http_stage.as_mut()) => {
                 recorder.http(&batch);
+                if recorder.spans_held >= SPANS_PER_FLUSH {
+                    export_spans(&mut recorder, &mut span_sink).await;
+                }
+                continue;
+            }
+            _ = span_ticker.tick() => {
+                export_spans(&mut recorder, &mut span_sink).await;
                 continue;
             }
         };
@@ -132,8 +143,10 @@ fn spawn_stages(config: &Config, probes: &mut Probes) -> anyhow::Result<(Option<
             TrackerSettings { timeout_ns: config.dns.timeout_ms * 1_000_000, max_pending: config.dns.max_pending };
         Some(DnsStage::spawn(DnsPacketReader::new(&mut probes.ebpf)?, settings))
     };
-    let http_attached =
-        probes.reports.iter().any(|r| r.program == "http_send" && r.state == probes::ProbeState::Attached);
+    let http_attached = probes
+        .reports
+        .iter()
+        .any(|r| (r.program == "http" || r.program == "tls") && r.state == probes::ProbeState::Attached);
     let http = if http_attached {
         let settings = HttpSettings {
             timeout_ns: config.http.timeout_ms * 1_000_000,
@@ -149,10 +162,7 @@ fn spawn_stages(config: &Config, probes: &mut Probes) -> anyhow::Result<(Option<
 /// One interval out: spans first (dropped, and counted, if they cannot go), then every
 /// workload's metrics and the agent's own.
 async fn export(recorder: &mut Recorder, sink: &mut MetricsSink, span_sink: &mut SpanSink) -> ExportOutcome {
-    let spans = recorder.workloads.take_spans();
-    recorder.spans_held = 0;
-    let (span_export_failures, spans_lost) = span_sink.export(spans).await;
-    recorder.agent.record_span_export(span_export_failures, spans_lost);
+    export_spans(recorder, span_sink).await;
     let mut batch = recorder.workloads.collect();
     batch.extend(recorder.agent.collect());
     let outcome = sink.export(&batch).await;
@@ -166,6 +176,20 @@ async fn export(recorder: &mut Recorder, sink: &mut MetricsSink, span_sink: &mut
         }
     }
     outcome
+}
+
+/// How often held spans are exported, and how many make an export happen sooner.
+const SPAN_FLUSH: Duration = Duration::from_secs(1);
+const SPANS_PER_FLUSH: usize = 8_192;
+
+async fn export_spans(recorder: &mut Recorder, span_sink: &mut SpanSink) {
+    if recorder.spans_held == 0 {
+        return;
+    }
+    let spans = recorder.workloads.take_spans();
+    recorder.spans_held = 0;
+    let (failures, lost) = span_sink.export(spans).await;
+    recorder.agent.record_span_export(failures, lost);
 }
 
 /// The next batch of HTTP exchanges, or never when HTTP observation is off.

@@ -103,7 +103,7 @@ pub fn syscall_registers(btf: &Btf) -> Option<SyscallRegisters> {
 
 /// This architecture's syscall numbers, in `http::syscall` order.
 fn socket_syscalls() -> [u16; http::syscall::COUNT] {
-    let mut numbers = [0u16; http::syscall::COUNT];
+    let mut numbers = [http::syscall::ABSENT; http::syscall::COUNT];
     for (index, nr) in [
         (http::syscall::READ, libc::SYS_read),
         (http::syscall::WRITE, libc::SYS_write),
@@ -114,7 +114,7 @@ fn socket_syscalls() -> [u16; http::syscall::COUNT] {
         (http::syscall::SENDMSG, libc::SYS_sendmsg),
         (http::syscall::RECVMSG, libc::SYS_recvmsg),
     ] {
-        numbers[index] = u16::try_from(nr).unwrap_or(0);
+        numbers[index] = u16::try_from(nr).unwrap_or(http::syscall::ABSENT);
     }
     numbers
 }

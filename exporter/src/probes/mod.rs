@@ -128,11 +128,6 @@ const DATAGRAM_PEERS: [Hook; 4] = [
     Hook { program: "datagram_sendmsg6", kind: HookKind::Cgroup },
     Hook { program: "datagram_recvmsg6", kind: HookKind::Cgroup },
 ];
-/// HTTP payload starts on sockets (http.rs); they also tie OpenSSL calls to sockets.
-const HTTP: [Hook; 2] = [
-    Hook { program: "http_send", kind: HookKind::Raw("sock_send_length") },
-    Hook { program: "http_recv", kind: HookKind::Raw("sock_recv_length") },
-];
 /// DNS packets of every local socket (dns.rs).
 const DNS: [Hook; 2] = [
     Hook { program: "dns_egress", kind: HookKind::CgroupSkb(CgroupSkbAttachType::Egress) },
@@ -271,7 +266,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .chain(&BYTES_RAW)
         .chain(&BYTES_TRACEPOINTS)
         .chain(&BYTES_KPROBES);
-    for hook in all.chain(&DATAGRAM_PEERS).chain(&DNS).chain(&HTTP) {
+    for hook in all.chain(&DATAGRAM_PEERS).chain(&DNS) {
         hook.load(&mut ebpf)?;
     }
     tls::load(&mut ebpf)?;
@@ -300,15 +295,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         (false, true) => hook.attach(&mut ebpf),
         (false, false) => hook.unavailable("no cgroup v2 hierarchy mounted"),
     }));
-    let http_wanted = config.http_capture_bytes != 0 || settings.tls;
-    reports.extend(HTTP.iter().map(|hook| match (http_wanted, raw.lengths) {
-        (false, _) if settings.http_capture_bytes != 0 => {
-            hook.unavailable("no syscall registers known for this architecture")
-        }
-        (false, _) => hook.unavailable("turned off (http.capture_bytes is 0 and http.tls is off)"),
-        (true, true) => hook.attach(&mut ebpf),
-        (true, false) => hook.unavailable("needs the sock_send_length raw tracepoint (Linux 6.3+)"),
-    }));
+    reports.push(http_report(&config, settings, &reports));
     let tls = settings.tls.then(|| {
         let mut attacher = TlsAttacher::default();
         attacher.scan_all(&mut ebpf);
@@ -316,6 +303,23 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         attacher
     });
     Ok(Probes { ebpf, reports, tls })
+}
+
+/// Clear-text HTTP runs inside the raw byte counters (it rides on their per-socket
+/// lookup), so it is on when they are attached and the syscall registers are known.
+fn http_report(
+    config: &flowtel_probes_abi::ProbeConfig,
+    settings: &ProbeSettings,
+    reports: &[ProbeReport],
+) -> ProbeReport {
+    let raw_attached = reports.iter().any(|r| r.program == "flow_send_raw" && r.state == ProbeState::Attached);
+    let state = match (settings.http_capture_bytes, config.http_capture_bytes, raw_attached) {
+        (0, _, _) => ProbeState::Failed("turned off (http.capture_bytes is 0)".into()),
+        (_, 0, _) => ProbeState::Failed("no syscall registers known for this architecture".into()),
+        (_, _, false) => ProbeState::Failed("needs the sock_send_length raw tracepoint (Linux 6.3+, BTF)".into()),
+        _ => ProbeState::Attached,
+    };
+    ProbeReport { program: "http", hook: "in flow_send_raw/flow_recv_raw (request and status lines)".into(), state }
 }
 
 /// Attaches the raw-tracepoint programs when usable, else the classic ones; the others

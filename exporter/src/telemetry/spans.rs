@@ -116,6 +116,17 @@ fn parse_traceparent(header: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
     Some((trace, span, flags))
 }
 
+/// Spans per OTLP request, at most: well under the 4 MiB a gRPC receiver takes by
+/// default (a span here is about 1 KiB).
+const SPANS_PER_REQUEST: usize = 1_024;
+
+fn print_spans(spans: &[SpanData]) {
+    for span in spans {
+        let took = span.end_time.duration_since(span.start_time).unwrap_or_default();
+        println!("span {:?} {} {took:?}", span.span_kind, span.name);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the OTLP span exporter: {0}")]
 pub struct SpanSinkError(#[source] opentelemetry_otlp::ExporterBuildError);
@@ -148,10 +159,22 @@ impl SpanSink {
         let mut failed_exports = 0;
         let mut lost_spans = 0;
         for (resource, spans) in batches {
-            let n = spans.len() as u64;
-            if let Some(exporter) = &mut self.otlp {
-                exporter.set_resource(&resource);
-                match exporter.export(spans).await {
+            let Some(exporter) = &mut self.otlp else {
+                if self.console {
+                    print_spans(&spans);
+                }
+                continue;
+            };
+            exporter.set_resource(&resource);
+            let mut spans = spans.into_iter();
+            loop {
+                // Moved, not cloned, into each request.
+                let chunk: Vec<SpanData> = spans.by_ref().take(SPANS_PER_REQUEST).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let n = chunk.len() as u64;
+                match exporter.export(chunk).await {
                     Ok(()) if self.in_outage => {
                         tracing::info!("span export recovered");
                         self.in_outage = false;
@@ -165,15 +188,6 @@ impl SpanSink {
                         failed_exports += 1;
                         lost_spans += n;
                     }
-                }
-            } else if self.console {
-                for span in spans {
-                    println!(
-                        "span {:?} {} {:?}",
-                        span.span_kind,
-                        span.name,
-                        span.end_time.duration_since(span.start_time).unwrap_or_default()
-                    );
                 }
             }
         }

@@ -163,7 +163,10 @@ const _: () = assert!(size_of::<SocketKey>() == 16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketTraffic {
     pub flow: FlowKey,
-    pub _pad: u32,
+    /// The socket's [`http::verdict`], copied from its [`SocketInfo`] when this entry
+    /// was made, so the HTTP sniff is skipped for a socket known not to carry HTTP.
+    pub http: u8,
+    pub _pad: [u8; 3],
     pub bytes_sent: u64,
     pub bytes_received: u64,
 }
@@ -183,7 +186,10 @@ pub struct SocketInfo {
     /// 1 while the connection's "opened" count waits for its owner to be known
     /// (an accepted connection is established in softirq, before accept() runs).
     pub open_pending: u8,
-    pub _pad: [u8; 7],
+    /// Whether the connection carries HTTP/1.x ([`http::verdict`]), decided by its first
+    /// payload when the probes saw it open.
+    pub http: u8,
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(size_of::<SocketInfo>() == 64);
 
@@ -239,7 +245,8 @@ pub struct ProbeConfig {
     pub regs_arg0: u16,
     pub regs_arg1: u16,
     /// This architecture's numbers for the syscalls whose buffers the HTTP probe reads,
-    /// indexed by [`http::syscall`]; 0 where the architecture lacks one.
+    /// indexed by [`http::syscall`]; [`http::syscall::ABSENT`] where it lacks one (0 is
+    /// `read` on x86_64).
     pub syscalls: [u16; http::syscall::COUNT],
     /// Bytes of each HTTP payload to copy (at most [`http::CAPTURE_MAX`]); 0 turns the
     /// clear-text HTTP probe off.
@@ -249,6 +256,13 @@ pub struct ProbeConfig {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<ProbeConfig>() == 96);
+
+impl ProbeConfig {
+    /// Whether the HTTP side runs at all: clear text, TLS or both.
+    pub fn http_wanted(&self) -> bool {
+        self.http_capture_bytes != 0 || self.tls_enabled != 0
+    }
+}
 
 /// The peer address of a datagram on an unconnected UDP socket, stashed per thread by
 /// the cgroup sendmsg/recvmsg hooks while the syscall runs.
@@ -313,6 +327,19 @@ pub mod http {
     /// The process received them.
     pub const RECV: u8 = 2;
 
+    /// What a TCP connection's first payload said about it.
+    pub mod verdict {
+        /// Not decided yet: the next payload decides.
+        pub const UNKNOWN: u8 = 0;
+        /// It started like HTTP/1.x: every send and receive is sniffed.
+        pub const HTTP: u8 = 1;
+        /// It started otherwise (TLS, a database protocol, ...): never sniffed again.
+        pub const OTHER: u8 = 2;
+        /// Opened before the agent started, so its first payload was not seen: every
+        /// send and receive is sniffed, and nothing is decided.
+        pub const ALWAYS: u8 = 3;
+    }
+
     /// Syscalls a socket send or receive can come through, as indexes into
     /// [`super::ProbeConfig::syscalls`].
     pub mod syscall {
@@ -328,6 +355,8 @@ pub mod http {
         pub const SENDMSG: usize = 6;
         pub const RECVMSG: usize = 7;
         pub const COUNT: usize = 8;
+        /// No such syscall on this architecture.
+        pub const ABSENT: u16 = u16::MAX;
     }
 }
 

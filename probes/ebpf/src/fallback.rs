@@ -51,5 +51,5 @@ fn int_length_arg(ctx: &ProbeContext, index: usize) -> Option<u64> {
 
 fn with_sk(ctx: &ProbeContext, proto: u8, bytes: u64, sent: bool) -> Option<()> {
     let sk: u64 = ctx.arg(0)?;
-    account(&config(), sk, || Some(proto.into()), bytes, sent)
+    account(config(), sk, || Some(proto.into()), bytes, sent).map(drop)
 }

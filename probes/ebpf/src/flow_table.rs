@@ -21,33 +21,38 @@ fn active_table() -> &'static HashMap<FlowKey, FlowStats> {
 }
 
 /// Adds `bytes` to the socket's entry in the active per-socket table if it has one:
-/// the whole cost of a send or receive on a busy TCP socket.
+/// the whole cost of a send or receive on a busy TCP socket. Returns the entry.
 #[inline(always)]
-pub fn add_to_existing_socket(key: &SocketKey, sent: bool, bytes: u64) -> bool {
+pub fn add_to_existing_socket(key: &SocketKey, sent: bool, bytes: u64) -> Option<*mut SocketTraffic> {
     let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
-    let Some(entry) = table.get_ptr_mut(key) else { return false };
+    let entry = table.get_ptr_mut(key)?;
     // SAFETY: `entry` points into a live map value.
     unsafe { add_bytes(&raw mut (*entry).bytes_sent, &raw mut (*entry).bytes_received, sent, bytes) };
-    true
+    Some(entry)
 }
 
-/// Adds `bytes` to the socket's entry in the active per-socket table, creating it with
-/// `flow()` on the first send/recv of this socket and process in this interval. `flow`
-/// runs only then. Returns false when the table is full (counted).
+/// Adds `bytes` to the socket's entry in the active per-socket table, creating it from
+/// `fresh()` (flow key and HTTP verdict) on the first send/recv of this socket and
+/// process in this interval; `fresh` runs only then. `None` when the table is full
+/// (counted).
 #[inline(always)]
-pub fn add_socket_bytes(key: &SocketKey, sent: bool, bytes: u64, flow: impl FnOnce() -> Option<FlowKey>) -> bool {
-    if add_to_existing_socket(key, sent, bytes) {
-        return true;
+pub fn add_socket_bytes(
+    key: &SocketKey,
+    sent: bool,
+    bytes: u64,
+    fresh: impl FnOnce() -> Option<SocketTraffic>,
+) -> Option<*mut SocketTraffic> {
+    if let Some(entry) = add_to_existing_socket(key, sent, bytes) {
+        return Some(entry);
     }
     let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
-    let Some(flow) = flow() else { return false };
-    let fresh = SocketTraffic { flow, ..SocketTraffic::default() };
+    let fresh = fresh()?;
     // EEXIST: another CPU created it between our lookup and insert; add to theirs.
     if let Err(err) = table.insert(key, &fresh, BPF_NOEXIST)
         && i64::from(err) != -EEXIST
     {
         count_lost(lost::FLOW_TABLE_FULL);
-        return false;
+        return None;
     }
     add_to_existing_socket(key, sent, bytes)
 }

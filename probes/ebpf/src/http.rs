@@ -1,77 +1,103 @@
 //! Clear-text HTTP/1.x: the first bytes of each send and receive on a TCP socket that
 //! starts like an HTTP request or response, for user space to pair into exchanges.
 //!
-//! The hooks are the same `sock_send_length`/`sock_recv_length` raw tracepoints the byte
-//! counters use: they fire only for sockets (file I/O never reaches them) and after the
-//! data is in the user buffer, for sends and receives alike. Their arguments carry no
-//! buffer, so the probe reads it from the syscall's saved registers
+//! Called from the byte counters on the `sock_send_length`/`sock_recv_length` raw
+//! tracepoints (traffic.rs): they fire only for sockets (file I/O never reaches them)
+//! and after the data is in the user buffer, for sends and receives alike. Their
+//! arguments carry no buffer, so the probe reads it from the syscall's saved registers
 //! (`bpf_task_pt_regs`): the second argument of read/write/sendto/recvfrom, or the first
 //! `iovec` of readv/writev/sendmsg/recvmsg. Sends from elsewhere (sendfile, io_uring,
 //! the kernel itself) have no such buffer and are skipped.
 //!
-//! Cost for a payload that is not HTTP: the register reads and one 8-byte user read.
-use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_task_pt_regs, generated::bpf_probe_read_user as read_user_raw,
-    },
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+//! Cost: a connection's first payload decides whether it carries HTTP (its verdict rides
+//! in the per-socket entry the byte counter already looked up). For a connection that
+//! does not, each later send or receive costs one byte read; for one that does, the
+//! register reads and one 8-byte user read, plus the copy when a message starts.
+use aya_ebpf::helpers::{
+    bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+    bpf_task_pt_regs, generated::bpf_probe_read_user as read_user_raw,
 };
-use flowtel_probes_abi::{HttpChunk, ProbeConfig, http, lost, protocol};
+use flowtel_probes_abi::{HttpChunk, ProbeConfig, SocketTraffic, http, http::verdict, lost, protocol};
 
 use crate::{
     config::config,
-    maps::{HTTP_CHUNKS, HTTP_SCRATCH, count_lost, wakeup_flag},
+    maps::{HTTP_CHUNKS, HTTP_SCRATCH, SOCKETS, count_lost, wakeup_flag},
     socket::read,
     tls,
 };
 
-const MSG_PEEK: i32 = 2;
 const ECONNRESET: i32 = 104;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 
-#[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn http_send(ctx: RawTracePointContext) -> i32 {
-    let _ = try_socket_call(&ctx, http::SEND);
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn http_recv(ctx: RawTracePointContext) -> i32 {
-    let _ = try_socket_call(&ctx, http::RECV);
-    0
-}
-
-fn try_socket_call(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
-    let cfg = config();
-    let sk: u64 = ctx.arg(0);
-    let ret = ctx.arg::<u64>(1) as i32;
-    let flags = ctx.arg::<u64>(2) as i32;
-    if direction == http::RECV && flags & MSG_PEEK != 0 {
-        return None;
-    }
+/// A TCP send or receive of `moved` bytes, called by the byte counter (traffic.rs) with
+/// the socket's per-socket entry.
+#[inline(always)]
+pub fn socket_call(cfg: &ProbeConfig, sk: u64, entry: *mut SocketTraffic, moved: u32, sent: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if ret <= 0 {
-        // End of stream or a reset, seen by a reader: ends any exchange left open.
-        if direction == http::RECV && (ret == 0 || ret == -ECONNRESET) {
-            emit_close(&cfg, sk, pid_tgid);
-        }
-        return None;
-    }
     if cfg.tls_enabled != 0 && tls::note_socket(pid_tgid, sk) {
         // Ciphertext inside an OpenSSL call: the uretprobe reports the plaintext.
+        return;
+    }
+    // SAFETY: `entry` points into a live map value.
+    let known = unsafe { (*entry).http };
+    if cfg.http_capture_bytes == 0 || known == verdict::OTHER {
+        return;
+    }
+    let _ = sniff_and_capture(sk, entry, moved, sent);
+}
+
+/// In its own stack frame (BPF functions take at most five arguments, so it fetches
+/// the rest itself): the common path above stays small.
+#[inline(never)]
+fn sniff_and_capture(sk: u64, entry: *mut SocketTraffic, moved: u32, sent: bool) -> Option<()> {
+    let cfg = config();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: `entry` points into a live map value.
+    let known = unsafe { (*entry).http };
+    let (buffer, available) = user_buffer(cfg, moved)?;
+    let http = starts_like_http(buffer, available);
+    if known == verdict::UNKNOWN {
+        decide(sk, entry, if http { verdict::HTTP } else { verdict::OTHER });
+    }
+    if !http {
         return None;
     }
-    if cfg.http_capture_bytes == 0 {
-        return None;
+    let direction = if sent { http::SEND } else { http::RECV };
+    emit(cfg, Source { connection: sk, sk, pid_tgid, buffer, len: moved, available, direction, tls: 0 })
+}
+
+/// A connection's first payload decided whether it carries HTTP: kept for the rest of
+/// this interval (the per-socket entry) and for the socket's life (its socket entry).
+fn decide(sk: u64, entry: *mut SocketTraffic, verdict: u8) {
+    // SAFETY: both point into live map values; a racing writer would write the same.
+    unsafe {
+        (*entry).http = verdict;
+        if let Some(info) = SOCKETS.get_ptr_mut(sk) {
+            (*info).http = verdict;
+        }
     }
-    let (buffer, available) = user_buffer(&cfg, ret as u32)?;
-    if !starts_like_http(buffer, available) || read::<u8>(sk, cfg.sock_protocol)? != protocol::TCP {
-        return None;
+}
+
+/// A receive that returned end of stream (0) or a reset ended the connection as its
+/// reader saw it: an event with no payload, which ends any exchange left open. One per
+/// connection at most, so cheap whatever the traffic.
+#[inline(never)]
+pub fn connection_end(cfg: &ProbeConfig, sk: u64, ret: i32) {
+    if (ret != 0 && ret != -ECONNRESET) || read::<u8>(sk, cfg.sock_protocol) != Some(protocol::TCP) {
+        return;
     }
-    emit(&cfg, Source { connection: sk, sk, pid_tgid, buffer, len: ret as u32, available, direction, tls: 0 })
+    let chunk = HttpChunk {
+        // SAFETY: no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        connection: sk,
+        pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        direction: http::RECV,
+        ..HttpChunk::default()
+    };
+    if HTTP_CHUNKS.output::<HttpChunk>(&chunk, wakeup_flag(&HTTP_CHUNKS)).is_err() {
+        count_lost(lost::HTTP_RING_FULL);
+    }
 }
 
 /// The user buffer of the send or receive in progress, and how many of its bytes are
@@ -82,9 +108,10 @@ fn user_buffer(cfg: &ProbeConfig, moved: u32) -> Option<(u64, u32)> {
     // bpf_probe_read_kernel, which validates the address.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
     let kernel = |offset: u16| unsafe { bpf_probe_read_kernel((regs + u64::from(offset)) as *const u64) }.ok();
-    let nr = kernel(cfg.regs_syscall_nr)? as u16;
+    // All 64 bits compared: outside a syscall the number is -1, never a table entry.
+    let nr = kernel(cfg.regs_syscall_nr)?;
     let arg1 = kernel(cfg.regs_arg1)?;
-    let is = |index: usize| nr != 0 && cfg.syscalls[index] == nr;
+    let is = |index: usize| u64::from(cfg.syscalls[index]) == nr;
     use http::syscall::{READ, READV, RECVFROM, RECVMSG, SENDMSG, SENDTO, WRITE, WRITEV};
     if is(READ) || is(WRITE) || is(SENDTO) || is(RECVFROM) {
         return Some((arg1, moved));
@@ -185,26 +212,6 @@ pub fn emit(cfg: &ProbeConfig, source: Source) -> Option<()> {
     // The process's name and cgroup were recorded with its flow (a short-lived curl
     // is still named after it exits).
     Some(())
-}
-
-/// A TCP connection's reader saw its end: an event with no payload. One per connection
-/// at most (the first read after the end returns 0), so cheap whatever the traffic.
-#[inline(always)]
-fn emit_close(cfg: &ProbeConfig, sk: u64, pid_tgid: u64) {
-    if read::<u8>(sk, cfg.sock_protocol) != Some(protocol::TCP) {
-        return;
-    }
-    let chunk = HttpChunk {
-        // SAFETY: no preconditions.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        connection: sk,
-        pid: (pid_tgid >> 32) as u32,
-        direction: http::RECV,
-        ..HttpChunk::default()
-    };
-    if HTTP_CHUNKS.output::<HttpChunk>(&chunk, wakeup_flag(&HTTP_CHUNKS)).is_err() {
-        count_lost(lost::HTTP_RING_FULL);
-    }
 }
 
 /// The socket's two ends, as it sees them; left zero where a read fails.

@@ -89,6 +89,10 @@ pub static HTTP_SCRATCH: PerCpuArray<HttpScratch> = PerCpuArray::with_max_entrie
 #[map]
 pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16_384, 0);
 
+/// OpenSSL calls in flight on the host (tls.rs), one slot shared by all CPUs.
+#[map]
+pub static TLS_IN_FLIGHT: Array<i64> = Array::with_max_entries(1, 0);
+
 /// `SSL *` to `struct sock *`, learnt while an OpenSSL call does its socket I/O.
 #[map]
 pub static SSL_SOCKETS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65_536, 0);

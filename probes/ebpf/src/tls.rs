@@ -12,8 +12,9 @@ use flowtel_probes_abi::{TlsCall, http, lost};
 
 use crate::{
     config::config,
+    flow_table::add,
     http::{Source, emit, starts_like_http},
-    maps::{SSL_SOCKETS, TLS_CALLS, count_lost},
+    maps::{SSL_SOCKETS, TLS_CALLS, TLS_IN_FLIGHT, count_lost},
 };
 
 #[uprobe]
@@ -53,6 +54,17 @@ fn enter(ctx: &ProbeContext, direction: u8, ex: bool) {
     let call = TlsCall { ssl, buffer, len_out, direction, _pad: [0; 7] };
     if TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, 0).is_err() {
         count_lost(lost::TLS_TABLE_FULL);
+        return;
+    }
+    adjust_in_flight(1);
+}
+
+/// Counts OpenSSL calls in flight on the whole host, so that the socket hooks look up
+/// the per-thread table only while there is something to find (most sends and receives
+/// happen with no OpenSSL call anywhere in progress).
+fn adjust_in_flight(delta: i64) {
+    if let Some(counter) = TLS_IN_FLIGHT.get_ptr_mut(0) {
+        add(counter.cast(), delta as u64);
     }
 }
 
@@ -61,6 +73,7 @@ fn try_return(ctx: &RetProbeContext) -> Option<()> {
     // SAFETY: a copy of the map value is taken before the entry is removed.
     let call = unsafe { *TLS_CALLS.get(pid_tgid)? };
     let _ = TLS_CALLS.remove(pid_tgid);
+    adjust_in_flight(-1);
     let ret = ctx.ret::<i64>() as i32;
     let moved = if call.len_out != 0 {
         // SAFETY: bpf_probe_read_user validates the address.
@@ -96,6 +109,9 @@ fn try_return(ctx: &RetProbeContext) -> Option<()> {
 /// inside an OpenSSL call, ties its `SSL *` to this socket and says so.
 #[inline(always)]
 pub fn note_socket(pid_tgid: u64, sk: u64) -> bool {
+    if TLS_IN_FLIGHT.get(0).is_none_or(|n| *n <= 0) {
+        return false;
+    }
     // SAFETY: a copy of the map value.
     let Some(call) = (unsafe { TLS_CALLS.get(pid_tgid) }).copied() else { return false };
     // SAFETY: as above.

@@ -8,12 +8,13 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use flowtel_probes_abi::{FlowKey, ProbeConfig, SocketInfo, SocketKey, lost, protocol};
+use flowtel_probes_abi::{ProbeConfig, SocketInfo, SocketKey, SocketTraffic, http::verdict, lost, protocol};
 
 use crate::{
     config::config,
     datagram,
     flow_table::{add_bytes, add_socket_bytes, add_to_existing_socket, stats_for},
+    http,
     maps::{SOCKETS, count_lost, remember_process_name},
     socket::{direction_from_locks, flow_key, read},
     state::claim,
@@ -54,10 +55,24 @@ fn try_raw_length(ctx: &RawTracePointContext, sent: bool) -> Option<()> {
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
     let flags = ctx.arg::<u64>(2) as i32;
-    if ret <= 0 || (!sent && flags & MSG_PEEK != 0) {
+    if !sent && flags & MSG_PEEK != 0 {
         return None;
     }
-    account(&cfg, sk, || read::<u16>(sk, cfg.sock_protocol), ret as u64, sent)
+    if ret <= 0 {
+        if !sent && cfg.http_wanted() {
+            http::connection_end(cfg, sk, ret);
+        }
+        return None;
+    }
+    let entry = account(cfg, sk, || read::<u16>(sk, cfg.sock_protocol), ret as u64, sent);
+    // HTTP rides on the byte counter's lookup: the entry says whether this socket can
+    // carry HTTP, so most sends and receives cost the HTTP side one byte read.
+    if let Some(entry) = entry
+        && cfg.http_wanted()
+    {
+        http::socket_call(cfg, sk, entry, ret as u32, sent);
+    }
+    Some(())
 }
 
 fn try_flow_length(ctx: &TracePointContext, sent: bool) -> Option<()> {
@@ -74,26 +89,36 @@ fn try_flow_length(ctx: &TracePointContext, sent: bool) -> Option<()> {
     if ret <= 0 || (!sent && flags & MSG_PEEK != 0) {
         return None;
     }
-    account(&cfg, sk, || Some(proto), ret as u64, sent)
+    account(cfg, sk, || Some(proto), ret as u64, sent).map(drop)
 }
 
 /// Adds `bytes` to the flow of socket `sk`; shared with the kprobe fallback. `proto`
 /// is asked only when the socket has no entry yet this interval (a kernel read on the
-/// raw path), so a busy TCP socket costs one lookup and an atomic add.
+/// raw path), so a busy TCP socket costs one lookup and an atomic add. Returns a TCP
+/// socket's per-socket entry (UDP has none).
 #[inline(always)]
-pub fn account(cfg: &ProbeConfig, sk: u64, proto: impl FnOnce() -> Option<u16>, bytes: u64, sent: bool) -> Option<()> {
+pub fn account(
+    cfg: &ProbeConfig,
+    sk: u64,
+    proto: impl FnOnce() -> Option<u16>,
+    bytes: u64,
+    sent: bool,
+) -> Option<*mut SocketTraffic> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = SocketKey { sk, pid, _pad: 0 };
-    if add_to_existing_socket(&key, sent, bytes) {
-        return Some(());
+    if let Some(entry) = add_to_existing_socket(&key, sent, bytes) {
+        return Some(entry);
     }
     match proto()? {
         p if p == u16::from(protocol::TCP) => {
             // First send/recv of this socket by this process in the interval: work out
             // its flow key once.
-            add_socket_bytes(&key, sent, bytes, || tcp_key(cfg, sk, pid)).then_some(())
+            add_socket_bytes(&key, sent, bytes, || tcp_entry(cfg, sk, pid))
         }
-        p if p == u16::from(protocol::UDP) => account_udp(cfg, sk, pid, bytes, sent),
+        p if p == u16::from(protocol::UDP) => {
+            account_udp(cfg, sk, pid, bytes, sent);
+            None
+        }
         _ => None,
     }
 }
@@ -116,10 +141,11 @@ fn account_udp(cfg: &ProbeConfig, sk: u64, pid: u32, bytes: u64, sent: bool) -> 
     Some(())
 }
 
-/// The TCP socket's cached key, claimed by the current process. Runs once per socket,
-/// process and interval (the per-socket table's miss path), in its own stack frame.
+/// The TCP socket's per-socket entry: its cached key, claimed by the current process,
+/// and its HTTP verdict. Runs once per socket, process and interval (the per-socket
+/// table's miss path), in its own stack frame.
 #[inline(never)]
-fn tcp_key(cfg: &ProbeConfig, sk: u64, pid: u32) -> Option<FlowKey> {
+fn tcp_entry(cfg: &ProbeConfig, sk: u64, pid: u32) -> Option<SocketTraffic> {
     // SAFETY: read-only copy of a map value.
     if let Some(info) = unsafe { SOCKETS.get(sk) } {
         if info.key.pid != pid || info.open_pending == 1 {
@@ -128,15 +154,16 @@ fn tcp_key(cfg: &ProbeConfig, sk: u64, pid: u32) -> Option<FlowKey> {
         }
         let mut key = info.key;
         key.pid = pid;
-        return Some(key);
+        return Some(SocketTraffic { flow: key, http: info.http, ..SocketTraffic::default() });
     }
     // Opened before the agent started (or the table was full when it opened): its
-    // earlier retransmits are not ours to count.
+    // earlier retransmits are not ours to count, and its first payload was not seen.
     let key = flow_key(cfg, sk, protocol::TCP, direction_from_locks(cfg, sk), pid)?;
     let retrans_seen = read::<u32>(sk, cfg.tcp_total_retrans).unwrap_or(0);
-    if SOCKETS.insert(sk, SocketInfo { key, retrans_seen, ..SocketInfo::default() }, 0).is_err() {
+    let info = SocketInfo { key, retrans_seen, http: verdict::ALWAYS, ..SocketInfo::default() };
+    if SOCKETS.insert(sk, info, 0).is_err() {
         count_lost(lost::SOCKET_TABLE_FULL);
     }
     remember_process_name(pid);
-    Some(key)
+    Some(SocketTraffic { flow: key, http: verdict::ALWAYS, ..SocketTraffic::default() })
 }

@@ -1,12 +1,13 @@
-//! HTTP: wrk against nginx over one test host's loopback, each round without and then
-//! with the agent (spans on). Every request wrk completed must come back as one SERVER
-//! span under nginx and one CLIENT span under wrk (spans per request: 1.0).
+//! HTTP: wrk against nginx over one test host's loopback, each load without and then
+//! with the agent (spans on): full load, then paced near 10k and 20k requests/s. Every
+//! request wrk completed should come back as one CLIENT span under wrk and one SERVER
+//! span under nginx (spans per request: 1.0); what could not is counted as lost.
 use std::{process::Stdio, time::Duration};
 
 use flowtel_e2e::{
     agent::Agent,
     netns::Link,
-    query::{points, spans, spans_matching, total},
+    query::{points, spans, spans_matching},
     receiver::Receiver,
     servers::nginx,
 };
@@ -15,9 +16,22 @@ use super::{BpfStats, cpu_ticks, env_or, median, peak_rss_kib, print_probe_table
 
 const PORT: u16 = 8090;
 
-/// (requests completed, requests per second, wrk's pid).
-fn wrk(ns: &str, seconds: u64, connections: u32) -> (u64, f64, u32) {
-    let child = Link::exec(ns, "wrk")
+/// A wrk script that paces each connection: one request per `delay_ms` plus the
+/// response time, so `connections` connections make about `connections * 1000 /
+/// delay_ms` requests per second (wrk has no rate option; wrk2 is not in Debian).
+fn pacing_script(delay_ms: u64) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("flowtel-bench-delay-{delay_ms}.lua"));
+    std::fs::write(&path, format!("function delay()\n  return {delay_ms}\nend\n")).expect("wrk script");
+    path
+}
+
+/// (requests completed, requests per second, wrk's pid); paced when `delay_ms` > 0.
+fn wrk(ns: &str, seconds: u64, connections: u32, delay_ms: u64) -> (u64, f64, u32) {
+    let mut cmd = Link::exec(ns, "wrk");
+    if delay_ms > 0 {
+        cmd.arg("-s").arg(pacing_script(delay_ms));
+    }
+    let child = cmd
         .args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{seconds}s")])
         .arg(format!("http://127.0.0.1:{PORT}/ok"))
         .stdout(Stdio::piped())
@@ -47,25 +61,29 @@ pub fn run() {
     let dir = std::env::temp_dir().join("flowtel-bench-nginx");
     let block = format!("server {{ listen 127.0.0.1:{PORT}; location = /ok {{ return 200 'ok'; }} }}");
     let _nginx = nginx(&link.a, &block, &dir);
-    let hz = 100.0; // USER_HZ
-    println!("## flowtel HTTP benchmark (wrk -t1 -c{connections} -> nginx on loopback, {seconds} s per run)\n");
+    println!("## flowtel HTTP benchmark (wrk -> nginx on a test host's loopback, spans on, {seconds} s per run)\n");
     println!(
-        "| round | req/s without | req/s with | ratio | requests (wrk) | SERVER spans | CLIENT spans | spans/request | agent CPU (cores) | CPU per 10k req/s | peak RSS |"
+        "| load | req/s without | req/s with | ratio | requests (wrk) | SERVER spans | CLIENT spans | spans/request | agent CPU (cores) | CPU per 10k req/s | peak RSS | lost |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ratios = Vec::new();
     let mut probe_totals = std::collections::BTreeMap::new();
-    for round in 1..=rounds {
-        let (_, without, _) = wrk(&link.a, seconds, connections);
+    // Full load (every connection back to back), then paced near 10k and 20k req/s
+    // (each connection waits 1 ms after each response).
+    let mut loads: Vec<(String, u32, u64)> = (1..=rounds).map(|r| (format!("full #{r}"), connections, 0)).collect();
+    loads.push(("paced 14 x 1 ms".into(), 14, 1));
+    loads.push(("paced 28 x 1 ms".into(), 28, 1));
+    for (label, conns, delay) in loads {
+        let (_, without, _) = wrk(&link.a, seconds, conns, delay);
         let receiver = Receiver::grpc("127.0.0.1:0");
         let endpoint = format!("http://{}", receiver.addr);
         let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
         let before = program_stats();
         let cpu0 = cpu_ticks(agent.pid());
-        let (requests, with, wrk_pid) = wrk(&link.a, seconds, connections);
+        let (requests, with, wrk_pid) = wrk(&link.a, seconds, conns, delay);
         let cpu1 = cpu_ticks(agent.pid());
         let after = program_stats();
-        std::thread::sleep(Duration::from_millis(2500)); // the last spans' export
+        std::thread::sleep(Duration::from_secs(3)); // the last spans' export
         let rss = peak_rss_kib(agent.pid());
         let _ = agent.stop();
         for (name, (time, count)) in &after {
@@ -78,23 +96,27 @@ pub fn run() {
         let port = PORT.to_string();
         let served = spans_matching(&got, &[("service.name", "nginx")], &[("server.port", &port)]).len();
         let sent = spans_matching(&got, &[("process.pid", &wrk_pid.to_string())], &[]).len();
-        let cores = (cpu1 - cpu0) as f64 / hz / seconds as f64;
-        ratios.push(with / without);
-        println!(
-            "| {round} | {without:.0} | {with:.0} | {:.3} | {requests} | {served} | {sent} | {:.4} | {cores:.3} | {:.3} | {:.1} MiB |",
-            with / without,
-            served as f64 / requests as f64,
-            cores / (with / 10_000.0),
-            rss as f64 / 1024.0
-        );
-        let lost = points(&receiver.received.snapshot(), "flowtel.agent.events.lost");
-        for p in lost.iter().filter(|p| p.value > 0.0 && p.attrs["flowtel.probe"] == "httpflow") {
-            println!("|  | lost: {} | {} |", p.attrs["flowtel.loss.cause"], p.value);
+        let cores = (cpu1 - cpu0) as f64 / 100.0 / seconds as f64; // USER_HZ ticks
+        let lost_points = points(&receiver.received.snapshot(), "flowtel.agent.events.lost");
+        let lost: Vec<String> = lost_points
+            .iter()
+            .filter(|p| p.value > 0.0 && p.attrs["flowtel.probe"] == "httpflow")
+            .map(|p| format!("{} {}", p.attrs["flowtel.loss.cause"], p.value))
+            .collect();
+        if delay == 0 {
+            ratios.push(with / without);
         }
-        let _ = total(&lost, &[], &[]);
+        println!(
+            "| {label} | {without:.0} | {with:.0} | {:.3} | {requests} | {served} | {sent} | {:.4} | {cores:.3} | {:.3} | {:.1} MiB | {} |",
+            with / without,
+            sent as f64 / requests as f64,
+            cores / (with / 10_000.0),
+            rss as f64 / 1024.0,
+            if lost.is_empty() { "0".into() } else { lost.join(", ") },
+        );
     }
-    println!("\nmedian ratio: {:.3}", median(ratios));
-    probe_totals.retain(|name, (_, count)| *count > 0 && (name.starts_with("http_") || name.starts_with("flow_")));
+    println!("\nmedian full-load ratio: {:.3}", median(ratios));
+    probe_totals.retain(|name, (_, count)| *count > 0 && name.starts_with("flow_"));
     print_probe_table(&probe_totals);
     drop(stats);
 }
