@@ -30,8 +30,13 @@ impl Traffic {
 
     /// Another Python program from `tests/scripts` (a test DNS server, say).
     pub fn spawn_script(ns: &str, script: &str, args: &[&str]) -> Self {
+        Self::spawn_script_with_env(ns, script, &[], args)
+    }
+
+    /// Like `spawn_script`, with `env` added to the program's environment.
+    pub fn spawn_script_with_env(ns: &str, script: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
         let mut cmd = Link::exec(ns, "python3");
-        cmd.arg(scripts_dir().join(script)).args(args);
+        cmd.arg(scripts_dir().join(script)).args(args).envs(env.iter().copied());
         Self::start(cmd)
     }
 

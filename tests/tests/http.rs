@@ -186,13 +186,9 @@ fn requests_become_server_and_client_spans_and_histograms() {
     assert!(kernel_losses.iter().all(|p| p.value < 0.5), "{kernel_losses:#?}");
 }
 
-#[test]
-fn https_through_openssl_is_seen_in_plaintext() {
-    if !privileged_or_skip("https_through_openssl_is_seen_in_plaintext") {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("flowtel-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// A throwaway certificate and key in `dir`, made with the openssl command.
+fn self_signed(dir: &std::path::Path) -> (String, String) {
+    std::fs::create_dir_all(dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let made = Command::new("openssl")
         .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=flowtel.test"])
@@ -202,12 +198,21 @@ fn https_through_openssl_is_seen_in_plaintext() {
         .arg(&cert)
         .stderr(Stdio::null())
         .status()
-        .expect("openssl");
+        .expect("openssl (apt install openssl)");
     assert!(made.success());
+    (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned())
+}
+
+#[test]
+fn https_through_openssl_is_seen_in_plaintext() {
+    if !privileged_or_skip("https_through_openssl_is_seen_in_plaintext") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("flowtel-tls-{}", std::process::id()));
+    let (cert, key) = self_signed(&dir);
     let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("https", 52);
     let server_ip = link.addr_b.to_string();
-    let (cert, key) = (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned());
     let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8443", &cert, &key]);
     server.wait_line("ready");
     let server_pid = server.pid().to_string();
@@ -365,5 +370,50 @@ fn under_wrk_load_every_request_is_one_span_at_each_end() {
         .filter(|p| !["parse", "unpaired"].contains(&p.attrs["flowtel.loss.cause"].as_str()))
         .collect();
     assert!(lost.is_empty(), "{lost:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_private_libssl_loaded_after_start_is_found_and_watched() {
+    if !privileged_or_skip("a_private_libssl_loaded_after_start_is_found_and_watched") {
+        return;
+    }
+    // A copy of the system libssl at a path of its own: another file, as a container's
+    // or an application bundle's copy would be, that the agent cannot know at start.
+    let dir = std::env::temp_dir().join(format!("flowtel-private-ssl-{}", std::process::id()));
+    let (cert, key) = self_signed(&dir);
+    let system =
+        ["/usr/lib/x86_64-linux-gnu/libssl.so.3", "/lib/x86_64-linux-gnu/libssl.so.3", "/usr/lib64/libssl.so.3"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("the system libssl.so.3");
+    let private = dir.join("libssl.so.3");
+    std::fs::copy(system, &private).unwrap();
+    let (receiver, mut agent) = with_grpc_receiver();
+    let link = Link::new("ssl2", 55);
+    let server_ip = link.addr_b.to_string();
+    let library_path = dir.to_string_lossy().into_owned();
+    let mut server = Traffic::spawn_script_with_env(
+        &link.b,
+        "http_server.py",
+        &[("LD_LIBRARY_PATH", &library_path)],
+        &[&server_ip, "8444", &cert, &key],
+    );
+    server.wait_line("ready");
+    let server_pid = server.pid().to_string();
+    let maps = std::fs::read_to_string(format!("/proc/{server_pid}/maps")).unwrap();
+    assert!(maps.contains(&private.to_string_lossy().into_owned()), "the server does not use the copy");
+    // Found through the exec that started the server (looked at each export interval).
+    agent.wait_for_log(&private.to_string_lossy(), Duration::from_secs(15));
+    let url = |path: &str| format!("https://{server_ip}:8444{path}");
+    curl(&link.a, &["-k", &url("/ok"), &url("/missing")]);
+    let server_res = [("process.pid", server_pid.as_str())];
+    let delivered = eventually(Duration::from_secs(20), || {
+        spans_matching(&spans(&receiver.traces.snapshot()), &server_res, &[("url.scheme", "https")]).len() >= 2
+    });
+    let got = spans(&receiver.traces.snapshot());
+    assert!(delivered, "spans: {got:#?}\nagent log:\n{}", agent.log());
+    let served = spans_matching(&got, &server_res, &[("url.scheme", "https")]);
+    assert_eq!(census(&served), expected(&[("GET", "/missing", "404", 1), ("GET", "/ok", "200", 1)]));
     let _ = std::fs::remove_dir_all(&dir);
 }
