@@ -3,10 +3,12 @@ endpoint, and TLS when given a certificate (Python's ssl module uses the system
 libssl, the one flowtel's uprobes watch).
 
 usage: http_server.py ADDRESS PORT [CERT KEY]
-  /ok 200, /missing 404, /fail 500, /moved 301, /slow 200 after 300 ms.
+  /ok 200, /missing 404, /fail 500, /moved 301, /slow 200 after 300 ms,
+  /drop: the connection is closed without a response.
 Prints "ready" once listening.
 """
 import http.server
+import socket
 import socketserver
 import ssl
 import sys
@@ -20,6 +22,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = self.path.split("?")[0]
+        if path == "/drop":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         if path == "/slow":
             time.sleep(0.3)
         status = ROUTES.get(path, 404)

@@ -8,10 +8,11 @@ use std::{
 };
 
 use flowtel_e2e::{
-    agent::with_grpc_receiver,
+    agent::{Agent, with_grpc_receiver},
     netns::Link,
     privileged_or_skip,
     query::{SpanRow, points, spans, spans_matching, total},
+    receiver::Receiver,
     servers::nginx,
     traffic::{Traffic, eventually},
 };
@@ -416,4 +417,43 @@ fn a_private_libssl_loaded_after_start_is_found_and_watched() {
     let served = spans_matching(&got, &server_res, &[("url.scheme", "https")]);
     assert_eq!(census(&served), expected(&[("GET", "/missing", "404", 1), ("GET", "/ok", "200", 1)]));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unanswered_requests_end_as_connection_reset_or_timeout() {
+    if !privileged_or_skip("unanswered_requests_end_as_connection_reset_or_timeout") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let endpoint = format!("http://{}", receiver.addr);
+    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("FLOWTEL_HTTP_TIMEOUT_MS", "1500")]);
+    let link = Link::new("hdrop", 56);
+    let server_ip = link.addr_b.to_string();
+    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8083"]);
+    server.wait_line("ready");
+    let server_pid = server.pid().to_string();
+    // The server closes the connection without answering: curl reads end of stream.
+    let status = Link::exec(&link.a, "curl")
+        .args(["-s", "--max-time", "5", &format!("http://{server_ip}:8083/drop")])
+        .stdout(Stdio::null())
+        .status()
+        .expect("curl");
+    assert_eq!(status.code(), Some(52), "curl should report an empty reply");
+
+    let dropped = [("url.path", "/drop")];
+    let delivered = eventually(Duration::from_secs(20), || {
+        spans_matching(&spans(&receiver.traces.snapshot()), &[], &dropped).len() >= 2
+    });
+    let got = spans(&receiver.traces.snapshot());
+    assert!(delivered, "spans: {got:#?}\nagent log:\n{}", agent.log());
+    let client = spans_matching(&got, &[("service.name", "curl")], &dropped);
+    assert_eq!(client.len(), 1, "{got:#?}");
+    assert_eq!(client[0].attrs["error.type"], "connection_reset");
+    assert!(!client[0].attrs.contains_key("http.response.status_code"));
+    assert_eq!(client[0].status, "ERROR");
+    // The server never reads the end of its own connection: its request times out.
+    let served = spans_matching(&got, &[("process.pid", server_pid.as_str())], &dropped);
+    assert_eq!(served.len(), 1, "{got:#?}");
+    assert_eq!(served[0].attrs["error.type"], "timeout");
+    assert!(served[0].duration_s() >= 1.4, "timed out after {} s", served[0].duration_s());
 }
