@@ -55,3 +55,21 @@ pub fn nginx(ns: &str, server_block: &str, dir: &std::path::Path) -> Background 
     std::thread::sleep(std::time::Duration::from_millis(500));
     Background(child)
 }
+
+/// A throwaway certificate and key in `dir` for a TLS test server, made with the
+/// openssl command; returns their paths.
+pub fn self_signed(dir: &std::path::Path) -> (String, String) {
+    std::fs::create_dir_all(dir).expect("certificate directory");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=flowtel.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (apt install openssl)");
+    assert!(made.success(), "openssl req failed");
+    (cert.display().to_string(), key.display().to_string())
+}

@@ -1,11 +1,7 @@
 //! HTTP and HTTPS exchanges end to end: real servers (a Python HTTP/1.1 server, nginx)
 //! and real clients (curl, a raw socket for pipelining) in test hosts; the agent's spans
 //! and histograms as a real OTLP receiver decoded them.
-use std::{
-    collections::BTreeMap,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{collections::BTreeMap, process::Stdio, time::Duration};
 
 use flowtel_e2e::{
     agent::{Agent, with_grpc_receiver},
@@ -13,7 +9,7 @@ use flowtel_e2e::{
     privileged_or_skip,
     query::{SpanRow, points, spans, spans_matching, total},
     receiver::Receiver,
-    servers::nginx,
+    servers::{nginx, self_signed},
     traffic::{Traffic, eventually},
 };
 
@@ -185,23 +181,6 @@ fn requests_become_server_and_client_spans_and_histograms() {
         .collect();
     assert_eq!(kernel_losses.len(), 3);
     assert!(kernel_losses.iter().all(|p| p.value < 0.5), "{kernel_losses:#?}");
-}
-
-/// A throwaway certificate and key in `dir`, made with the openssl command.
-fn self_signed(dir: &std::path::Path) -> (String, String) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=flowtel.test"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl (apt install openssl)");
-    assert!(made.success());
-    (cert.to_string_lossy().into_owned(), key.to_string_lossy().into_owned())
 }
 
 #[test]

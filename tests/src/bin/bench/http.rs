@@ -9,12 +9,13 @@ use flowtel_e2e::{
     netns::Link,
     query::{points, spans, spans_matching},
     receiver::Receiver,
-    servers::nginx,
+    servers::{nginx, self_signed},
 };
 
 use super::{BpfStats, cpu_ticks, env_or, median, peak_rss_kib, print_probe_table, program_stats};
 
 const PORT: u16 = 8090;
+const TLS_PORT: u16 = 8453;
 
 /// A wrk script that paces each connection: one request per `delay_ms` plus the
 /// response time, so `connections` connections make about `connections * 1000 /
@@ -26,14 +27,14 @@ fn pacing_script(delay_ms: u64) -> std::path::PathBuf {
 }
 
 /// (requests completed, requests per second, wrk's pid); paced when `delay_ms` > 0.
-fn wrk(ns: &str, seconds: u64, connections: u32, delay_ms: u64) -> (u64, f64, u32) {
+fn wrk(ns: &str, url: &str, seconds: u64, connections: u32, delay_ms: u64) -> (u64, f64, u32) {
     let mut cmd = Link::exec(ns, "wrk");
     if delay_ms > 0 {
         cmd.arg("-s").arg(pacing_script(delay_ms));
     }
     let child = cmd
         .args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{seconds}s")])
-        .arg(format!("http://127.0.0.1:{PORT}/ok"))
+        .arg(url)
         .stdout(Stdio::piped())
         .spawn()
         .expect("wrk (apt install wrk)");
@@ -59,8 +60,15 @@ pub fn run() {
     let stats = BpfStats::enable();
     let link = Link::new("bhttp", 61);
     let dir = std::env::temp_dir().join("flowtel-bench-nginx");
-    let block = format!("server {{ listen 127.0.0.1:{PORT}; location = /ok {{ return 200 'ok'; }} }}");
+    let (cert, key) = self_signed(&dir);
+    let block = format!(
+        "server {{ listen 127.0.0.1:{PORT}; location = /ok {{ return 200 'ok'; }} }}\n\
+         server {{ listen 127.0.0.1:{TLS_PORT} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n\
+           location = /ok {{ return 200 'ok'; }} }}"
+    );
     let _nginx = nginx(&link.a, &block, &dir);
+    let http = format!("http://127.0.0.1:{PORT}/ok");
+    let https = format!("https://127.0.0.1:{TLS_PORT}/ok");
     println!("## flowtel HTTP benchmark (wrk -> nginx on a test host's loopback, spans on, {seconds} s per run)\n");
     println!(
         "| load | req/s without | req/s with | ratio | requests (wrk) | SERVER spans | CLIENT spans | spans/request | agent CPU (cores) | CPU per 10k req/s | peak RSS | lost |"
@@ -70,17 +78,21 @@ pub fn run() {
     let mut probe_totals = std::collections::BTreeMap::new();
     // Full load (every connection back to back), then paced near 10k and 20k req/s
     // (each connection waits 1 ms after each response).
-    let mut loads: Vec<(String, u32, u64)> = (1..=rounds).map(|r| (format!("full #{r}"), connections, 0)).collect();
-    loads.push(("paced 14 x 1 ms".into(), 14, 1));
-    loads.push(("paced 28 x 1 ms".into(), 28, 1));
-    for (label, conns, delay) in loads {
-        let (_, without, _) = wrk(&link.a, seconds, conns, delay);
+    // HTTPS the same way: both ends through OpenSSL (nginx and wrk), so the uprobes run.
+    let mut loads: Vec<(String, u32, u64, &str)> =
+        (1..=rounds).map(|r| (format!("full #{r}"), connections, 0, http.as_str())).collect();
+    loads.push(("paced 14 x 1 ms".into(), 14, 1, &http));
+    loads.push(("paced 28 x 1 ms".into(), 28, 1, &http));
+    loads.push(("HTTPS full".into(), connections, 0, &https));
+    loads.push(("HTTPS paced 14 x 1 ms".into(), 14, 1, &https));
+    for (label, conns, delay, url) in loads {
+        let (_, without, _) = wrk(&link.a, url, seconds, conns, delay);
         let receiver = Receiver::grpc("127.0.0.1:0");
         let endpoint = format!("http://{}", receiver.addr);
         let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
         let before = program_stats();
         let cpu0 = cpu_ticks(agent.pid());
-        let (requests, with, wrk_pid) = wrk(&link.a, seconds, conns, delay);
+        let (requests, with, wrk_pid) = wrk(&link.a, url, seconds, conns, delay);
         let cpu1 = cpu_ticks(agent.pid());
         let after = program_stats();
         std::thread::sleep(Duration::from_secs(3)); // the last spans' export
@@ -94,6 +106,7 @@ pub fn run() {
         }
         let got = spans(&receiver.traces.snapshot());
         let port = PORT.to_string();
+        let port = if url == http { port } else { TLS_PORT.to_string() };
         let served = spans_matching(&got, &[("service.name", "nginx")], &[("server.port", &port)]).len();
         let sent = spans_matching(&got, &[("process.pid", &wrk_pid.to_string())], &[]).len();
         let cores = (cpu1 - cpu0) as f64 / 100.0 / seconds as f64; // USER_HZ ticks
@@ -103,7 +116,7 @@ pub fn run() {
             .filter(|p| p.value > 0.0 && p.attrs["flowtel.probe"] == "httpflow")
             .map(|p| format!("{} {}", p.attrs["flowtel.loss.cause"], p.value))
             .collect();
-        if delay == 0 {
+        if delay == 0 && url == http {
             ratios.push(with / without);
         }
         println!(
@@ -116,7 +129,7 @@ pub fn run() {
         );
     }
     println!("\nmedian full-load ratio: {:.3}", median(ratios));
-    probe_totals.retain(|name, (_, count)| *count > 0 && name.starts_with("flow_"));
+    probe_totals.retain(|name, (_, count)| *count > 0 && (name.starts_with("flow_") || name.starts_with("tls_")));
     print_probe_table(&probe_totals);
     drop(stats);
 }
