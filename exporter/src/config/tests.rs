@@ -172,3 +172,35 @@ fn cgroup_root_must_be_a_cgroup2_directory() {
         assert_eq!(config.probes.cgroup_root, Some(root));
     }
 }
+
+#[test]
+fn http_settings_from_env_and_yaml() {
+    let config = Config::load(
+        None,
+        &vars(&[("FLOWTEL_HTTP_ROUTES", "/users/{id}, /orders/{id}/items"), ("FLOWTEL_HTTP_CAPTURE_BYTES", "0")]),
+    )
+    .unwrap();
+    assert_eq!(config.http.routes, vec!["/users/{id}".to_owned(), "/orders/{id}/items".to_owned()]);
+    assert_eq!(config.http.capture_bytes, 0);
+    let f = file("http:\n  routes: ['/a/{x}']\n  tls: false\n  query_string: true\n");
+    let config = Config::load(Some(&f.0), &[]).unwrap();
+    assert_eq!((config.http.routes.len(), config.http.tls, config.http.query_string), (1, false, true));
+    let traces = otel(&[("OTEL_TRACES_EXPORTER", "none"), ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")]);
+    assert_eq!(traces.unwrap().traces_sink, crate::telemetry::SinkKind::None);
+    let http = otel(&[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")]).unwrap();
+    assert_eq!(
+        (http.traces_sink, http.sink),
+        (crate::telemetry::SinkKind::OtlpHttp, crate::telemetry::SinkKind::OtlpGrpc)
+    );
+}
+
+#[test]
+fn bad_http_values_name_their_key() {
+    let err = |pairs: &[(&str, &str)]| Config::load(None, &vars(pairs)).unwrap_err().to_string();
+    assert!(err(&[("FLOWTEL_HTTP_CAPTURE_BYTES", "9000")]).contains("http.capture_bytes"));
+    assert!(err(&[("FLOWTEL_HTTP_RING_BUFFER_KIB", "3000")]).contains("power of two"));
+    assert!(err(&[("FLOWTEL_HTTP_ROUTES", "users/{id}")]).contains("http.routes"));
+    assert!(err(&[("FLOWTEL_HTTP_TIMEOUT_MS", "10")]).contains("http.timeout_ms"));
+    assert!(err(&[("FLOWTEL_HTTP_SPANS", "maybe")]).contains("FLOWTEL_HTTP_SPANS"));
+    assert!(otel(&[("OTEL_TRACES_EXPORTER", "zipkin")]).is_err());
+}

@@ -117,3 +117,25 @@ fn connection_table_is_bounded_and_counts_what_it_drops() {
     t.chunk(&chunk(9, 99, true, b"HTTP/1.1 200 OK\r\n\r\n"), &mut out);
     assert_eq!(t.take_losses().unpaired, 1);
 }
+
+/// The fuzz corpus (`fuzz/corpus/http_parse`) is also a regression suite: every file
+/// parses or is refused, without a panic, and the named ones give what their names say.
+#[test]
+fn fuzz_corpus_parses_or_fails_cleanly() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/http_parse");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz corpus") {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let (req, resp) = (requests(&bytes), responses(&bytes));
+        match name.split('-').next() {
+            Some("req") => assert!(matches!(req, Parsed::Heads(ref h) if !h.is_empty()), "{name}: {req:?}"),
+            Some("resp") => assert!(matches!(resp, Parsed::Heads(_)), "{name}: {resp:?}"),
+            Some("garbage") => assert!(req == Parsed::Garbage || matches!(resp, Parsed::Heads(ref h) if h.is_empty())),
+            _ => {} // found by the fuzzer: only "no panic" is asserted
+        }
+        seen += 1;
+    }
+    assert!(seen >= 9, "corpus too small: {seen}");
+}
