@@ -147,11 +147,20 @@ fn requests_become_server_and_client_spans_and_histograms() {
     // The slow endpoint's span lasts at least its 300 ms.
     let slow = spans_matching(&got, &server_res, &[("url.path", "/slow")])[0];
     assert!(slow.duration_s() >= 0.3 && slow.duration_s() < 1.0, "slow span {} s", slow.duration_s());
-    // The trace context in the request parents both ends' spans.
+    // Both ends on this host: each SERVER span is the child of its CLIENT span, in its
+    // trace. The client's trace context, when it sent one, parents the CLIENT span.
+    for server_span in &served {
+        let client_span = clients.iter().find(|c| c.span_id == server_span.parent_span_id);
+        let client_span = client_span.unwrap_or_else(|| panic!("no CLIENT parent for {server_span:#?}"));
+        assert_eq!(client_span.trace_id, server_span.trace_id);
+        assert_eq!(client_span.attrs["url.path"], server_span.attrs["url.path"]);
+    }
     let joined: Vec<&SpanRow> = got.iter().filter(|s| s.trace_id == TRACE_ID).collect();
     assert_eq!(joined.len(), 2, "{joined:#?}");
-    assert!(joined.iter().all(|s| s.parent_span_id == PARENT_ID));
-    assert!(got.iter().filter(|s| s.trace_id != TRACE_ID).all(|s| s.parent_span_id.is_empty()));
+    let client_span = joined.iter().find(|s| s.kind == "CLIENT").expect("the CLIENT span in the trace");
+    assert_eq!(client_span.parent_span_id, PARENT_ID);
+    assert!(joined.iter().any(|s| s.kind == "SERVER" && s.parent_span_id == client_span.span_id));
+    assert!(clients.iter().filter(|s| s.trace_id != TRACE_ID).all(|s| s.parent_span_id.is_empty()));
 
     // The histograms count every request, by status, under the same Resources.
     let histogram_count = |metric: &str, resource: &[(&str, &str)], attrs: &[(&str, &str)]| {
@@ -215,6 +224,10 @@ fn https_through_openssl_is_seen_in_plaintext() {
     assert!(served.iter().all(|s| s.kind == "SERVER" && s.attrs["client.address"] == link.addr_a.to_string()));
     assert!(sent.iter().all(|s| s.kind == "CLIENT" && s.attrs["network.peer.port"] == "8443"));
     assert!(spans_matching(&got, &server_res, &[("url.scheme", "http")]).is_empty(), "ciphertext taken for HTTP");
+    // Through TLS too, curl's CLIENT span parents the server's SERVER span.
+    for server_span in &served {
+        assert!(sent.iter().any(|c| c.span_id == server_span.parent_span_id && c.trace_id == server_span.trace_id));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -62,7 +62,7 @@ impl Recorder {
             let kernel = (exchange.pid != 0 && !self.workloads.knows(exchange.pid))
                 .then(|| self.processes.get(exchange.pid))
                 .flatten();
-            let span = match &self.spans {
+            let span = match &mut self.spans {
                 Some(_) if self.spans_held >= self.max_spans => {
                     spans_dropped += 1;
                     None

@@ -2,7 +2,10 @@
 //! workload: the OTLP exporter carries one Resource at a time, so each workload's spans
 //! are exported as their own request after `set_resource` (no exporter or thread per
 //! process).
-use std::time::{Duration, SystemTime};
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime},
+};
 
 use flowtel_semconv::{attr, scope};
 use opentelemetry::{
@@ -21,28 +24,65 @@ use super::{
 };
 use crate::aggregation::{HttpExchange, Role};
 
-/// What turns exchanges into spans: the clock offset and the privacy settings.
+/// Client exchanges whose ids were given out before their own span was built (their
+/// server side finished first), at most; past it, those links are dropped.
+const MAX_EARLY_IDS: usize = 65_536;
+
+/// What turns exchanges into spans: ids, the privacy settings, and the ids of client
+/// spans whose server span (same host) was built first.
 pub struct SpanBuilder {
     ids: RandomIdGenerator,
     scope: InstrumentationScope,
     query_string: bool,
+    early: HashMap<u64, (TraceId, SpanId)>,
 }
 
 impl SpanBuilder {
     pub fn new(query_string: bool) -> Self {
         let scope = InstrumentationScope::builder(scope::HTTP).with_version(env!("CARGO_PKG_VERSION")).build();
-        Self { ids: RandomIdGenerator::default(), scope, query_string }
+        Self { ids: RandomIdGenerator::default(), scope, query_string, early: HashMap::new() }
+    }
+
+    /// The ids of client exchange `id`, shared by its span and its server side's span:
+    /// made by whichever is built first (usually the server's: it answers before the
+    /// client reads), taken by the second.
+    fn client_ids(&mut self, id: u64, trace: Option<TraceId>) -> (TraceId, SpanId) {
+        if let Some(ids) = self.early.remove(&id) {
+            return ids;
+        }
+        if self.early.len() >= MAX_EARLY_IDS {
+            self.early.clear();
+        }
+        let ids = (trace.unwrap_or_else(|| self.ids.new_trace_id()), self.ids.new_span_id());
+        self.early.insert(id, ids);
+        ids
     }
 
     /// `boot_wall_ns`: wall-clock time of `CLOCK_MONOTONIC` zero, to place the kernel's
-    /// timestamps.
-    pub fn span(&self, exchange: &HttpExchange, route: Option<&str>, boot_wall_ns: u64) -> SpanData {
+    /// timestamps. A request served here that a process on this host sent becomes the
+    /// child of that process's CLIENT span; otherwise a `traceparent` in the request
+    /// parents the span; otherwise it starts a trace.
+    pub fn span(&mut self, exchange: &HttpExchange, route: Option<&str>, boot_wall_ns: u64) -> SpanData {
         let request = &exchange.request;
         let parent = request.traceparent.as_deref().and_then(parse_traceparent);
-        let (trace_id, parent_span_id, flags) = match parent {
-            Some((trace, span, flags)) => (trace, span, flags),
-            None => (self.ids.new_trace_id(), SpanId::INVALID, TraceFlags::SAMPLED),
+        let remote_trace = parent.map(|(trace, _, _)| trace);
+        let mut span_id = None;
+        let (trace_id, parent_span_id, flags) = match (exchange.role, exchange.parent, parent) {
+            (Role::Server, Some(client), _) => {
+                let (trace, client_span) = self.client_ids(client, remote_trace);
+                (trace, client_span, parent.map_or(TraceFlags::SAMPLED, |(_, _, flags)| flags))
+            }
+            (Role::Client, ..) if exchange.linked => {
+                let (trace, own) = self.client_ids(exchange.id, remote_trace);
+                span_id = Some(own);
+                let (parent_span, flags) = parent.map_or((SpanId::INVALID, TraceFlags::SAMPLED), |(_, s, f)| (s, f));
+                (trace, parent_span, flags)
+            }
+            (_, _, Some((trace, span, flags))) => (trace, span, flags),
+            (_, _, None) => (self.ids.new_trace_id(), SpanId::INVALID, TraceFlags::SAMPLED),
         };
+        let span_id = span_id.unwrap_or_else(|| self.ids.new_span_id());
+        let parent_is_remote = parent_span_id != SpanId::INVALID && exchange.parent.is_none() && parent.is_some();
         let mut attributes = metric_attributes(exchange, route);
         attributes.push(KeyValue::new(attr::URL_PATH, request.path.clone()));
         if self.query_string
@@ -79,9 +119,9 @@ impl SpanBuilder {
         };
         let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(boot_wall_ns.saturating_add(ns));
         SpanData {
-            span_context: SpanContext::new(trace_id, self.ids.new_span_id(), flags, false, TraceState::default()),
+            span_context: SpanContext::new(trace_id, span_id, flags, false, TraceState::default()),
             parent_span_id,
-            parent_span_is_remote: parent.is_some(),
+            parent_span_is_remote: parent_is_remote,
             span_kind: match exchange.role {
                 Role::Server => SpanKind::Server,
                 Role::Client => SpanKind::Client,

@@ -24,7 +24,7 @@ use crate::events::HttpChunk;
 /// Requests waiting for their responses on one connection, at most (a deep pipeline).
 const MAX_PENDING_PER_CONNECTION: usize = 64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
     /// The process received the request.
     Server,
@@ -42,6 +42,13 @@ pub enum HttpError {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpExchange {
+    /// Unique per exchange while the agent runs.
+    pub id: u64,
+    /// For a request served here that a process on this host sent: that client
+    /// exchange's id, so the two spans can join one trace.
+    pub parent: Option<u64>,
+    /// For a request sent from here: a server on this host was matched with it.
+    pub linked: bool,
     pub pid: u32,
     pub role: Role,
     pub tls: bool,
@@ -75,6 +82,10 @@ pub struct HttpSettings {
 struct Pending {
     request: RequestHead,
     at_ns: u64,
+    id: u64,
+    parent: Option<u64>,
+    /// A client request already matched with the server side's view of it.
+    linked: bool,
 }
 
 struct Connection {
@@ -99,15 +110,50 @@ impl Connection {
     }
 }
 
+/// A connection's two ends as its own side sees them (local, peer).
+type Ends = (SocketAddr, SocketAddr);
+
 pub struct HttpTracker {
     settings: HttpSettings,
     connections: HashMap<(u32, u64), Connection>,
+    /// Connections by role and ends, to find the other side of a request when both are
+    /// on this host. Entries are checked against `connections` when used.
+    by_ends: HashMap<(Role, Ends), (u32, u64)>,
+    next_id: u64,
     losses: HttpLosses,
 }
 
 impl HttpTracker {
     pub fn new(settings: HttpSettings) -> Self {
-        Self { settings, connections: HashMap::new(), losses: HttpLosses::default() }
+        Self {
+            settings,
+            connections: HashMap::new(),
+            by_ends: HashMap::new(),
+            next_id: 1,
+            losses: HttpLosses::default(),
+        }
+    }
+
+    /// Pairs a request just seen with the other side's view of it, when both ends are
+    /// on this host: the oldest unmatched request with the same method and path on the
+    /// connection whose ends are these reversed. Either side may be seen first (a
+    /// loopback receiver can read before the sender's send returns). Returns the other
+    /// side's request id when matched.
+    fn match_other_side(&mut self, role: Role, ends: Option<Ends>, request: &RequestHead, id: u64) -> Option<u64> {
+        let (local, peer) = ends?;
+        let other_role = if role == Role::Server { Role::Client } else { Role::Server };
+        let key = *self.by_ends.get(&(other_role, (peer, local)))?;
+        let other = self.connections.get_mut(&key).filter(|c| c.role == other_role)?;
+        let pending = other
+            .pending
+            .iter_mut()
+            .find(|p| !p.linked && p.request.method == request.method && p.request.path == request.path)?;
+        pending.linked = true;
+        if role == Role::Client {
+            // The server's request was seen first: it becomes this one's child.
+            pending.parent = Some(id);
+        }
+        Some(pending.id)
     }
 
     pub fn chunk(&mut self, chunk: &HttpChunk, out: &mut Vec<HttpExchange>) {
@@ -145,12 +191,24 @@ impl HttpTracker {
         connection.last_ns = chunk.at_ns;
         connection.local = chunk.local.or(connection.local);
         connection.peer = chunk.peer.or(connection.peer);
+        let ends = connection.local.zip(connection.peer);
+        if let Some(ends) = ends {
+            self.by_ends.insert((role, ends), key);
+        }
         for request in heads {
+            let id = self.next_id;
+            self.next_id += 1;
+            let other = self.match_other_side(role, ends, &request, id);
+            let (parent, linked) = match role {
+                Role::Server => (other, false),
+                Role::Client => (None, other.is_some()),
+            };
+            let connection = self.connections.get_mut(&key).expect("inserted above");
             if connection.pending.len() >= MAX_PENDING_PER_CONNECTION {
                 connection.pending.pop_front();
                 self.losses.pending_full += 1;
             }
-            connection.pending.push_back(Pending { request, at_ns: chunk.at_ns });
+            connection.pending.push_back(Pending { request, at_ns: chunk.at_ns, id, parent, linked });
         }
     }
 
@@ -174,6 +232,9 @@ impl HttpTracker {
                 continue;
             };
             out.push(HttpExchange {
+                id: pending.id,
+                parent: pending.parent,
+                linked: pending.linked,
                 pid: key.0,
                 role,
                 tls: connection.tls,
@@ -198,6 +259,8 @@ impl HttpTracker {
             }
         }
         self.connections.retain(|_, c| !c.pending.is_empty() || now_ns.saturating_sub(c.last_ns) < timeout);
+        let connections = &self.connections;
+        self.by_ends.retain(|_, key| connections.contains_key(key));
     }
 
     fn evict_oldest(&mut self) {
@@ -231,6 +294,9 @@ fn exchange_without_response(
     error: HttpError,
 ) -> HttpExchange {
     HttpExchange {
+        id: pending.id,
+        parent: pending.parent,
+        linked: pending.linked,
         pid,
         role: connection.role,
         tls: connection.tls,

@@ -139,3 +139,29 @@ fn fuzz_corpus_parses_or_fails_cleanly() {
     }
     assert!(seen >= 9, "corpus too small: {seen}");
 }
+
+/// Both ends on this host: the server's request is tied to the client's, whichever the
+/// ring buffer delivers first.
+#[test]
+fn both_ends_on_the_host_are_linked_in_either_order() {
+    for server_first in [false, true] {
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let request = b"GET /x HTTP/1.1\r\n\r\n";
+        let mut client = chunk(1, 10, true, request);
+        (client.local, client.peer) = (chunk(0, 0, true, b"").peer, chunk(0, 0, true, b"").local);
+        client.pid = 8;
+        let server = chunk(2, 11, false, request);
+        let (first, second) = if server_first { (&server, &client) } else { (&client, &server) };
+        t.chunk(first, &mut out);
+        t.chunk(second, &mut out);
+        t.chunk(&chunk(3, 11, true, b"HTTP/1.1 200 OK\r\n\r\n"), &mut out);
+        let mut response = chunk(4, 10, false, b"HTTP/1.1 200 OK\r\n\r\n");
+        response.pid = 8;
+        t.chunk(&response, &mut out);
+        let served = out.iter().find(|e| e.role == Role::Server).expect("server exchange");
+        let sent = out.iter().find(|e| e.role == Role::Client).expect("client exchange");
+        assert_eq!(served.parent, Some(sent.id), "server first: {server_first}");
+        assert!(sent.linked && sent.parent.is_none());
+    }
+}
