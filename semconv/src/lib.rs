@@ -81,7 +81,7 @@ pub mod metric {
     pub const AGENT_HTTP_CONNECTIONS: MetricName = MetricName {
         name: "flowtel.agent.http.connections",
         unit: "{connection}",
-        description: "Connections with HTTP exchanges being tracked at the end of the interval.",
+        description: "Connections with HTTP requests in flight (awaiting their response) at the end of the interval.",
     };
     pub const AGENT_TLS_LIBRARIES: MetricName = MetricName {
         name: "flowtel.agent.tls.libraries",

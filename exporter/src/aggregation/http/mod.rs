@@ -4,8 +4,9 @@
 //! follows from who sent the request. An exchange starts at the first request byte and
 //! ends at the first response byte (time to first byte), both kernel timestamps.
 //!
-//! Bounded: at most `max_connections` connections and [`MAX_PENDING_PER_CONNECTION`]
-//! requests each; what is pushed out is counted, never dropped silently.
+//! Bounded: only connections with requests in flight are held, at most
+//! `max_connections` of them and [`MAX_PENDING_PER_CONNECTION`] requests each; what is
+//! pushed out is counted, never dropped silently.
 mod parse;
 mod route;
 #[cfg(test)]
@@ -247,6 +248,11 @@ impl HttpTracker {
                 peer: chunk.peer.or(connection.peer),
             });
         }
+        // Nothing in flight: the next request (which carries its own ends) starts the
+        // connection afresh, so only connections with requests in flight are held.
+        if connection.pending.is_empty() {
+            self.connections.remove(&key);
+        }
     }
 
     /// Ends requests that waited longer than the timeout; forgets idle connections.
@@ -263,10 +269,18 @@ impl HttpTracker {
         self.by_ends.retain(|_, key| connections.contains_key(key));
     }
 
+    /// Makes room by dropping the least recently active tenth of the table at once, so
+    /// that a full table costs one sort per many new connections, not a scan per one.
     fn evict_oldest(&mut self) {
-        let oldest = self.connections.iter().min_by_key(|(_, c)| c.last_ns).map(|(k, _)| *k);
-        if let Some(connection) = oldest.and_then(|key| self.connections.remove(&key)) {
-            self.losses.pending_full += connection.pending.len() as u64;
+        let mut by_age: Vec<(u64, (u32, u64))> = self.connections.iter().map(|(k, c)| (c.last_ns, *k)).collect();
+        let n = (by_age.len() / 10).max(1);
+        if by_age.len() > n {
+            by_age.select_nth_unstable(n - 1);
+        }
+        for (_, key) in by_age.into_iter().take(n) {
+            if let Some(connection) = self.connections.remove(&key) {
+                self.losses.pending_full += connection.pending.len() as u64;
+            }
         }
     }
 
