@@ -12,7 +12,7 @@ mod processes;
 mod ring;
 
 pub use dns::{CapturedPacket, DnsPacketReader};
-pub use flows::{FlowReader, KernelFlow};
+pub use flows::{FlowReader, KernelFlow, ReadError};
 pub use http::{HttpChunk, HttpChunkReader};
 pub use processes::{KernelProcess, ProcessNames};
 

@@ -6,18 +6,18 @@
 mod dns;
 mod http;
 mod recorder;
+mod stage;
 
 use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
-    dns::{DnsBatch, DnsStage},
-    http::{HttpBatch, HttpStage},
     recorder::Recorder,
+    stage::{Batch, Pairing, Stage},
 };
 use crate::{
-    aggregation::{HttpSettings, TrackerSettings},
+    aggregation::{DnsTracker, HttpSettings, HttpTracker, TrackerSettings},
     config::{Config, OtelSettings},
     enrichment::HostInfo,
     events::{DnsPacketReader, FlowReader, HttpChunkReader},
@@ -78,11 +78,11 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
             _ = ticker.tick() => false,
             _ = terminate.recv() => true,
             _ = interrupt.recv() => true,
-            Some(batch) = next_dns_batch(dns_stage.as_mut()) => {
+            Some(batch) = next_batch(dns_stage.as_mut()) => {
                 recorder.dns(&batch);
                 continue;
             }
-            Some(batch) = next_http_batch(http_stage.as_mut()) => {
+            Some(batch) = next_batch(http_stage.as_mut()) => {
                 recorder.http(&batch);
                 if recorder.spans_held >= SPANS_PER_FLUSH {
                     export_spans(&mut recorder, &mut span_sink).await;
@@ -94,10 +94,10 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
                 continue;
             }
         };
-        for batch in dns_stage.as_mut().map(DnsStage::ready_batches).unwrap_or_default() {
+        for batch in dns_stage.as_mut().map(Stage::ready_batches).unwrap_or_default() {
             recorder.dns(&batch);
         }
-        for batch in http_stage.as_mut().map(HttpStage::ready_batches).unwrap_or_default() {
+        for batch in http_stage.as_mut().map(Stage::ready_batches).unwrap_or_default() {
             recorder.http(&batch);
         }
         let (r, flows, lost) = tokio::task::spawn_blocking(move || {
@@ -134,6 +134,9 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     Ok(())
 }
 
+type DnsStage = Stage<DnsTracker>;
+type HttpStage = Stage<HttpTracker>;
+
 /// The DNS and HTTP stages, for what the configuration turned on and the probes attached.
 fn spawn_stages(config: &Config, probes: &mut Probes) -> anyhow::Result<(Option<DnsStage>, Option<HttpStage>)> {
     let dns = if config.dns.ports.is_empty() {
@@ -141,7 +144,7 @@ fn spawn_stages(config: &Config, probes: &mut Probes) -> anyhow::Result<(Option<
     } else {
         let settings =
             TrackerSettings { timeout_ns: config.dns.timeout_ms * 1_000_000, max_pending: config.dns.max_pending };
-        Some(DnsStage::spawn(DnsPacketReader::new(&mut probes.ebpf)?, settings))
+        Some(Stage::spawn(DnsPacketReader::new(&mut probes.ebpf)?, DnsTracker::new(settings)))
     };
     let http_attached = probes
         .reports
@@ -151,8 +154,9 @@ fn spawn_stages(config: &Config, probes: &mut Probes) -> anyhow::Result<(Option<
         let settings = HttpSettings {
             timeout_ns: config.http.timeout_ms * 1_000_000,
             max_connections: config.http.max_connections,
+            skip_pid: std::process::id(),
         };
-        Some(HttpStage::spawn(HttpChunkReader::new(&mut probes.ebpf)?, settings))
+        Some(Stage::spawn(HttpChunkReader::new(&mut probes.ebpf)?, HttpTracker::new(settings)))
     } else {
         None
     };
@@ -192,16 +196,8 @@ async fn export_spans(recorder: &mut Recorder, span_sink: &mut SpanSink) {
     recorder.agent.record_span_export(failures, lost);
 }
 
-/// The next batch of HTTP exchanges, or never when HTTP observation is off.
-async fn next_http_batch(stage: Option<&mut HttpStage>) -> Option<HttpBatch> {
-    match stage {
-        Some(stage) => stage.batches.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// The next batch of DNS lookups, or never when DNS observation is off.
-async fn next_dns_batch(stage: Option<&mut DnsStage>) -> Option<DnsBatch> {
+/// The next batch from a stage, or never when that observation is off.
+async fn next_batch<P: Pairing>(stage: Option<&mut Stage<P>>) -> Option<Batch<P::Item, P::Losses>> {
     match stage {
         Some(stage) => stage.batches.recv().await,
         None => std::future::pending().await,

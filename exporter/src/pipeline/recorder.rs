@@ -3,9 +3,9 @@
 //! own state and losses alongside.
 use std::time::{Duration, Instant};
 
-use super::{dns::DnsBatch, http::HttpBatch};
+use super::stage::Batch;
 use crate::{
-    aggregation::{self, Outcome, Routes},
+    aggregation::{self, DnsLookup, HttpExchange, HttpLosses, Outcome, Routes, TrackerLosses},
     config::Config,
     enrichment::{DomainNames, GeoIp, Peers},
     events::{KernelFlow, ProcessNames, monotonic_now_ns},
@@ -54,10 +54,10 @@ impl Recorder {
         })
     }
 
-    pub fn http(&mut self, batch: &HttpBatch) {
+    pub fn http(&mut self, batch: &Batch<HttpExchange, HttpLosses>) {
         let boot_wall_ns = wall_clock_ns().saturating_sub(monotonic_now_ns());
         let mut spans_dropped = 0;
-        for exchange in &batch.exchanges {
+        for exchange in &batch.items {
             let route = self.routes.route(&exchange.request.path);
             let kernel = (exchange.pid != 0 && !self.workloads.knows(exchange.pid))
                 .then(|| self.processes.get(exchange.pid))
@@ -77,9 +77,9 @@ impl Recorder {
         }
         let losses = batch.losses;
         for (cause, n) in [
-            ("parse", losses.tracker.parse),
-            ("pending_full", losses.tracker.pending_full),
-            ("unpaired", losses.tracker.unpaired),
+            ("parse", losses.pairing.parse),
+            ("pending_full", losses.pairing.pending_full),
+            ("unpaired", losses.pairing.unpaired),
             ("decode", losses.undecodable),
             ("channel_full", losses.channel_full),
             ("spans_full", spans_dropped),
@@ -88,12 +88,12 @@ impl Recorder {
                 self.agent.record_user_space_loss("httpflow", cause, n);
             }
         }
-        self.http_connections = batch.connections;
+        self.http_connections = batch.held;
     }
 
-    pub fn dns(&mut self, batch: &DnsBatch) {
+    pub fn dns(&mut self, batch: &Batch<DnsLookup, TrackerLosses>) {
         let now = Instant::now();
-        for lookup in &batch.lookups {
+        for lookup in &batch.items {
             if let Outcome::Answered { .. } = lookup.outcome {
                 self.peers.domains.learn(&lookup.question_name, &lookup.addresses, now);
             }
@@ -104,9 +104,9 @@ impl Recorder {
         }
         let losses = batch.losses;
         for (cause, n) in [
-            ("parse", losses.tracker.parse),
-            ("pending_full", losses.tracker.pending_full),
-            ("stream_gap", losses.tracker.stream_gap),
+            ("parse", losses.pairing.parse),
+            ("pending_full", losses.pairing.pending_full),
+            ("stream_gap", losses.pairing.stream_gap),
             ("decode", losses.undecodable),
             ("channel_full", losses.channel_full),
         ] {
@@ -114,7 +114,7 @@ impl Recorder {
                 self.agent.record_user_space_loss("dnsflow", cause, n);
             }
         }
-        self.dns_pending = batch.pending;
+        self.dns_pending = batch.held;
     }
 
     /// One interval's flows, with the agent's own state at its end. Returns the pids

@@ -60,6 +60,14 @@ pub struct TrackerLosses {
     pub stream_gap: u64,
 }
 
+impl std::ops::AddAssign for TrackerLosses {
+    fn add_assign(&mut self, other: Self) {
+        self.parse += other.parse;
+        self.pending_full += other.pending_full;
+        self.stream_gap += other.stream_gap;
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PendingKey {
     client: SocketAddr,

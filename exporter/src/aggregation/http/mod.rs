@@ -74,10 +74,21 @@ pub struct HttpLosses {
     pub unpaired: u64,
 }
 
+impl std::ops::AddAssign for HttpLosses {
+    fn add_assign(&mut self, other: Self) {
+        self.parse += other.parse;
+        self.pending_full += other.pending_full;
+        self.unpaired += other.unpaired;
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct HttpSettings {
     pub timeout_ns: u64,
     pub max_connections: usize,
+    /// A process whose chunks are skipped: the agent itself (its OTLP/HTTP exports are
+    /// not the workload's traffic, and observing them would feed the next export).
+    pub skip_pid: u32,
 }
 
 struct Pending {
@@ -158,6 +169,9 @@ impl HttpTracker {
     }
 
     pub fn chunk(&mut self, chunk: &HttpChunk, out: &mut Vec<HttpExchange>) {
+        if chunk.pid == self.settings.skip_pid {
+            return;
+        }
         let key = (chunk.pid, chunk.connection);
         if chunk.is_close() {
             if let Some(connection) = self.connections.remove(&key) {

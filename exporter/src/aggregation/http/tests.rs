@@ -22,7 +22,7 @@ fn chunk(at_ms: u64, connection: u64, sent: bool, payload: &[u8]) -> HttpChunk {
 }
 
 fn tracker() -> HttpTracker {
-    HttpTracker::new(HttpSettings { timeout_ns: 1_000 * MS, max_connections: 4 })
+    HttpTracker::new(HttpSettings { timeout_ns: 1_000 * MS, max_connections: 4, skip_pid: 0 })
 }
 
 #[test]

@@ -1,0 +1,140 @@
+//! A stage: reads a probe's ring buffer as it fills, pairs its records (query with
+//! answer, request with response, and times out the unanswered) in `aggregation`, and
+//! hands what is finished to the export loop through a bounded channel. DNS and HTTP
+//! are two stages of this one kind.
+//!
+//! Guarantees: the ring buffer is read on every wake-up, so the kernel drops records
+//! only when the agent falls behind for longer than the buffer lasts (counted by the
+//! probe). A batch the export loop cannot take in time is dropped and counted
+//! (`channel_full`), never queued without bound. Losses found while pairing travel
+//! with the next batch that is delivered.
+use std::time::Duration;
+
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::events::{ReadError, monotonic_now_ns};
+
+/// Batches waiting for the export loop, at most.
+const BATCHES_QUEUED: usize = 256;
+/// How often unanswered records are checked against their timeout.
+const SWEEP: Duration = Duration::from_millis(250);
+
+/// Where records come from: a probe's ring buffer reader.
+pub trait Source: Send + 'static {
+    type Record: Send;
+    /// Records read per wake-up, at most.
+    const PER_BATCH: usize;
+    /// Waits for records and reads up to `max`; returns how many could not be decoded.
+    fn next_batch(
+        &mut self,
+        max: usize,
+        out: &mut Vec<Self::Record>,
+    ) -> impl Future<Output = Result<u64, ReadError>> + Send;
+}
+
+/// What pairs records into finished items.
+pub trait Pairing: Send + 'static {
+    type Record: Send;
+    type Item: Send + 'static;
+    type Losses: Copy + Default + PartialEq + Send + std::ops::AddAssign + 'static;
+    fn record(&mut self, record: &Self::Record, out: &mut Vec<Self::Item>);
+    fn expire(&mut self, now_ns: u64, out: &mut Vec<Self::Item>);
+    fn take_losses(&mut self) -> Self::Losses;
+    /// What it holds now, unfinished (queries awaiting answers, connections in flight).
+    fn held(&self) -> usize;
+}
+
+/// What the export loop receives from a stage.
+#[derive(Debug)]
+pub struct Batch<I, L> {
+    pub items: Vec<I>,
+    pub losses: StageLosses<L>,
+    /// Unfinished records held when the batch was sent.
+    pub held: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageLosses<L> {
+    /// Found while pairing.
+    pub pairing: L,
+    /// Ring buffer records the agent could not decode (a newer probe object).
+    pub undecodable: u64,
+    /// Items in batches dropped because the export loop did not take them.
+    pub channel_full: u64,
+}
+
+impl<L: std::ops::AddAssign> std::ops::AddAssign for StageLosses<L> {
+    fn add_assign(&mut self, other: Self) {
+        self.pairing += other.pairing;
+        self.undecodable += other.undecodable;
+        self.channel_full += other.channel_full;
+    }
+}
+
+pub struct Stage<P: Pairing> {
+    pub batches: mpsc::Receiver<Batch<P::Item, P::Losses>>,
+    task: JoinHandle<()>,
+}
+
+impl<P: Pairing> Stage<P> {
+    pub fn spawn<S: Source<Record = P::Record>>(source: S, pairing: P) -> Self {
+        let (tx, batches) = mpsc::channel(BATCHES_QUEUED);
+        let task = tokio::spawn(run(source, pairing, tx));
+        Self { batches, task }
+    }
+
+    /// Every batch already sent, without waiting for more.
+    pub fn ready_batches(&mut self) -> Vec<Batch<P::Item, P::Losses>> {
+        std::iter::from_fn(|| self.batches.try_recv().ok()).collect()
+    }
+}
+
+impl<P: Pairing> Drop for Stage<P> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run<S: Source, P: Pairing<Record = S::Record>>(
+    mut source: S,
+    mut pairing: P,
+    tx: mpsc::Sender<Batch<P::Item, P::Losses>>,
+) {
+    let mut sweep = tokio::time::interval(SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut records = Vec::with_capacity(S::PER_BATCH);
+    let mut carried = StageLosses::<P::Losses>::default();
+    loop {
+        let mut items = Vec::new();
+        let mut losses = StageLosses::<P::Losses>::default();
+        tokio::select! {
+            read = source.next_batch(S::PER_BATCH, &mut records) => match read {
+                Ok(undecodable) => {
+                    losses.undecodable = undecodable;
+                    for record in records.drain(..) {
+                        pairing.record(&record, &mut items);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "observation stopped: a ring buffer cannot be read");
+                    return;
+                }
+            },
+            _ = sweep.tick() => pairing.expire(monotonic_now_ns(), &mut items),
+        }
+        losses.pairing = pairing.take_losses();
+        losses += std::mem::take(&mut carried);
+        if items.is_empty() && losses == StageLosses::default() {
+            continue;
+        }
+        let batch = Batch { items, losses, held: pairing.held() };
+        match tx.try_send(batch) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(batch)) => {
+                carried = batch.losses;
+                carried.channel_full += batch.items.len() as u64;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
