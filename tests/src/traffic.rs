@@ -112,3 +112,41 @@ pub fn tcp_exchange(link: &Link, v6: bool, port: u16, conns: u64, up: u64, down:
     server.finish();
     pids
 }
+
+/// What one wrk run reported.
+pub struct WrkRun {
+    /// Responses wrk read completely.
+    pub requests: u64,
+    pub per_second: f64,
+    pub pid: u32,
+}
+
+/// wrk (Debian) in namespace `ns` against `url`, one thread. With `delay_ms` > 0 each
+/// connection waits that long after each response (a wrk script: wrk has no rate
+/// option, and wrk2 is not in Debian), so `connections` sets the rate.
+pub fn wrk(ns: &str, url: &str, seconds: u64, connections: u32, delay_ms: u64) -> WrkRun {
+    let mut cmd = Link::exec(ns, "wrk");
+    if delay_ms > 0 {
+        let script = std::env::temp_dir().join(format!("flowtel-wrk-delay-{delay_ms}-{}.lua", std::process::id()));
+        std::fs::write(&script, format!("function delay()\n  return {delay_ms}\nend\n")).expect("wrk script");
+        cmd.arg("-s").arg(script);
+    }
+    let child = cmd
+        .args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wrk (apt install wrk)");
+    let pid = child.id();
+    let out = String::from_utf8_lossy(&child.wait_with_output().expect("wrk output").stdout).into_owned();
+    let requests = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("wrk said: {out}"));
+    let per_second = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk said: {out}"));
+    WrkRun { requests, per_second, pid }
+}

@@ -10,7 +10,7 @@ use flowtel_e2e::{
     query::{SpanRow, points, spans, spans_matching, total},
     receiver::Receiver,
     servers::{nginx, self_signed},
-    traffic::{Traffic, eventually},
+    traffic::{Traffic, eventually, wrk},
 };
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -312,29 +312,6 @@ fn nginx_is_named_and_garbage_or_huge_heads_do_no_harm() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// wrk's requests completed, from its report. Each connection waits 1 ms after each
-/// response (a wrk script: wrk has no rate option), so the load stays within what the
-/// agent handles beside the other tests on two cores; the benchmark does full load.
-fn wrk(ns: &str, url: &str, seconds: u32, connections: u32) -> (u64, String) {
-    let script = std::env::temp_dir().join(format!("flowtel-wrk-pace-{}.lua", std::process::id()));
-    std::fs::write(&script, "function delay()\n  return 1\nend\n").expect("wrk script");
-    let child = Link::exec(ns, "wrk")
-        .arg("-s")
-        .arg(&script)
-        .args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), url])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("wrk (apt install wrk)");
-    let pid = child.id().to_string();
-    let out = String::from_utf8_lossy(&child.wait_with_output().expect("wrk").stdout).into_owned();
-    let requests = out
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("wrk said: {out}"));
-    (requests, pid)
-}
-
 #[test]
 fn under_wrk_load_every_request_is_one_span_at_each_end() {
     if !privileged_or_skip("under_wrk_load_every_request_is_one_span_at_each_end") {
@@ -347,7 +324,10 @@ fn under_wrk_load_every_request_is_one_span_at_each_end() {
     let block = format!("server {{ listen {server_ip}:8082; location = /ok {{ return 200 'ok'; }} }}");
     let _nginx = nginx(&link.b, &block, &dir);
     // wrk reads and writes with read(2)/write(2), where curl uses recv/send.
-    let (requests, wrk_pid) = wrk(&link.a, &format!("http://{server_ip}:8082/ok"), 2, 4);
+    // Paced (1 ms per connection), so the load stays within what the agent handles
+    // beside the other tests on two cores; the benchmark does full load.
+    let run = wrk(&link.a, &format!("http://{server_ip}:8082/ok"), 2, 4, 1);
+    let (requests, wrk_pid) = (run.requests, run.pid.to_string());
     assert!(requests > 1_000, "wrk made only {requests} requests");
 
     let wrk_res = [("process.pid", wrk_pid.as_str())];

@@ -22,13 +22,11 @@ use flowtel_probes_abi::{HttpChunk, ProbeConfig, SocketTraffic, http, http::verd
 use crate::{
     config::config,
     maps::{HTTP_CHUNKS, HTTP_SCRATCH, SOCKETS, count_lost, wakeup_flag},
-    socket::read,
+    socket::{read, socket_ends},
     tls,
 };
 
 const ECONNRESET: i32 = 104;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 /// A TCP send or receive of `moved` bytes, called by the byte counter (traffic.rs) with
 /// the socket's per-socket entry.
@@ -194,8 +192,11 @@ pub fn emit(cfg: &ProbeConfig, source: Source) -> Option<()> {
             tls: source.tls,
             ..HttpChunk::default()
         };
-        if source.sk != 0 {
-            addresses(cfg, source.sk, chunk);
+        if source.sk != 0
+            && let Some(ends) = socket_ends(cfg, source.sk)
+        {
+            (chunk.family, chunk.local_addr, chunk.peer_addr) = (ends.family, ends.local_addr, ends.peer_addr);
+            (chunk.local_port, chunk.peer_port) = (ends.local_port, ends.peer_port);
         }
         read_user_raw((*scratch).payload.as_mut_ptr().cast(), len, source.buffer as *const _)
     };
@@ -212,34 +213,4 @@ pub fn emit(cfg: &ProbeConfig, source: Source) -> Option<()> {
     // The process's name and cgroup were recorded with its flow (a short-lived curl
     // is still named after it exits).
     Some(())
-}
-
-/// The socket's two ends, as it sees them; left zero where a read fails.
-#[inline(always)]
-fn addresses(cfg: &ProbeConfig, sk: u64, chunk: &mut HttpChunk) {
-    let kernel = |offset: u16| sk + u64::from(offset);
-    // SAFETY: bpf_probe_read_kernel validates the addresses; failures leave zeroes.
-    unsafe {
-        match bpf_probe_read_kernel(kernel(cfg.sock_family) as *const u16) {
-            Ok(AF_INET) => {
-                chunk.family = flowtel_probes_abi::family::IPV4;
-                if let Ok(a) = bpf_probe_read_kernel(kernel(cfg.sock_rcv_saddr) as *const [u8; 4]) {
-                    chunk.local_addr[..4].copy_from_slice(&a);
-                }
-                if let Ok(a) = bpf_probe_read_kernel(kernel(cfg.sock_daddr) as *const [u8; 4]) {
-                    chunk.peer_addr[..4].copy_from_slice(&a);
-                }
-            }
-            Ok(AF_INET6) => {
-                chunk.family = flowtel_probes_abi::family::IPV6;
-                chunk.local_addr =
-                    bpf_probe_read_kernel(kernel(cfg.sock_v6_rcv_saddr) as *const [u8; 16]).unwrap_or_default();
-                chunk.peer_addr =
-                    bpf_probe_read_kernel(kernel(cfg.sock_v6_daddr) as *const [u8; 16]).unwrap_or_default();
-            }
-            _ => return,
-        }
-        chunk.local_port = bpf_probe_read_kernel(kernel(cfg.sock_num) as *const u16).unwrap_or(0);
-        chunk.peer_port = u16::from_be(bpf_probe_read_kernel(kernel(cfg.sock_dport) as *const u16).unwrap_or(0));
-    }
 }

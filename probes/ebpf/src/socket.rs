@@ -32,10 +32,11 @@ pub fn direction_from_locks(cfg: &ProbeConfig, sk: u64) -> u8 {
     }
 }
 
-/// The socket's flow key, with the ephemeral side's port zeroed.
+/// The socket's family, addresses and both ports (host order); pid, protocol and
+/// direction are left zero.
 #[inline(always)]
-pub fn flow_key(cfg: &ProbeConfig, sk: u64, protocol: u8, dir: u8, pid: u32) -> Option<FlowKey> {
-    let mut key = FlowKey { pid, protocol, direction: dir, ..FlowKey::default() };
+pub fn socket_ends(cfg: &ProbeConfig, sk: u64) -> Option<FlowKey> {
+    let mut key = FlowKey::default();
     match read::<u16>(sk, cfg.sock_family)? {
         AF_INET => {
             key.family = family::IPV4;
@@ -51,10 +52,22 @@ pub fn flow_key(cfg: &ProbeConfig, sk: u64, protocol: u8, dir: u8, pid: u32) -> 
         }
         _ => return None,
     }
+    key.local_port = read(sk, cfg.sock_num)?;
+    key.peer_port = u16::from_be(read(sk, cfg.sock_dport)?);
+    Some(key)
+}
+
+/// The socket's flow key, with the ephemeral side's port zeroed.
+#[inline(always)]
+pub fn flow_key(cfg: &ProbeConfig, sk: u64, protocol: u8, dir: u8, pid: u32) -> Option<FlowKey> {
+    let mut key = socket_ends(cfg, sk)?;
+    key.pid = pid;
+    key.protocol = protocol;
+    key.direction = dir;
     if dir == direction::INCOMING {
-        key.local_port = read(sk, cfg.sock_num)?;
+        key.peer_port = 0;
     } else {
-        key.peer_port = u16::from_be(read(sk, cfg.sock_dport)?);
+        key.local_port = 0;
     }
     Some(key)
 }

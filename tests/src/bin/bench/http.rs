@@ -2,7 +2,7 @@
 //! with the agent (spans on): full load, then paced near 10k and 20k requests/s. Every
 //! request wrk completed should come back as one CLIENT span under wrk and one SERVER
 //! span under nginx (spans per request: 1.0); what could not is counted as lost.
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use flowtel_e2e::{
     agent::Agent,
@@ -10,48 +10,13 @@ use flowtel_e2e::{
     query::{points, spans, spans_matching},
     receiver::Receiver,
     servers::{nginx, self_signed},
+    traffic::wrk,
 };
 
 use super::{BpfStats, cpu_ticks, env_or, median, peak_rss_kib, print_probe_table, program_stats};
 
 const PORT: u16 = 8090;
 const TLS_PORT: u16 = 8453;
-
-/// A wrk script that paces each connection: one request per `delay_ms` plus the
-/// response time, so `connections` connections make about `connections * 1000 /
-/// delay_ms` requests per second (wrk has no rate option; wrk2 is not in Debian).
-fn pacing_script(delay_ms: u64) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("flowtel-bench-delay-{delay_ms}.lua"));
-    std::fs::write(&path, format!("function delay()\n  return {delay_ms}\nend\n")).expect("wrk script");
-    path
-}
-
-/// (requests completed, requests per second, wrk's pid); paced when `delay_ms` > 0.
-fn wrk(ns: &str, url: &str, seconds: u64, connections: u32, delay_ms: u64) -> (u64, f64, u32) {
-    let mut cmd = Link::exec(ns, "wrk");
-    if delay_ms > 0 {
-        cmd.arg("-s").arg(pacing_script(delay_ms));
-    }
-    let child = cmd
-        .args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{seconds}s")])
-        .arg(url)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("wrk (apt install wrk)");
-    let pid = child.id();
-    let out = String::from_utf8_lossy(&child.wait_with_output().expect("wrk output").stdout).into_owned();
-    let requests = out
-        .lines()
-        .find(|l| l.contains("requests in"))
-        .and_then(|l| l.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("wrk output: {out}"));
-    let rps = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("wrk output: {out}"));
-    (requests, rps, pid)
-}
 
 pub fn run() {
     let rounds = env_or("BENCH_ROUNDS", 3);
@@ -86,13 +51,14 @@ pub fn run() {
     loads.push(("HTTPS full".into(), connections, 0, &https));
     loads.push(("HTTPS paced 14 x 1 ms".into(), 14, 1, &https));
     for (label, conns, delay, url) in loads {
-        let (_, without, _) = wrk(&link.a, url, seconds, conns, delay);
+        let without = wrk(&link.a, url, seconds, conns, delay).per_second;
         let receiver = Receiver::grpc("127.0.0.1:0");
         let endpoint = format!("http://{}", receiver.addr);
         let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())]);
         let before = program_stats();
         let cpu0 = cpu_ticks(agent.pid());
-        let (requests, with, wrk_pid) = wrk(&link.a, url, seconds, conns, delay);
+        let run = wrk(&link.a, url, seconds, conns, delay);
+        let (requests, with, wrk_pid) = (run.requests, run.per_second, run.pid);
         let cpu1 = cpu_ticks(agent.pid());
         let after = program_stats();
         std::thread::sleep(Duration::from_secs(3)); // the last spans' export
