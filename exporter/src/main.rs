@@ -6,6 +6,7 @@ mod config;
 mod docs_sync;
 mod enrichment;
 mod events;
+mod kubernetes;
 mod mounts;
 mod pipeline;
 mod privileges;

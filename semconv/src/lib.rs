@@ -103,6 +103,16 @@ pub mod metric {
         unit: "{query}",
         description: "DNS queries awaiting their answer at the end of the interval.",
     };
+    pub const AGENT_K8S_OBJECTS: MetricName = MetricName {
+        name: "flowtel.agent.k8s.objects",
+        unit: "{object}",
+        description: "Kubernetes objects held in the agent's cluster view, by resource.",
+    };
+    pub const AGENT_K8S_WATCH_ERRORS: MetricName = MetricName {
+        name: "flowtel.agent.k8s.watch.errors",
+        unit: "{error}",
+        description: "Failed Kubernetes API requests of the watchers (each is retried with backoff), by resource.",
+    };
     pub const AGENT_EVENTS_LOST: MetricName = MetricName {
         name: "flowtel.agent.events.lost",
         unit: "{event}",
@@ -125,7 +135,7 @@ pub mod metric {
     };
 
     /// Every metric flowtel can emit.
-    pub const ALL: [MetricName; 20] = [
+    pub const ALL: [MetricName; 22] = [
         NETWORK_IO,
         TCP_RETRANSMITS,
         TCP_RTT,
@@ -142,6 +152,8 @@ pub mod metric {
         AGENT_DNS_NAMES,
         AGENT_DNS_NAMES_EVICTED,
         AGENT_DNS_PENDING,
+        AGENT_K8S_OBJECTS,
+        AGENT_K8S_WATCH_ERRORS,
         AGENT_EVENTS_LOST,
         AGENT_FLOWS_ACTIVE,
         AGENT_PROBES_ATTACHED,
@@ -162,6 +174,10 @@ pub mod attr {
     pub const PEER_ADDRESS_CLASS: &str = "flowtel.peer.address.class";
     pub const ERROR_TYPE: &str = "error.type";
     pub const PEER_DOMAIN: &str = "flowtel.peer.domain";
+    pub const PEER_K8S_NAMESPACE_NAME: &str = "flowtel.peer.k8s.namespace.name";
+    pub const PEER_K8S_POD_NAME: &str = "flowtel.peer.k8s.pod.name";
+    pub const PEER_K8S_DEPLOYMENT_NAME: &str = "flowtel.peer.k8s.deployment.name";
+    pub const PEER_K8S_SERVICE_NAME: &str = "flowtel.peer.k8s.service.name";
     pub const GEO_COUNTRY_ISO_CODE: &str = "geo.country.iso_code";
     pub const GEO_REGION_ISO_CODE: &str = "geo.region.iso_code";
     pub const GEO_LOCALITY_NAME: &str = "geo.locality.name";
@@ -189,6 +205,8 @@ pub mod attr {
     pub const AGENT_LOSS_CAUSE: &str = "flowtel.loss.cause";
     /// `flowtel.agent.export.failures`: which signal (`metrics`, `traces`).
     pub const AGENT_SIGNAL: &str = "flowtel.signal";
+    /// The Kubernetes resource of an agent metric: `pods`, `services`, `endpointslices`, `replicasets`.
+    pub const AGENT_K8S_RESOURCE: &str = "flowtel.k8s.resource";
 }
 
 pub mod resource {
@@ -202,6 +220,16 @@ pub mod resource {
     pub const CONTAINER_ID: &str = "container.id";
     pub const K8S_POD_UID: &str = "k8s.pod.uid";
     pub const K8S_NODE_NAME: &str = "k8s.node.name";
+    pub const K8S_NAMESPACE_NAME: &str = "k8s.namespace.name";
+    pub const K8S_POD_NAME: &str = "k8s.pod.name";
+    pub const K8S_CONTAINER_NAME: &str = "k8s.container.name";
+    pub const K8S_DEPLOYMENT_NAME: &str = "k8s.deployment.name";
+    pub const K8S_REPLICASET_NAME: &str = "k8s.replicaset.name";
+    pub const K8S_STATEFULSET_NAME: &str = "k8s.statefulset.name";
+    pub const K8S_DAEMONSET_NAME: &str = "k8s.daemonset.name";
+    pub const K8S_JOB_NAME: &str = "k8s.job.name";
+    pub const K8S_CRONJOB_NAME: &str = "k8s.cronjob.name";
+    pub const SERVICE_NAMESPACE: &str = "service.namespace";
     pub const HOST_NAME: &str = "host.name";
     pub const HOST_ID: &str = "host.id";
     pub const HOST_ARCH: &str = "host.arch";

@@ -5,7 +5,9 @@
 //! These tests need root and a BPF-capable kernel. Without them they skip with a loud
 //! message on a developer machine; under `CI=true` they fail instead.
 pub mod agent;
+pub mod cgroups;
 pub mod collector;
+pub mod kube_api;
 pub mod netns;
 pub mod query;
 pub mod receiver;

@@ -2,10 +2,9 @@
 //! Kubernetes pod gets `container.id` and `k8s.pod.uid` on its flows' Resource; a
 //! process that execs becomes the new program.
 #![allow(clippy::float_cmp, reason = "byte totals are integers carried as f64, compared exactly on purpose")]
-use std::path::PathBuf;
-
 use flowtel_e2e::{
     agent::with_grpc_receiver,
+    cgroups::PodCgroup,
     netns::Link,
     privileged_or_skip,
     query::{matching, points},
@@ -17,51 +16,6 @@ const CONTAINER_ID: &str = "7d1e5c3b2a4f6e8d9c0b1a2f3e4d5c6b7a8f9e0d1c2b3a4f5e6d
 const SIDECAR_ID: &str = "c0ffee00112233445566778899aabbccddeeff00112233445566778899aabbcc";
 const POD_UID: &str = "5a1e2f3d-4c5b-4a69-8b7c-1d2e3f4a5b6c";
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let path = mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-    });
-    path.expect("a cgroup v2 hierarchy")
-}
-
-/// The kubepods hierarchy as the kubelet's systemd driver lays it out; removed on drop.
-struct PodCgroup(Vec<PathBuf>);
-
-impl PodCgroup {
-    fn create(container_id: &str) -> Self {
-        let uid = POD_UID.replace('-', "_");
-        let mut dirs = Vec::new();
-        let mut dir = cgroup2_root();
-        for part in [
-            "kubepods.slice".to_owned(),
-            "kubepods-besteffort.slice".to_owned(),
-            format!("kubepods-besteffort-pod{uid}.slice"),
-            format!("cri-containerd-{container_id}.scope"),
-        ] {
-            dir = dir.join(part);
-            if !dir.exists() {
-                std::fs::create_dir(&dir).expect("create cgroup");
-                dirs.push(dir.clone());
-            }
-        }
-        Self(dirs)
-    }
-
-    fn leaf(&self) -> PathBuf {
-        self.0.last().cloned().expect("created")
-    }
-}
-
-impl Drop for PodCgroup {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 #[test]
 fn a_containerized_server_carries_container_and_pod_identity() {
     if !privileged_or_skip("a_containerized_server_carries_container_and_pod_identity") {
@@ -69,8 +23,8 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     }
     let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("pod", 31);
-    let pod = PodCgroup::create(CONTAINER_ID);
-    let sidecar = PodCgroup::create(SIDECAR_ID);
+    let pod = PodCgroup::create(POD_UID, CONTAINER_ID);
+    let sidecar = PodCgroup::create(POD_UID, SIDECAR_ID);
     // Two connections: the server stays alive (and readable in /proc) after the first,
     // until the agent has exported its flow; the second lets it finish.
     let mut server = Traffic::spawn_in_cgroup(

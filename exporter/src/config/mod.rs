@@ -42,6 +42,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub http: HttpConfig,
     pub geo: GeoConfig,
+    pub kubernetes: KubernetesConfig,
     pub telemetry: TelemetryConfig,
     pub host: HostConfig,
     pub log: LogConfig,
@@ -246,6 +247,23 @@ pub struct GeoConfig {
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// `auto` (on in a pod, or when `KUBECONFIG` is set), `on` (an error when no API
+    /// server is configured), `off`.
+    pub mode: crate::kubernetes::KubernetesMode,
+    /// Objects held per resource (pods, services, endpointslices, replicasets); more are
+    /// counted in `flowtel.agent.events.lost` and not named.
+    pub max_objects: usize,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self { mode: crate::kubernetes::KubernetesMode::Auto, max_objects: 200_000 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Series per instrument and workload before the SDK's overflow series takes over.
     pub cardinality_limit: usize,
@@ -321,6 +339,7 @@ impl Config {
         range("probes.rtt_sample_interval_us", self.probes.rtt_sample_interval_us, 0, 60_000_000)?;
         self.dns.validate(range)?;
         self.http.validate(range)?;
+        range("kubernetes.max_objects", self.kubernetes.max_objects as u64, 16, 1 << 22)?;
         range("telemetry.cardinality_limit", self.telemetry.cardinality_limit as u64, 1, 1_000_000)?;
         range("telemetry.idle_intervals", self.telemetry.idle_intervals.into(), 0, 1_000)?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {

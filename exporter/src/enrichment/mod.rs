@@ -1,6 +1,7 @@
-//! Who did it: the local process behind a flow (with its container and pod, from its
-//! cgroup), and the host everything runs on. Whom it talked to: the peer's DNS name. Kubernetes names (pod, deployment) and
-//! peers' identity need the API server: not there yet (issue #5).
+//! Who did it: the local process behind a flow (with its container and pod uid, from
+//! its cgroup), and the host everything runs on. Whom it talked to: the peer's DNS name
+//! and location. The names the API server knows (pod, deployment, Service) come from
+//! `crate::kubernetes`.
 mod cgroups;
 mod container;
 mod domains;
@@ -10,6 +11,8 @@ mod peers;
 mod process;
 
 pub use cgroups::CgroupPaths;
+#[cfg(test)]
+pub use container::ContainerInfo;
 pub use domains::DomainNames;
 pub use geo::{GeoIp, Location};
 pub use host::HostInfo;

@@ -21,6 +21,7 @@ use crate::{
     config::{Config, OtelSettings},
     enrichment::HostInfo,
     events::{DnsPacketReader, FlowReader, HttpChunkReader},
+    kubernetes,
     probes::{self, ProbeSettings, Probes},
     status,
     telemetry::{ExportOutcome, MetricsSink, SpanSink, TelemetrySettings},
@@ -52,14 +53,20 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     let mut reader = FlowReader::new(&mut probes.ebpf)?;
     let (mut dns_stage, mut http_stage) = spawn_stages(&config, &mut probes)?;
 
+    let kubernetes = kubernetes::start(config.kubernetes.mode, config.kubernetes.max_objects).await?;
+    let mut host = HostInfo::detect(config.host.name.as_deref());
+    if kubernetes.is_some() && host.k8s_node_name.is_none() {
+        // Without the downward API's K8S_NODE_NAME, a node is named as its host.
+        host.k8s_node_name = Some(host.name.clone());
+    }
     let settings = TelemetrySettings {
         temporality: otel.temporality,
         cardinality_limit: config.telemetry.cardinality_limit,
-        host: HostInfo::detect(config.host.name.as_deref()),
+        host,
         idle_intervals: config.telemetry.idle_intervals,
         dns_question_name: config.dns.question_name,
     };
-    let mut recorder = Recorder::new(&config, settings, &mut probes)?;
+    let mut recorder = Recorder::new(&config, settings, &mut probes, kubernetes)?;
     let mut recently_execed: Vec<u32> = Vec::new();
 
     let mut terminate = signal(SignalKind::terminate())?;

@@ -1,7 +1,10 @@
 //! What the export loop enriches and records into between two exports: flows, DNS
 //! lookups and HTTP exchanges go under their workloads, with peers named and the agent's
 //! own state and losses alongside.
-use std::time::{Duration, Instant};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
 
 use super::stage::Batch;
 use crate::{
@@ -9,6 +12,7 @@ use crate::{
     config::Config,
     enrichment::{DomainNames, GeoIp, Peers},
     events::{KernelFlow, ProcessNames, monotonic_now_ns},
+    kubernetes::Kubernetes,
     probes::Probes,
     telemetry::{AgentTelemetry, SpanBuilder, TelemetrySettings, Workloads},
 };
@@ -30,10 +34,18 @@ pub struct Recorder {
     pub spans_held: usize,
     max_spans: usize,
     http_connections: usize,
+    kubernetes: Option<Kubernetes>,
+    k8s_errors_reported: [u64; 4],
+    k8s_refused_reported: u64,
 }
 
 impl Recorder {
-    pub fn new(config: &Config, settings: TelemetrySettings, probes: &mut Probes) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &Config,
+        settings: TelemetrySettings,
+        probes: &mut Probes,
+        kubernetes: Option<Kubernetes>,
+    ) -> anyhow::Result<Self> {
         let agent = AgentTelemetry::new(&settings);
         agent.record_probes(&probes.reports);
         Ok(Self {
@@ -42,6 +54,7 @@ impl Recorder {
             peers: Peers {
                 domains: DomainNames::new(config.dns.names_capacity, Duration::from_secs(config.dns.name_ttl_floor_s)),
                 geo: config.geo.database.as_deref().map(GeoIp::open).transpose()?,
+                cluster: Arc::default(),
             },
             processes: ProcessNames::new(&mut probes.ebpf)?,
             dns_evicted_reported: 0,
@@ -51,6 +64,9 @@ impl Recorder {
             spans_held: 0,
             max_spans: config.http.max_spans,
             http_connections: 0,
+            kubernetes,
+            k8s_errors_reported: [0; 4],
+            k8s_refused_reported: 0,
         })
     }
 
@@ -127,6 +143,7 @@ impl Recorder {
                 self.workloads.exec(pid, self.processes.get(pid).as_ref());
             }
         }
+        self.take_cluster_view();
         // One map lookup per distinct process, not per flow.
         let pids: std::collections::BTreeSet<u32> = flows.iter().map(|f| f.key.pid).collect();
         let names = self.processes.get_all(pids);
@@ -145,6 +162,29 @@ impl Recorder {
         self.dns_evicted_reported = evicted;
         self.agent.record_http_connections(self.http_connections);
         execed
+    }
+}
+
+impl Recorder {
+    /// The watchers' latest view of the cluster, when it changed, for naming workloads
+    /// and peers; and the watchers' health for the agent's own metrics.
+    fn take_cluster_view(&mut self) {
+        let Some(kubernetes) = &mut self.kubernetes else { return };
+        let errors: [u64; 4] = std::array::from_fn(|i| kubernetes.errors[i].load(Ordering::Relaxed));
+        let new_errors: [u64; 4] = std::array::from_fn(|i| errors[i] - self.k8s_errors_reported[i]);
+        self.k8s_errors_reported = errors;
+        let snapshot = Arc::clone(&kubernetes.snapshots.borrow_and_update());
+        let counts = snapshot.counts;
+        let objects = [counts.pods, counts.services, counts.endpointslices, counts.replicasets];
+        self.agent.record_kubernetes(objects, new_errors);
+        if counts.refused > self.k8s_refused_reported {
+            self.agent.record_user_space_loss("kubernetes", "store_full", counts.refused - self.k8s_refused_reported);
+            self.k8s_refused_reported = counts.refused;
+        }
+        if !Arc::ptr_eq(&snapshot.view, &self.peers.cluster) {
+            self.peers.cluster = Arc::clone(&snapshot.view);
+            self.workloads.set_cluster(Arc::clone(&snapshot.view));
+        }
     }
 }
 

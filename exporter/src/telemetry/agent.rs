@@ -10,7 +10,8 @@ use opentelemetry_sdk::metrics::{SdkMeterProvider, data::ResourceMetrics, reader
 
 use super::{
     reader::SharedReader,
-    workloads::{TelemetrySettings, provider, resource_with},
+    resources::resource_with,
+    workloads::{TelemetrySettings, provider},
 };
 use crate::probes::{ProbeReport, ProbeState};
 
@@ -26,6 +27,8 @@ pub struct AgentTelemetry {
     export_failures: Counter<u64>,
     http_connections: Gauge<u64>,
     tls_libraries: Gauge<u64>,
+    k8s_objects: Gauge<u64>,
+    k8s_watch_errors: Counter<u64>,
 }
 
 /// (probe, cause) of each kernel loss counter.
@@ -43,7 +46,7 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
 ];
 
 /// Causes of loss found in user space, exported at 0 from the start like the rest.
-const USER_SPACE_LOSSES: [(&str, &str); 12] = [
+const USER_SPACE_LOSSES: [(&str, &str); 13] = [
     ("dnsflow", "parse"),
     ("dnsflow", "pending_full"),
     ("dnsflow", "stream_gap"),
@@ -56,6 +59,7 @@ const USER_SPACE_LOSSES: [(&str, &str); 12] = [
     ("httpflow", "decode"),
     ("httpflow", "spans_full"),
     ("httpflow", "span_export"),
+    ("kubernetes", "store_full"),
 ];
 
 impl AgentTelemetry {
@@ -99,6 +103,10 @@ impl AgentTelemetry {
         let http_connections = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
         let m = metric::AGENT_TLS_LIBRARIES;
         let tls_libraries = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
+        let m = metric::AGENT_K8S_OBJECTS;
+        let k8s_objects = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
+        let m = metric::AGENT_K8S_WATCH_ERRORS;
+        let k8s_watch_errors = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
         Self {
             _provider: provider,
             reader,
@@ -111,6 +119,18 @@ impl AgentTelemetry {
             export_failures,
             http_connections,
             tls_libraries,
+            k8s_objects,
+            k8s_watch_errors,
+        }
+    }
+
+    /// The cluster view's size by resource (`RESOURCES` order) and the watchers' failed
+    /// requests since the last call.
+    pub fn record_kubernetes(&self, objects: [usize; 4], new_errors: [u64; 4]) {
+        for ((resource, n), errors) in crate::kubernetes::RESOURCES.iter().zip(objects).zip(new_errors) {
+            let attrs = [KeyValue::new(attr::AGENT_K8S_RESOURCE, *resource)];
+            self.k8s_objects.record(n as u64, &attrs);
+            self.k8s_watch_errors.add(errors, &attrs);
         }
     }
 

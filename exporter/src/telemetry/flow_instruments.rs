@@ -1,7 +1,9 @@
 //! The netflow instruments of one workload, and how a flow record lands in them.
 use flowtel_semconv::{MetricName, attr, metric, value};
+use std::sync::Arc;
+
 use opentelemetry::{
-    KeyValue,
+    KeyValue, StringValue, Value,
     metrics::{Counter, Gauge, Histogram, Meter},
 };
 
@@ -43,6 +45,18 @@ impl FlowInstruments {
         let mut attrs = flow_attributes(flow);
         if let Some(domain) = &peer.domain {
             attrs.push(KeyValue::new(attr::PEER_DOMAIN, domain.to_string()));
+        }
+        if let Some(k8s) = &peer.k8s {
+            attrs.push(KeyValue::new(attr::PEER_K8S_NAMESPACE_NAME, text(&k8s.namespace)));
+            for (key, value) in [
+                (attr::PEER_K8S_POD_NAME, &k8s.pod),
+                (attr::PEER_K8S_DEPLOYMENT_NAME, &k8s.deployment),
+                (attr::PEER_K8S_SERVICE_NAME, &k8s.service),
+            ] {
+                if let Some(value) = value {
+                    attrs.push(KeyValue::new(key, text(value)));
+                }
+            }
         }
         if let Some(location) = &peer.location {
             for (key, value) in [
@@ -90,6 +104,11 @@ impl FlowInstruments {
             self.rttvar.record(rttvar, &attrs);
         }
     }
+}
+
+/// A shared name as an attribute value, without copying it.
+fn text(name: &Arc<str>) -> Value {
+    Value::String(StringValue::from(Arc::clone(name)))
 }
 
 /// The spec's flow attributes. Ports are left out on the ephemeral side, so every value

@@ -11,6 +11,7 @@ mod dns_instruments;
 mod flow_instruments;
 mod http_instruments;
 mod reader;
+mod resources;
 mod sink;
 mod spans;
 mod workloads;

@@ -4,6 +4,7 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,6 +19,7 @@ use super::{TelemetrySettings, Workloads};
 use crate::{
     aggregation::{Direction, DnsLookup, Failure, FlowRecord, Outcome, Transport},
     enrichment::{DomainNames, HostInfo, Peers},
+    kubernetes::{Change, PodRecord, Store, Update},
 };
 
 fn settings(limit: usize) -> TelemetrySettings {
@@ -37,7 +39,7 @@ fn settings(limit: usize) -> TelemetrySettings {
 }
 
 fn no_peers() -> Peers {
-    Peers { domains: DomainNames::new(10, Duration::from_mins(1)), geo: None }
+    Peers { domains: DomainNames::new(10, Duration::from_mins(1)), geo: None, cluster: Arc::default() }
 }
 
 fn flow(pid: u32, peer: &str) -> FlowRecord {
@@ -165,18 +167,41 @@ fn past_the_cardinality_limit_the_sdk_overflow_series_keeps_the_total() {
     assert_eq!(total, 20.0 * (100.0 + 2000.0), "no bytes lost to the limit");
 }
 
+/// The attributes of each `connections.opened` series after one flow to each peer.
+fn opened_series(peers: &mut Peers, addresses: [&str; 2]) -> Vec<Vec<KeyValue>> {
+    let mut workloads = Workloads::new(settings(100));
+    workloads.record(&addresses.map(|a| flow(0, a)), &HashMap::new(), peers);
+    let points = data_points(&workloads.collect()[0]);
+    let opened: Vec<_> = points
+        .into_iter()
+        .filter(|(n, ..)| n == metric::TCP_CONNECTIONS_OPENED.name)
+        .map(|(_, _, attrs, _)| attrs)
+        .collect();
+    assert_eq!(opened.len(), 2);
+    opened
+}
+
 #[test]
 fn a_peer_named_by_a_dns_answer_carries_its_domain() {
     let mut peers = no_peers();
     peers.domains.learn("known.test", &[("192.0.2.7".parse().unwrap(), 300)], Instant::now());
-    let mut workloads = Workloads::new(settings(100));
-    workloads.record(&[flow(0, "192.0.2.7"), flow(0, "192.0.2.8")], &HashMap::new(), &mut peers);
-    let points = data_points(&workloads.collect()[0]);
-    let opened: Vec<_> = points.iter().filter(|(n, ..)| n == metric::TCP_CONNECTIONS_OPENED.name).collect();
-    assert_eq!(opened.len(), 2);
-    for (_, _, attrs, _) in opened {
+    for attrs in &opened_series(&mut peers, ["192.0.2.7", "192.0.2.8"]) {
         let named = has(attrs, attr::NETWORK_PEER_ADDRESS, "192.0.2.7");
         assert_eq!(has(attrs, attr::PEER_DOMAIN, "known.test"), named, "{attrs:?}");
+    }
+}
+
+#[test]
+fn a_peer_in_the_cluster_carries_its_pod_deployment_and_service() {
+    let mut store = Store::new(10);
+    store.apply(Update::Pod(Change::Applied(PodRecord::test_pod("web-1", "uid-1", "10.9.0.5", "web"))));
+    let mut peers = no_peers();
+    peers.cluster = Arc::new(store.view());
+    for attrs in &opened_series(&mut peers, ["10.9.0.5", "10.9.0.6"]) {
+        let in_cluster = has(attrs, attr::NETWORK_PEER_ADDRESS, "10.9.0.5");
+        assert_eq!(has(attrs, attr::PEER_K8S_POD_NAME, "web-1"), in_cluster, "{attrs:?}");
+        assert_eq!(has(attrs, attr::PEER_K8S_NAMESPACE_NAME, "shop"), in_cluster, "{attrs:?}");
+        assert_eq!(has(attrs, attr::PEER_K8S_DEPLOYMENT_NAME, "web"), in_cluster, "{attrs:?}");
     }
 }
 

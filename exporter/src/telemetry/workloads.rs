@@ -1,27 +1,27 @@
 //! One `MeterProvider` per workload Resource; the host's own flows under the host Resource.
 use std::{collections::HashMap, sync::Arc};
 
-use flowtel_semconv::{metric, resource, scope};
-use opentelemetry::{InstrumentationScope, KeyValue, metrics::MeterProvider as _};
+use flowtel_semconv::{metric, scope};
+use opentelemetry::{InstrumentationScope, metrics::MeterProvider as _};
 use opentelemetry_sdk::{
     Resource,
     metrics::{
         Aggregation, Instrument, ManualReader, SdkMeterProvider, Stream, Temporality, data::ResourceMetrics,
         reader::MetricReader as _,
     },
-    resource::EnvResourceDetector,
 };
 
 use opentelemetry_sdk::trace::SpanData;
 
 use super::{
     dns_instruments::DnsInstruments, flow_instruments::FlowInstruments, http_instruments::HttpInstruments,
-    reader::SharedReader,
+    reader::SharedReader, resources::workload_resource,
 };
 use crate::{
     aggregation::{DnsLookup, FlowRecord, HttpExchange},
-    enrichment::{CgroupPaths, HostInfo, Peers, ProcessCache, ProcessInfo},
+    enrichment::{CgroupPaths, HostInfo, Peers, ProcessCache},
     events::KernelProcess,
+    kubernetes::{ClusterView, PodIdentity},
 };
 
 #[derive(Clone, Debug)]
@@ -44,6 +44,10 @@ struct Workload {
     http: HttpInstruments,
     /// Spans since the last export.
     spans: Vec<SpanData>,
+    /// The pod uid of the process (from its cgroup) and the identity the Resource was
+    /// built with: when the cluster view says otherwise, the workload is replaced.
+    pod_uid: Option<String>,
+    pod: Option<Arc<PodIdentity>>,
     idle_intervals: u32,
 }
 
@@ -61,6 +65,8 @@ pub struct Workloads {
     replaced: Vec<Workload>,
     processes: ProcessCache,
     cgroups: CgroupPaths,
+    /// Empty unless the Kubernetes watchers run.
+    cluster: Arc<ClusterView>,
 }
 
 pub fn netflow_scope() -> InstrumentationScope {
@@ -101,43 +107,6 @@ pub fn provider(settings: &TelemetrySettings, resource: Resource) -> (SdkMeterPr
     (provider, reader)
 }
 
-/// `OTEL_RESOURCE_ATTRIBUTES` merged under flowtel's own attributes: the workload's
-/// identity wins over anything set for the whole node.
-pub fn resource_with(attributes: Vec<KeyValue>) -> Resource {
-    Resource::builder_empty().with_detector(Box::new(EnvResourceDetector::new())).with_attributes(attributes).build()
-}
-
-fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>) -> Resource {
-    // Later attributes win: the process's own OTEL_RESOURCE_ATTRIBUTES first, then what
-    // flowtel measures (host, pid, executable, container), which they cannot override.
-    let mut attrs: Vec<KeyValue> = process
-        .iter()
-        .flat_map(|p| &p.otel_resource_attributes)
-        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
-        .collect();
-    attrs.extend(host.attributes());
-    if let Some(p) = process {
-        let service = p.otel_service_name.as_ref().unwrap_or(&p.executable_name);
-        attrs.push(KeyValue::new(resource::SERVICE_NAME, service.clone()));
-        attrs.push(KeyValue::new(resource::SERVICE_INSTANCE_ID, format!("{}/{}", host.name, p.pid)));
-        attrs.push(KeyValue::new(resource::PROCESS_PID, i64::from(p.pid)));
-        attrs.push(KeyValue::new(resource::PROCESS_EXECUTABLE_NAME, p.executable_name.clone()));
-        if let Some(command) = &p.command {
-            attrs.push(KeyValue::new(resource::PROCESS_COMMAND, command.clone()));
-        }
-        if let Some(created) = &p.creation_time {
-            attrs.push(KeyValue::new(resource::PROCESS_CREATION_TIME, created.clone()));
-        }
-        if let Some(id) = &p.container.container_id {
-            attrs.push(KeyValue::new(resource::CONTAINER_ID, id.clone()));
-        }
-        if let Some(uid) = &p.container.pod_uid {
-            attrs.push(KeyValue::new(resource::K8S_POD_UID, uid.clone()));
-        }
-    }
-    resource_with(attrs)
-}
-
 impl Workloads {
     pub fn new(settings: TelemetrySettings) -> Self {
         Self {
@@ -146,6 +115,7 @@ impl Workloads {
             replaced: Vec::new(),
             processes: ProcessCache::default(),
             cgroups: CgroupPaths::new(),
+            cluster: Arc::default(),
         }
     }
 
@@ -191,12 +161,25 @@ impl Workloads {
     fn workload(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> &mut Workload {
         let workload = self.by_pid.entry(pid).or_insert_with(|| {
             let process = (pid != 0).then(|| self.processes.lookup(pid, kernel, &mut self.cgroups).clone());
-            let resource = workload_resource(&self.settings.host, process.as_ref());
+            let pod_uid = process.as_ref().and_then(|p| p.container.pod_uid.clone());
+            let pod = pod_uid.as_deref().and_then(|uid| self.cluster.pod(uid)).cloned();
+            let resource = workload_resource(&self.settings.host, process.as_ref(), pod.as_deref());
             let (provider, reader) = provider(&self.settings, resource.clone());
             let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
             let dns = DnsInstruments::new(&provider.meter_with_scope(dns_scope()), self.settings.dns_question_name);
             let http = HttpInstruments::new(&provider.meter_with_scope(http_scope()));
-            Workload { resource, provider, reader, flows, dns, http, spans: Vec::new(), idle_intervals: 0 }
+            Workload {
+                resource,
+                provider,
+                reader,
+                flows,
+                dns,
+                http,
+                spans: Vec::new(),
+                pod_uid,
+                pod,
+                idle_intervals: 0,
+            }
         });
         workload.idle_intervals = 0;
         workload
@@ -209,6 +192,25 @@ impl Workloads {
             && let Some(old) = self.by_pid.remove(&pid)
         {
             self.replaced.push(old);
+        }
+    }
+
+    /// A new view of the cluster. A workload whose pod the view names differently now
+    /// (the view arrived after the process was first seen, or the pod changed) goes
+    /// under a fresh Resource from its next data on; the old one is exported once more.
+    pub fn set_cluster(&mut self, cluster: Arc<ClusterView>) {
+        self.cluster = cluster;
+        let cluster = &self.cluster;
+        let stale: Vec<u32> = self
+            .by_pid
+            .iter()
+            .filter(|(_, w)| w.pod_uid.as_deref().and_then(|uid| cluster.pod(uid)) != w.pod.as_ref())
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in stale {
+            if let Some(old) = self.by_pid.remove(&pid) {
+                self.replaced.push(old);
+            }
         }
     }
 
