@@ -98,6 +98,16 @@ fn a_containerized_server_carries_container_and_pod_identity() {
     );
 }
 
+/// Bytes process `pid`, named `exe`, sent to `port`, as the receiver has them.
+fn transmitted(receiver: &flowtel_e2e::receiver::Receiver, pid: &str, exe: &str, port: &str) -> f64 {
+    let io = points(&receiver.received.snapshot(), "flowtel.network.io");
+    let res = [("process.pid", pid), ("process.executable.name", exe)];
+    matching(&io, &res, &[("network.peer.port", port), ("network.io.direction", "transmit")])
+        .iter()
+        .map(|p| p.value)
+        .sum()
+}
+
 #[test]
 fn a_process_that_execs_is_named_as_its_new_program() {
     if !privileged_or_skip("a_process_that_execs_is_named_as_its_new_program") {
@@ -126,14 +136,7 @@ fn a_process_that_execs_is_named_as_its_new_program() {
     second.wait_line("done");
     second.finish();
 
-    let transmit = |exe: &str, port: &str| {
-        let io = points(&receiver.received.snapshot(), "flowtel.network.io");
-        let res = [("process.pid", pid.as_str()), ("process.executable.name", exe)];
-        matching(&io, &res, &[("network.peer.port", port), ("network.io.direction", "transmit")])
-            .iter()
-            .map(|p| p.value)
-            .sum::<f64>()
-    };
+    let transmit = |exe: &str, port: &str| transmitted(&receiver, &pid, exe, port);
     let both = eventually(std::time::Duration::from_secs(20), || {
         transmit("bash", "9900") == 5.0 && transmit("python3", "9901") == 10.0
     });
@@ -145,4 +148,74 @@ fn a_process_that_execs_is_named_as_its_new_program() {
         agent.log()
     );
     assert_eq!(transmit("bash", "9901"), 0.0, "the new program's bytes went under the old name");
+}
+
+/// Spawns `bash -c script` in namespace `ns` as pid `pid`: the kernel hands out the pid
+/// after `ns_last_pid`, so this retries when another process took it first. The script
+/// starts only after its pid is checked (it waits for a line on stdin).
+fn spawn_bash_as_pid(ns: &str, pid: u32, script: &str) -> Option<std::process::Child> {
+    use std::io::Write as _;
+    for _ in 0..20 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).expect("write ns_last_pid");
+        let mut child = Link::exec(ns, "bash")
+            .args(["-c", &format!("read go; {script}")])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if child.id() == pid {
+            writeln!(child.stdin.take().unwrap(), "go").unwrap();
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+#[test]
+fn a_new_process_that_reuses_an_exited_processs_pid_is_named_as_itself() {
+    if !privileged_or_skip("a_new_process_that_reuses_an_exited_processs_pid_is_named_as_itself") {
+        return;
+    }
+    let receiver = flowtel_e2e::receiver::Receiver::grpc("127.0.0.1:0");
+    // Exited workloads would be kept for 30 intervals by idleness alone: only the
+    // kernel's exit event retires the first process in time.
+    let agent = flowtel_e2e::agent::Agent::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr)),
+        ("FLOWTEL_TELEMETRY_IDLE_INTERVALS", "30"),
+    ]);
+    let link = Link::new("reuse", 35);
+    let server = link.addr_a.to_string();
+    let mut first_server = Traffic::spawn(&link.a, &["tcp-server", "9950", "1", "10", "20"]);
+    first_server.wait_line("ready");
+    let mut second_server = Traffic::spawn(&link.a, &["tcp-server", "9951", "1", "5", "7"]);
+    second_server.wait_line("ready");
+    let mut first = Traffic::spawn(&link.b, &["tcp-client", &server, "9950", "1", "10", "20"]);
+    let pid = first.pid();
+    first.wait_line("done");
+    first.finish();
+    first_server.wait_line("done");
+    first_server.finish();
+
+    let transmit = |exe: &str, port: &str| transmitted(&receiver, &pid.to_string(), exe, port);
+    let seen = eventually(std::time::Duration::from_secs(20), || transmit("python3", "9950") == 10.0);
+    assert!(seen, "the first process's flow never arrived; log:\n{}", agent.log());
+    // Two more intervals: its exit has been taken by then.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+
+    let script = format!("exec 3<>/dev/tcp/{server}/9951; printf 12345 >&3; head -c 7 <&3 >/dev/null");
+    let mut second = spawn_bash_as_pid(&link.b, pid, &script).expect("pid reused");
+    assert!(second.wait().unwrap().success());
+    second_server.wait_line("done");
+    second_server.finish();
+    let named = eventually(std::time::Duration::from_secs(20), || transmit("bash", "9951") == 5.0);
+    assert!(
+        named,
+        "bash (pid {pid}) sent {} as bash and {} as python3 (want 5, 0); log:\n{}",
+        transmit("bash", "9951"),
+        transmit("python3", "9951"),
+        agent.log()
+    );
+    assert_eq!(transmit("python3", "9951"), 0.0, "the new process's bytes went under the old one's name");
 }

@@ -152,7 +152,6 @@ impl ProcessCache {
         })
     }
 
-    /// Forgets processes that have exited, so a reused pid is read afresh.
     /// A process exec'd: reads it afresh and says whether it is now another program.
     /// Not when it was first read after the exec already (`ip netns exec dig` execs
     /// before dig's first packet). When it has exited since, the name the probe
@@ -173,6 +172,13 @@ impl ProcessCache {
         changed
     }
 
+    /// A process exited (the kernel said so): its pid may come back as another process.
+    pub fn forget(&mut self, pid: u32) {
+        self.entries.remove(&pid);
+    }
+
+    /// Forgets processes that /proc shows gone (those whose exit the kernel reported
+    /// are forgotten already), so a reused pid is read afresh.
     pub fn forget_exited(&mut self) {
         self.entries.retain(|pid, _| Path::new("/proc").join(pid.to_string()).exists());
     }

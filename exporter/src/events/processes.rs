@@ -1,6 +1,7 @@
 //! Names and cgroups of processes as the probes recorded them when the process made a
 //! flow or exec'd, so that one which has exited (a 5 ms curl, a `dig`) is still named;
-//! and which processes exec'd, so that their identity is read afresh.
+//! which processes exec'd, so that their identity is read afresh; and which exited, so
+//! that their workloads are retired and a reused pid is not taken for them.
 use std::collections::HashMap as StdHashMap;
 
 use aya::{
@@ -10,6 +11,14 @@ use aya::{
 use flowtel_probes_abi::ProcessSeen;
 
 use super::flows::{ReadError, take};
+
+fn drain_keys(map: &mut HashMap<MapData, u32, u8>) -> Vec<u32> {
+    let pids: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+    for pid in &pids {
+        let _ = map.remove(pid);
+    }
+    pids
+}
 
 /// A process as the probes saw it when it created a flow.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,11 +32,12 @@ pub struct ProcessNames {
     // LRU hashes in the kernel; aya reads them through the plain HashMap type.
     seen: HashMap<MapData, u32, ProcessSeen>,
     execed: HashMap<MapData, u32, u8>,
+    exited: HashMap<MapData, u32, u8>,
 }
 
 impl ProcessNames {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
-        Ok(Self { seen: take(ebpf, "PROCESSES_SEEN")?, execed: take(ebpf, "EXECED")? })
+        Ok(Self { seen: take(ebpf, "PROCESSES_SEEN")?, execed: take(ebpf, "EXECED")?, exited: take(ebpf, "EXITED")? })
     }
 
     /// What the kernel recorded about this pid; one map lookup (a syscall).
@@ -40,11 +50,12 @@ impl ProcessNames {
 
     /// Pids that exec'd since the last call (each reported once).
     pub fn take_execed(&mut self) -> Vec<u32> {
-        let pids: Vec<u32> = self.execed.keys().filter_map(Result::ok).collect();
-        for pid in &pids {
-            let _ = self.execed.remove(pid);
-        }
-        pids
+        drain_keys(&mut self.execed)
+    }
+
+    /// Pids of processes that made flows and exited since the last call.
+    pub fn take_exited(&mut self) -> Vec<u32> {
+        drain_keys(&mut self.exited)
     }
 
     /// What the kernel recorded about these pids.

@@ -107,6 +107,7 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         for batch in http_stage.as_mut().map(Stage::ready_batches).unwrap_or_default() {
             recorder.http(&batch);
         }
+        let exited = recorder.exited_processes();
         let (r, flows, lost) = tokio::task::spawn_blocking(move || {
             let flows = reader.drain();
             let lost = reader.lost_since_last();
@@ -115,7 +116,7 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         .await?;
         reader = r;
         let flows = flows?;
-        let execed = recorder.flows(&flows, lost?);
+        let execed = recorder.flows(&flows, lost?, &exited);
         if let Some(tls) = probes.tls.as_mut() {
             // A process that just exec'd may not have mapped its libraries yet: look at
             // it now and again next interval.

@@ -133,9 +133,16 @@ impl Recorder {
         self.dns_pending = batch.held;
     }
 
-    /// One interval's flows, with the agent's own state at its end. Returns the pids
-    /// that exec'd since the last interval.
-    pub fn flows(&mut self, flows: &[KernelFlow], lost: [u64; LOST_CAUSES]) -> Vec<u32> {
+    /// Processes (that made flows) which exited since the last call. Taken before the
+    /// flow tables are drained, so the drain holds each one's last flows.
+    pub fn exited_processes(&mut self) -> Vec<u32> {
+        self.processes.take_exited()
+    }
+
+    /// One interval's flows, with the agent's own state at its end; then the workloads
+    /// of `exited` processes are retired. Returns the pids that exec'd since the last
+    /// interval.
+    pub fn flows(&mut self, flows: &[KernelFlow], lost: [u64; LOST_CAUSES], exited: &[u32]) -> Vec<u32> {
         // Before this interval's flows: they are mostly the new program's.
         let execed = self.processes.take_execed();
         for &pid in &execed {
@@ -155,6 +162,7 @@ impl Recorder {
         self.agent.record_lost(&lost);
         self.agent.record_flows_active(flows.len());
         self.workloads.record(&records, &names, &mut self.peers);
+        self.workloads.exited(exited);
         let domains = &mut self.peers.domains;
         domains.purge_expired(Instant::now());
         let evicted = domains.evicted();

@@ -110,6 +110,7 @@ enum HookKind {
 
 const STATE: Hook = Hook { program: "flow_state", kind: HookKind::Tracepoint("sock", "inet_sock_set_state") };
 const EXEC: Hook = Hook { program: "process_exec", kind: HookKind::Tracepoint("sched", "sched_process_exec") };
+const EXIT: Hook = Hook { program: "process_exit", kind: HookKind::Tracepoint("sched", "sched_process_exit") };
 const RETRANSMIT: Hook = Hook { program: "flow_retransmit", kind: HookKind::Tracepoint("tcp", "tcp_retransmit_skb") };
 const RTT: Hook = Hook { program: "flow_rtt", kind: HookKind::Tracepoint("tcp", "tcp_probe") };
 const RTT_RAW: Hook = Hook { program: "flow_rtt_raw", kind: HookKind::Raw("tcp_probe") };
@@ -261,7 +262,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .load(OBJECT)
         .map_err(ProbeError::Load)?;
 
-    let all = [&STATE, &RETRANSMIT, &RTT, &RTT_RAW, &EXEC]
+    let all = [&STATE, &RETRANSMIT, &RTT, &RTT_RAW, &EXEC, &EXIT]
         .into_iter()
         .chain(&BYTES_RAW)
         .chain(&BYTES_TRACEPOINTS)
@@ -278,7 +279,9 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
             why: format!("{}: {:?}", STATE.describe(), reports[0].state),
         });
     }
-    reports.push(if EXEC.available() { EXEC.attach(&mut ebpf) } else { EXEC.unavailable("not on this kernel") });
+    for hook in [&EXEC, &EXIT] {
+        reports.push(if hook.available() { hook.attach(&mut ebpf) } else { hook.unavailable("not on this kernel") });
+    }
     let raw = layout::raw_tracepoints_usable(&config);
     reports.push(if RETRANSMIT.available() {
         RETRANSMIT.attach(&mut ebpf)

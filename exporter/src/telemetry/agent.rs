@@ -43,6 +43,7 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
     (lost::HTTP_RING_FULL, "httpflow", "ring_buffer_full"),
     (lost::HTTP_READ, "httpflow", "user_read"),
     (lost::TLS_TABLE_FULL, "httpflow", "tls_table_full"),
+    (lost::EXIT_TABLE_FULL, "process", "exit_table_full"),
 ];
 
 /// Causes of loss found in user space, exported at 0 from the start like the rest.

@@ -195,6 +195,18 @@ impl Workloads {
         }
     }
 
+    /// Processes that exited, after their last flows were recorded: their workloads are
+    /// exported once more, then dropped; a process that reuses the pid later is read
+    /// afresh, not taken for the old one.
+    pub fn exited(&mut self, pids: &[u32]) {
+        for &pid in pids.iter().filter(|&&pid| pid != 0) {
+            if let Some(old) = self.by_pid.remove(&pid) {
+                self.replaced.push(old);
+            }
+            self.processes.forget(pid);
+        }
+    }
+
     /// A new view of the cluster. A workload whose pod the view names differently now
     /// (the view arrived after the process was first seen, or the pod changed) goes
     /// under a fresh Resource from its next data on; the old one is exported once more.

@@ -60,7 +60,10 @@ pub mod lost {
     pub const HTTP_READ: u32 = 8;
     /// A TLS call could not be tracked (the in-flight call table was full).
     pub const TLS_TABLE_FULL: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// An exit could not be recorded: the process's workload is retired later (when
+    /// /proc shows it gone) and a process reusing its pid may be taken for it meanwhile.
+    pub const EXIT_TABLE_FULL: u32 = 10;
+    pub const COUNT: u32 = 11;
 }
 
 /// Indexes into the `CONTROL` array that user space writes and the probes read.

@@ -43,6 +43,11 @@ pub static PROCESSES_SEEN: LruHashMap<u32, ProcessSeen> = LruHashMap::with_max_e
 #[map]
 pub static EXECED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4_096, 0);
 
+/// Pids of processes that made flows and exited since user space last looked. LRU, so
+/// a burst keeps the newest; an exit that falls out is found later through /proc.
+#[map]
+pub static EXITED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4_096, 0);
+
 /// Peer of the datagram being sent or received on each thread (unconnected UDP). LRU,
 /// so entries of threads that exited make room by themselves.
 #[map]
