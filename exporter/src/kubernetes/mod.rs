@@ -20,11 +20,8 @@ pub use store::StoreCounts;
 pub use view::{ClusterView, PeerIdentity, PodIdentity, WorkloadKind};
 pub use watch::{RESOURCES, WatchErrors};
 
-#[cfg(test)]
-pub use {
-    objects::PodRecord,
-    store::{Change, Store, Update},
-};
+pub use objects::{EndpointSliceRecord, PodRecord, ReplicaSetRecord, ServiceRecord};
+pub use store::{Change, Store, Update};
 
 /// `kubernetes.mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
