@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """A small stand-in for the Kubernetes API server, for flowtel's tests.
 
-It speaks what a kube-rs watcher uses: cluster-wide list (`GET /api/v1/pods`) and
+It speaks what a kube-rs watcher uses: cluster-wide list (`GET /api/v1/pods`, paged
+with `limit` and `continue`) and
 watch (`?watch=true&resourceVersion=N&allowWatchBookmarks=true`) of pods, services,
 EndpointSlices and ReplicaSets, as real object JSON with resourceVersions, streamed
 watch events, bookmarks, and the ERROR event with a 410 `Expired` Status that forces
@@ -122,20 +123,23 @@ class Handler(BaseHTTPRequestHandler):
         if query.get("watch", ["false"])[0] in ("true", "1"):
             self.watch(kind, query)
         else:
-            self.list(kind)
+            self.list(kind, query)
 
-    def list(self, kind):
+    def list(self, kind, query):
+        """Paged when the client asks (`limit`, then `continue`), as the API server does
+        for lists read from etcd."""
         store = Handler.store
         _, api_version, list_kind = COLLECTIONS[kind]
+        limit = int(query.get("limit", ["0"])[0] or 0)
+        offset = int(query.get("continue", ["0"])[0] or 0)
         with store.cond:
-            items = list(store.objects[kind].values())
+            items = [store.objects[kind][key] for key in sorted(store.objects[kind])]
             version = store.version
-        self.send_json(200, {
-            "kind": list_kind,
-            "apiVersion": api_version,
-            "metadata": {"resourceVersion": str(version)},
-            "items": items,
-        })
+        metadata = {"resourceVersion": str(version)}
+        if limit and offset + limit < len(items):
+            metadata["continue"] = str(offset + limit)
+        page = items[offset:offset + limit] if limit else items
+        self.send_json(200, {"kind": list_kind, "apiVersion": api_version, "metadata": metadata, "items": page})
 
     def chunk(self, event):
         data = json.dumps(event).encode() + b"\n"

@@ -9,6 +9,10 @@ tcp-client HOST PORT CONNS SEND RECV
 udp-server PORT COUNT SIZE       receive COUNT datagrams (recvfrom), echo each back (sendto).
 udp-client HOST PORT COUNT SIZE  connected UDP socket: send COUNT datagrams of SIZE bytes,
                                  read each echo.
+hold-clients HOST PORT N CGROUP...
+                                 fork N processes, child i first moving into CGROUP[i % len];
+                                 each opens one connection, sends 1 byte, reads the reply,
+                                 and stays alive until stdin closes (many live workloads).
 Each prints "ready" (servers) or "done" once finished, so tests can sequence on it.
 """
 import socket
@@ -76,12 +80,36 @@ def udp_client(host, port, count, size):
     print("done", flush=True)
 
 
+def hold_clients(host, port, n, cgroups):
+    import os
+    children = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            if cgroups:
+                with open(os.path.join(cgroups[i % len(cgroups)], "cgroup.procs"), "w") as f:
+                    f.write(str(os.getpid()))
+            conn = socket.create_connection((host, port))
+            conn.sendall(b"c")
+            conn.recv(1)
+            sys.stdin.read()  # until the parent's stdin (shared) closes
+            os._exit(0)
+        children.append(pid)
+    print("done", flush=True)
+    sys.stdin.read()
+    for pid in children:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "tcp-server":
         tcp_server(*map(int, args))
     elif cmd == "tcp-client":
         tcp_client(args[0], *map(int, args[1:]))
+    elif cmd == "hold-clients":
+        hold_clients(args[0], int(args[1]), int(args[2]), args[3:])
     elif cmd == "udp-server":
         udp_server(*map(int, args))
     elif cmd == "udp-client":

@@ -12,7 +12,11 @@ fn cgroup2_root() -> PathBuf {
 }
 
 /// `kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope`.
-pub struct PodCgroup(Vec<PathBuf>);
+pub struct PodCgroup {
+    /// The directories this one created (shared parents may exist already).
+    created: Vec<PathBuf>,
+    leaf: PathBuf,
+}
 
 impl PodCgroup {
     pub fn create(pod_uid: &str, container_id: &str) -> Self {
@@ -31,18 +35,18 @@ impl PodCgroup {
                 dirs.push(dir.clone());
             }
         }
-        Self(dirs)
+        Self { created: dirs, leaf: dir }
     }
 
     /// The container's own cgroup, where a test process is moved.
     pub fn leaf(&self) -> PathBuf {
-        self.0.last().cloned().expect("created")
+        self.leaf.clone()
     }
 }
 
 impl Drop for PodCgroup {
     fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
+        for dir in self.created.iter().rev() {
             // Shared parents stay while another test's pod is inside (EBUSY).
             let _ = std::fs::remove_dir(dir);
         }

@@ -7,7 +7,10 @@ use opentelemetry::{
     metrics::{Counter, Histogram, Meter},
 };
 
-use crate::aggregation::{DnsLookup, Outcome, Transport, rcode_name, type_name};
+use crate::{
+    aggregation::{DnsLookup, Outcome, Transport, rcode_name, type_name},
+    kubernetes::PeerIdentity,
+};
 
 /// Bucket bounds of `dns.lookup.duration` in seconds: from a local cache's 100 µs to a
 /// resolver's 5 s retry.
@@ -38,13 +41,17 @@ impl DnsInstruments {
 
     /// A lookup without an answer is counted in `flowtel.dns.lookups` only: it has no
     /// duration to record.
-    pub fn record(&self, lookup: &DnsLookup) {
-        let mut attrs = Vec::with_capacity(7);
+    /// `server`: who the answering server is in the cluster (`kube-dns`, say).
+    pub fn record(&self, lookup: &DnsLookup, server: Option<&PeerIdentity>) {
+        let mut attrs = Vec::with_capacity(9);
         if self.question_name {
             attrs.push(KeyValue::new(attr::DNS_QUESTION_NAME, lookup.question_name.clone()));
         }
         attrs.push(KeyValue::new(attr::DNS_QUESTION_TYPE, type_name(lookup.question_type)));
         attrs.push(KeyValue::new(attr::NETWORK_PEER_ADDRESS, lookup.server.to_string()));
+        if let Some(server) = server {
+            super::flow_instruments::push_peer_k8s(&mut attrs, server);
+        }
         attrs.push(KeyValue::new(
             attr::NETWORK_TRANSPORT,
             match lookup.transport {

@@ -10,6 +10,7 @@ use opentelemetry::{
 use crate::{
     aggregation::{Direction, FlowRecord, Transport, classify},
     enrichment::PeerInfo,
+    kubernetes::PeerIdentity,
 };
 
 pub struct FlowInstruments {
@@ -47,16 +48,7 @@ impl FlowInstruments {
             attrs.push(KeyValue::new(attr::PEER_DOMAIN, domain.to_string()));
         }
         if let Some(k8s) = &peer.k8s {
-            attrs.push(KeyValue::new(attr::PEER_K8S_NAMESPACE_NAME, text(&k8s.namespace)));
-            for (key, value) in [
-                (attr::PEER_K8S_POD_NAME, &k8s.pod),
-                (attr::PEER_K8S_DEPLOYMENT_NAME, &k8s.deployment),
-                (attr::PEER_K8S_SERVICE_NAME, &k8s.service),
-            ] {
-                if let Some(value) = value {
-                    attrs.push(KeyValue::new(key, text(value)));
-                }
-            }
+            push_peer_k8s(&mut attrs, k8s);
         }
         if let Some(location) = &peer.location {
             for (key, value) in [
@@ -109,6 +101,21 @@ impl FlowInstruments {
 /// A shared name as an attribute value, without copying it.
 fn text(name: &Arc<str>) -> Value {
     Value::String(StringValue::from(Arc::clone(name)))
+}
+
+/// `flowtel.peer.k8s.*`: who the peer is in the cluster (flows, DNS servers, the other
+/// end of an HTTP exchange).
+pub fn push_peer_k8s(attrs: &mut Vec<KeyValue>, k8s: &PeerIdentity) {
+    attrs.push(KeyValue::new(attr::PEER_K8S_NAMESPACE_NAME, text(&k8s.namespace)));
+    for (key, value) in [
+        (attr::PEER_K8S_POD_NAME, &k8s.pod),
+        (attr::PEER_K8S_DEPLOYMENT_NAME, &k8s.deployment),
+        (attr::PEER_K8S_SERVICE_NAME, &k8s.service),
+    ] {
+        if let Some(value) = value {
+            attrs.push(KeyValue::new(key, text(value)));
+        }
+    }
 }
 
 /// The spec's flow attributes. Ports are left out on the ephemeral side, so every value

@@ -129,9 +129,11 @@ impl Workloads {
         }
     }
 
-    /// Records one DNS lookup under the asking process's workload (pid 0: the host).
+    /// Records one DNS lookup under the asking process's workload (pid 0: the host),
+    /// with the server named from the cluster view.
     pub fn record_dns(&mut self, lookup: &DnsLookup, kernel: Option<&KernelProcess>) {
-        self.workload(lookup.pid, kernel).dns.record(lookup);
+        let server = self.cluster.peer(lookup.server).cloned();
+        self.workload(lookup.pid, kernel).dns.record(lookup, server.as_deref());
     }
 
     /// Records one HTTP exchange under the serving or sending process's workload, with
@@ -143,9 +145,17 @@ impl Workloads {
         kernel: Option<&KernelProcess>,
         span: Option<SpanData>,
     ) {
+        let peer = exchange.peer.and_then(|peer| self.cluster.peer(peer.ip())).cloned();
         let workload = self.workload(exchange.pid, kernel);
         workload.http.record(exchange, route);
-        workload.spans.extend(span);
+        workload.spans.extend(span.map(|mut span| {
+            // The other end's identity on the span only: on the histograms it would
+            // multiply series by client pods.
+            if let Some(peer) = &peer {
+                super::flow_instruments::push_peer_k8s(&mut span.attributes, peer);
+            }
+            span
+        }));
     }
 
     /// Every workload's spans since the last call, with its Resource.

@@ -1,10 +1,11 @@
-//! `cargo run --release -p flowtel-e2e --bin bench [flows|dns|http]`: flowtel's cost,
+//! `cargo run --release -p flowtel-e2e --bin bench [flows|dns|http|identity]`: flowtel's cost,
 //! measured in one run, with and without the agent.
 //!
 //! `flows` (default): loopback iperf3, 1 KiB writes. `dns`: dnsperf against dnsmasq on a
 //! test host. `http`: wrk against nginx on a test host's loopback, spans on. Both report per-probe nanoseconds per event from the kernel's own
 //! accounting (`kernel.bpf_stats_enabled`: `run_time_ns` / `run_cnt`), agent CPU and
 //! peak RSS from /proc, and what a real OTLP receiver got (counts, losses).
+//! `identity`: the Kubernetes watchers at 10,000 pods and 1,000 local processes.
 //! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SECONDS` (default 5),
 //! `BENCH_NO_STATS=1` (measure without the kernel's per-program accounting).
 #![allow(
@@ -15,6 +16,7 @@
 mod dns;
 mod flows;
 mod http;
+mod identity;
 
 use std::collections::BTreeMap;
 
@@ -96,6 +98,7 @@ fn main() {
         None | Some("flows") => flows::run(),
         Some("dns") => dns::run(),
         Some("http") => http::run(),
-        Some(other) => panic!("unknown benchmark {other:?}: flows, dns or http"),
+        Some("identity") => identity::run(),
+        Some(other) => panic!("unknown benchmark {other:?}: flows, dns, http or identity"),
     }
 }
