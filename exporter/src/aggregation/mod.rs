@@ -12,4 +12,6 @@ pub use dns::{DnsLookup, DnsTracker, Outcome, TrackerLosses, TrackerSettings, rc
 #[cfg(test)]
 pub use flow::Failure;
 pub use flow::{Direction, FlowRecord, Transport, from_kernel};
+#[cfg(test)]
+pub use http::RequestHead;
 pub use http::{HttpError, HttpExchange, HttpLosses, HttpSettings, HttpTracker, Role, Routes};

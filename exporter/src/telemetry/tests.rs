@@ -15,11 +15,13 @@ use opentelemetry_sdk::metrics::{
     data::{AggregatedMetrics, MetricData, ResourceMetrics},
 };
 
-use super::{TelemetrySettings, Workloads};
+use super::{SpanBuilder, TelemetrySettings, Workloads};
 use crate::{
-    aggregation::{Direction, DnsLookup, Failure, FlowRecord, Outcome, Transport},
+    aggregation::{
+        Direction, DnsLookup, Failure, FlowRecord, HttpError, HttpExchange, Outcome, RequestHead, Role, Transport,
+    },
     enrichment::{DomainNames, HostInfo, Peers},
-    kubernetes::{Change, PodRecord, Store, Update},
+    kubernetes::{Change, PodRecord, ServiceRecord, Store, Update},
 };
 
 fn settings(limit: usize) -> TelemetrySettings {
@@ -70,7 +72,7 @@ fn resource_value(rm: &ResourceMetrics, key: &'static str) -> Option<Value> {
 fn data_points(rm: &ResourceMetrics) -> Vec<(String, String, Vec<KeyValue>, f64)> {
     let mut out = Vec::new();
     for sm in rm.scope_metrics() {
-        assert!([scope::NETFLOW, scope::DNS].contains(&sm.scope().name()), "{:?}", sm.scope());
+        assert!([scope::NETFLOW, scope::DNS, scope::HTTP].contains(&sm.scope().name()), "{:?}", sm.scope());
         for m in sm.metrics() {
             let (name, unit) = (m.name().to_owned(), m.unit().to_owned());
             let mut push = |attrs: Vec<KeyValue>, v: f64| out.push((name.clone(), unit.clone(), attrs, v));
@@ -260,6 +262,67 @@ fn dns_question_name_can_be_left_out() {
     workloads.record_dns(&lookup("secret.test", Outcome::TimedOut), None);
     let points = data_points(&workloads.collect()[0]);
     assert!(points.iter().all(|(_, _, a, _)| a.iter().all(|kv| kv.key.as_str() != attr::DNS_QUESTION_NAME)));
+}
+
+#[test]
+fn a_dns_server_in_the_cluster_is_named_by_its_service() {
+    let mut store = Store::new(10);
+    store.apply(Update::Service(Change::Applied(ServiceRecord {
+        key: (Arc::from("kube-system"), Arc::from("kube-dns")),
+        cluster_ips: vec!["10.0.0.1".parse().unwrap()],
+    })));
+    let mut workloads = Workloads::new(settings(100));
+    workloads.set_cluster(Arc::new(store.view()));
+    workloads.record_dns(&lookup("web.shop.svc.cluster.local", Outcome::TimedOut), None);
+    let points = data_points(&workloads.collect()[0]);
+    assert!(!points.is_empty());
+    for (_, _, attrs, _) in &points {
+        assert!(has(attrs, attr::PEER_K8S_SERVICE_NAME, "kube-dns"), "{attrs:?}");
+        assert!(has(attrs, attr::PEER_K8S_NAMESPACE_NAME, "kube-system"), "{attrs:?}");
+    }
+}
+
+#[test]
+fn an_http_span_names_the_other_end_in_the_cluster() {
+    let mut store = Store::new(10);
+    store.apply(Update::Pod(Change::Applied(PodRecord::test_pod("client-1", "u1", "10.9.0.7", "web"))));
+    let mut workloads = Workloads::new(settings(100));
+    workloads.set_cluster(Arc::new(store.view()));
+    let request = RequestHead {
+        method: "GET".into(),
+        path: "/".into(),
+        query: None,
+        version: "1.1",
+        host: None,
+        user_agent: None,
+        traceparent: None,
+        truncated: false,
+    };
+    let exchange = HttpExchange {
+        id: 1,
+        parent: None,
+        linked: false,
+        pid: 0,
+        role: Role::Server,
+        tls: false,
+        request,
+        response: None,
+        error: Some(HttpError::Timeout),
+        start_ns: 1,
+        end_ns: 2,
+        local: Some("10.9.0.1:80".parse().unwrap()),
+        peer: Some("10.9.0.7:40000".parse().unwrap()),
+    };
+    let span = SpanBuilder::new(false).span(&exchange, None, 0);
+    workloads.record_http(&exchange, None, None, Some(span));
+    let spans = workloads.take_spans();
+    let attrs = &spans[0].1[0].attributes;
+    assert!(has(attrs, attr::PEER_K8S_POD_NAME, "client-1"), "{attrs:?}");
+    assert!(has(attrs, attr::PEER_K8S_DEPLOYMENT_NAME, "web"), "{attrs:?}");
+    // Not on the histogram: a client pod's name would multiply its series.
+    let points = data_points(&workloads.collect()[0]);
+    assert!(!points.is_empty());
+    assert!(points.iter().all(|(_, _, a, _)| a.iter().all(|kv| !kv.key.as_str().starts_with("flowtel.peer.k8s"))));
 }
 
 /// An exec reported after the workload was already read as the new program (the
