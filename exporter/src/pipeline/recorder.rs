@@ -139,8 +139,8 @@ impl Recorder {
         self.processes.take_exited()
     }
 
-    /// One interval's flows, with the agent's own state at its end; then the workloads
-    /// of `exited` processes are retired. Returns the pids that exec'd since the last
+    /// One interval's flows, with the agent's own state at its end; `exited` processes
+    /// are marked so (their pids may be reused). Returns the pids that exec'd since the last
     /// interval.
     pub fn flows(&mut self, flows: &[KernelFlow], lost: [u64; LOST_CAUSES], exited: &[u32]) -> Vec<u32> {
         // Before this interval's flows: they are mostly the new program's.
@@ -161,8 +161,9 @@ impl Recorder {
         }
         self.agent.record_lost(&lost);
         self.agent.record_flows_active(flows.len());
+        self.workloads.retire_reused(exited);
         self.workloads.record(&records, &names, &mut self.peers);
-        self.workloads.exited(exited);
+        self.workloads.mark_exited(exited);
         let domains = &mut self.peers.domains;
         domains.purge_expired(Instant::now());
         let evicted = domains.evicted();

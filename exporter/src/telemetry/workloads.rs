@@ -48,6 +48,8 @@ struct Workload {
     /// built with: when the cluster view says otherwise, the workload is replaced.
     pod_uid: Option<String>,
     pod: Option<Arc<PodIdentity>>,
+    /// The kernel reported the process's exit.
+    exited: bool,
     idle_intervals: u32,
 }
 
@@ -169,6 +171,11 @@ impl Workloads {
     }
 
     fn workload(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> &mut Workload {
+        if self.by_pid.get(&pid).is_some_and(|w| w.exited && process_alive(pid))
+            && let Some(old) = self.by_pid.remove(&pid)
+        {
+            self.replaced.push(old);
+        }
         let workload = self.by_pid.entry(pid).or_insert_with(|| {
             let process = (pid != 0).then(|| self.processes.lookup(pid, kernel, &mut self.cgroups).clone());
             let pod_uid = process.as_ref().and_then(|p| p.container.pod_uid.clone());
@@ -188,6 +195,7 @@ impl Workloads {
                 spans: Vec::new(),
                 pod_uid,
                 pod,
+                exited: false,
                 idle_intervals: 0,
             }
         });
@@ -205,13 +213,27 @@ impl Workloads {
         }
     }
 
-    /// Processes that exited, after their last flows were recorded: their workloads are
-    /// exported once more, then dropped; a process that reuses the pid later is read
-    /// afresh, not taken for the old one.
-    pub fn exited(&mut self, pids: &[u32]) {
-        for &pid in pids.iter().filter(|&&pid| pid != 0) {
-            if let Some(old) = self.by_pid.remove(&pid) {
+    /// Before an interval's data: a pid whose workload was already marked exited has
+    /// exited again, so another process had it meanwhile. The old workload is exported
+    /// once more and dropped; this interval's data goes to a fresh one.
+    pub fn retire_reused(&mut self, exited: &[u32]) {
+        for pid in exited {
+            if self.by_pid.get(pid).is_some_and(|w| w.exited)
+                && let Some(old) = self.by_pid.remove(pid)
+            {
                 self.replaced.push(old);
+            }
+        }
+    }
+
+    /// After an interval's data: these processes exited. Their sockets can still count
+    /// (retransmits, the close after the process is gone), and that data joins the same
+    /// workload until it has been idle `idle_intervals`. Data for the pid while a live
+    /// process has it again is that process's: see `workload`.
+    pub fn mark_exited(&mut self, pids: &[u32]) {
+        for &pid in pids.iter().filter(|&&pid| pid != 0) {
+            if let Some(workload) = self.by_pid.get_mut(&pid) {
+                workload.exited = true;
             }
             self.processes.forget(pid);
         }
@@ -264,7 +286,8 @@ impl Workloads {
         }
         let limit = self.settings.idle_intervals;
         self.by_pid.retain(|&pid, w| {
-            let keep = pid == 0 || w.idle_intervals <= limit || process_alive(pid);
+            // An exited process's pid may be alive again as another process.
+            let keep = pid == 0 || w.idle_intervals <= limit || (!w.exited && process_alive(pid));
             if !keep {
                 let _ = w.provider.shutdown();
             }
@@ -284,7 +307,9 @@ impl Workloads {
         let mut exited: Vec<(u32, u32)> = self
             .by_pid
             .iter()
-            .filter(|&(&pid, w)| pid != 0 && w.idle_intervals > self.settings.idle_intervals && !process_alive(pid))
+            .filter(|&(&pid, w)| {
+                pid != 0 && w.idle_intervals > self.settings.idle_intervals && (w.exited || !process_alive(pid))
+            })
             .map(|(&pid, w)| (w.idle_intervals, pid))
             .collect();
         if exited.len() <= MAX_RETAINED_EXITED {
