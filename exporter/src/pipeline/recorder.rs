@@ -172,9 +172,7 @@ impl Recorder {
         self.agent.record_http_connections(self.http_connections);
         execed
     }
-}
 
-impl Recorder {
     /// The watchers' latest view of the cluster, when it changed, for naming workloads
     /// and peers; and the watchers' health for the agent's own metrics.
     fn take_cluster_view(&mut self) {
