@@ -98,11 +98,13 @@ fn hold_clients(port: &str, count: u32, cgroups: &[String]) -> Child {
 fn measure(kubernetes: bool, kubeconfig: &str, cgroups: &[String], interval_s: u64) -> Measured {
     let receiver = Receiver::grpc("127.0.0.1:0");
     let interval_ms = (interval_s * 1_000).to_string();
+    let limit = env_or("BENCH_CARDINALITY_LIMIT", 2_000).to_string();
     let agent = Agent::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr)),
         ("OTEL_METRIC_EXPORT_INTERVAL", &interval_ms),
         ("KUBECONFIG", kubeconfig),
         ("FLOWTEL_KUBERNETES_MODE", if kubernetes { "on" } else { "off" }),
+        ("FLOWTEL_TELEMETRY_CARDINALITY_LIMIT", &limit),
     ]);
     let start = (Instant::now(), cpu_ticks(agent.pid()));
     let pods_held = || {

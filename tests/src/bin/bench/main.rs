@@ -5,7 +5,8 @@
 //! test host. `http`: wrk against nginx on a test host's loopback, spans on. Both report per-probe nanoseconds per event from the kernel's own
 //! accounting (`kernel.bpf_stats_enabled`: `run_time_ns` / `run_cnt`), agent CPU and
 //! peak RSS from /proc, and what a real OTLP receiver got (counts, losses).
-//! `identity`: the Kubernetes watchers at 10,000 pods and 1,000 local processes.
+//! `identity`: the Kubernetes watchers at 10,000 pods and 1,000 local processes
+//! (`BENCH_PROCESSES`, `BENCH_INTERVAL_S`, `BENCH_CARDINALITY_LIMIT`).
 //! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SECONDS` (default 5),
 //! `BENCH_NO_STATS=1` (measure without the kernel's per-program accounting).
 #![allow(
