@@ -13,6 +13,7 @@ The test drives it over HTTP:
   POST /test/delete   {"kind": ..., "namespace": ..., "name": ...}: DELETED
   POST /test/expire   forgets the event history: every open watch ends, and resuming
                       from an older resourceVersion gets 410 Gone (a relist)
+  POST /test/slow     {"seconds": S}: every list answers only after S seconds
 
 Usage: k8s_api.py PORT STATE_FILE [FIRST_VERSION]
   PORT 0 picks a free port; "listening PORT" is printed once it serves.
@@ -44,6 +45,7 @@ class Store:
         self.events = []  # (version, kind, type, object)
         self.oldest = first_version  # a watch from before this gets 410
         self.epoch = 0  # bumped by expire: open watches end
+        self.list_delay_s = 0.0
         for obj in objects:
             self.apply(obj, record=False)
 
@@ -110,6 +112,9 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/test/expire":
             store.expire()
             self.send_json(200, {"version": store.version})
+        elif self.path == "/test/slow":
+            store.list_delay_s = float(body["seconds"])
+            self.send_json(200, {"version": store.version})
         else:
             self.send_json(404, {})
 
@@ -129,6 +134,7 @@ class Handler(BaseHTTPRequestHandler):
         """Paged when the client asks (`limit`, then `continue`), as the API server does
         for lists read from etcd."""
         store = Handler.store
+        time.sleep(store.list_delay_s)
         _, api_version, list_kind = COLLECTIONS[kind]
         limit = int(query.get("limit", ["0"])[0] or 0)
         offset = int(query.get("continue", ["0"])[0] or 0)

@@ -60,6 +60,11 @@ impl KubeApi {
         self.post("/test/delete", &json!({"kind": kind, "namespace": namespace, "name": name}));
     }
 
+    /// Every list answers only after `seconds`.
+    pub fn slow(&self, seconds: f64) {
+        self.post("/test/slow", &json!({"seconds": seconds}));
+    }
+
     /// Ends every watch and forgets the history: resuming gets 410 Gone, then a relist.
     pub fn expire(&self) {
         self.post("/test/expire", &json!({}));

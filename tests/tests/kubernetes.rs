@@ -2,8 +2,8 @@
 //! pod, namespace, Deployment (through its `ReplicaSet`), container and annotations; a
 //! client's flows name the pod and Service behind a pod IP or a cluster IP. The API
 //! server is a stand-in speaking list/watch (`scripts/k8s_api.py`): pods are added,
-//! changed and deleted while the agent runs, watches expire (410, relist), and the API
-//! server goes away and comes back.
+//! changed and deleted while the agent runs, watches expire (410, relist), the API
+//! server goes away and comes back, is slow to answer, or is not there at all.
 use std::time::Duration;
 
 use flowtel_e2e::{
@@ -249,4 +249,35 @@ fn without_an_api_server_the_agent_observes_and_counts_the_failures() {
     });
     assert!(seen, "no flows, or no watch errors counted; log:\n{}", agent.log());
     assert!(agent.log().contains("Kubernetes watch failed"), "the outage was not logged:\n{}", agent.log());
+}
+
+#[test]
+fn a_slow_api_server_delays_the_names_not_the_flows() {
+    if !privileged_or_skip("a_slow_api_server_delays_the_names_not_the_flows") {
+        return;
+    }
+    let api = KubeApi::start("slow", 0, &[pod("shop", "slow-server", "slow-uid", "10.201.37.1", None)], 1);
+    api.slow(12.0);
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let agent = Agent::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr)),
+        ("KUBECONFIG", &kubeconfig),
+    ]);
+    let started = std::time::Instant::now();
+    let link = Link::new("k8sslow", 37);
+    let mut server = Traffic::spawn(&link.a, &["tcp-server", PORT, "1000", "10", "20"]);
+    server.wait_line("ready");
+    let scene = Scene { server_pid: server.pid().to_string(), link, receiver, agent };
+    let to_server = |io: &[Point], named: bool| {
+        matching(io, &[], &[("network.peer.address", "10.201.37.1")])
+            .iter()
+            .any(|p| p.attrs.contains_key("flowtel.peer.k8s.pod.name") == named)
+    };
+    // Flows go out while the lists are still pending, without names.
+    scene.connect_until("10.201.37.1", "no flows while the API server was slow", |io| to_server(io, false));
+    assert!(started.elapsed() < Duration::from_secs(12), "flows waited for the API server");
+    // Once the lists answer, the names come.
+    scene.connect_until("10.201.37.1", "the names never came after the slow lists", |io| to_server(io, true));
+    drop(server);
 }
