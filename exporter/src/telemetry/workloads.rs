@@ -40,8 +40,10 @@ struct Workload {
     provider: SdkMeterProvider,
     reader: SharedReader,
     flows: FlowInstruments,
-    dns: DnsInstruments,
-    http: HttpInstruments,
+    /// Made on first use: the SDK sizes each instrument's series map for the
+    /// cardinality limit up front, and most processes never look up or serve anything.
+    dns: Option<DnsInstruments>,
+    http: Option<HttpInstruments>,
     /// Spans since the last export.
     spans: Vec<SpanData>,
     /// The pod uid of the process (from its cgroup) and the identity the Resource was
@@ -135,7 +137,13 @@ impl Workloads {
     /// with the server named from the cluster view.
     pub fn record_dns(&mut self, lookup: &DnsLookup, kernel: Option<&KernelProcess>) {
         let server = self.cluster.peer(lookup.server).cloned();
-        self.workload(lookup.pid, kernel).dns.record(lookup, server.as_deref());
+        let question_name = self.settings.dns_question_name;
+        let workload = self.workload(lookup.pid, kernel);
+        let meter = || workload.provider.meter_with_scope(dns_scope());
+        workload
+            .dns
+            .get_or_insert_with(|| DnsInstruments::new(&meter(), question_name))
+            .record(lookup, server.as_deref());
     }
 
     /// Records one HTTP exchange under the serving or sending process's workload, with
@@ -149,7 +157,8 @@ impl Workloads {
     ) {
         let peer = exchange.peer.and_then(|peer| self.cluster.peer(peer.ip())).cloned();
         let workload = self.workload(exchange.pid, kernel);
-        workload.http.record(exchange, route);
+        let meter = || workload.provider.meter_with_scope(http_scope());
+        workload.http.get_or_insert_with(|| HttpInstruments::new(&meter())).record(exchange, route);
         workload.spans.extend(span.map(|mut span| {
             // The other end's identity on the span only: on the histograms it would
             // multiply series by client pods.
@@ -183,15 +192,13 @@ impl Workloads {
             let resource = workload_resource(&self.settings.host, process.as_ref(), pod.as_deref());
             let (provider, reader) = provider(&self.settings, resource.clone());
             let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
-            let dns = DnsInstruments::new(&provider.meter_with_scope(dns_scope()), self.settings.dns_question_name);
-            let http = HttpInstruments::new(&provider.meter_with_scope(http_scope()));
             Workload {
                 resource,
                 provider,
                 reader,
                 flows,
-                dns,
-                http,
+                dns: None,
+                http: None,
                 spans: Vec::new(),
                 pod_uid,
                 pod,
