@@ -64,10 +64,7 @@ pub async fn start(mode: KubernetesMode, max_objects: usize) -> anyhow::Result<O
     if !wanted {
         return Ok(None);
     }
-    let client = match kube::Config::infer().await.map_err(anyhow::Error::from).and_then(|config| {
-        let server = config.cluster_url.to_string();
-        kube::Client::try_from(config).map(|client| (client, server)).map_err(anyhow::Error::from)
-    }) {
+    let (client, server) = match client().await {
         Ok(client) => client,
         Err(err) if mode == KubernetesMode::On => {
             return Err(err.context("kubernetes.mode is on, but no Kubernetes API client configuration was found"));
@@ -77,10 +74,16 @@ pub async fn start(mode: KubernetesMode, max_objects: usize) -> anyhow::Result<O
             return Ok(None);
         }
     };
-    let (client, server) = client;
     tracing::info!(%server, "watching pods, services, endpointslices and replicasets");
     let (snapshots, errors) = watch::spawn(&client, max_objects);
     Ok(Some(Kubernetes { snapshots, errors }))
+}
+
+/// A client from the standard configuration, and the API server it talks to.
+async fn client() -> anyhow::Result<(kube::Client, String)> {
+    let config = kube::Config::infer().await?;
+    let server = config.cluster_url.to_string();
+    Ok((kube::Client::try_from(config)?, server))
 }
 
 #[cfg(test)]

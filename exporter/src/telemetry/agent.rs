@@ -9,6 +9,7 @@ use opentelemetry::{
 use opentelemetry_sdk::metrics::{SdkMeterProvider, data::ResourceMetrics, reader::MetricReader as _};
 
 use super::{
+    instrument::{counter, gauge},
     reader::SharedReader,
     resources::resource_with,
     workloads::{TelemetrySettings, provider},
@@ -74,21 +75,14 @@ impl AgentTelemetry {
         let meter = provider.meter_with_scope(
             InstrumentationScope::builder(scope::AGENT).with_version(env!("CARGO_PKG_VERSION")).build(),
         );
-        let m = metric::AGENT_EVENTS_LOST;
-        let events_lost = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
-        let m = metric::AGENT_FLOWS_ACTIVE;
-        let flows_active = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
-        let m = metric::AGENT_DNS_NAMES;
-        let dns_names = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
-        let m = metric::AGENT_DNS_NAMES_EVICTED;
-        let dns_names_evicted = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
+        let events_lost = counter(&meter, metric::AGENT_EVENTS_LOST);
+        let flows_active = gauge(&meter, metric::AGENT_FLOWS_ACTIVE);
+        let dns_names = gauge(&meter, metric::AGENT_DNS_NAMES);
+        let dns_names_evicted = counter(&meter, metric::AGENT_DNS_NAMES_EVICTED);
         dns_names_evicted.add(0, &[]);
-        let m = metric::AGENT_DNS_PENDING;
-        let dns_pending = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
-        let m = metric::AGENT_PROBES_ATTACHED;
-        let probes_attached = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
-        let m = metric::AGENT_EXPORT_FAILURES;
-        let export_failures = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
+        let dns_pending = gauge(&meter, metric::AGENT_DNS_PENDING);
+        let probes_attached = gauge(&meter, metric::AGENT_PROBES_ATTACHED);
+        let export_failures = counter(&meter, metric::AGENT_EXPORT_FAILURES);
         // Zero-valued series from the start, so "no loss" is visible as 0, not as absence.
         for (_, probe, cause) in LOSS_LABELS {
             events_lost
@@ -100,14 +94,10 @@ impl AgentTelemetry {
         }
         export_failures.add(0, &[KeyValue::new(attr::AGENT_SIGNAL, "metrics")]);
         export_failures.add(0, &[KeyValue::new(attr::AGENT_SIGNAL, "traces")]);
-        let m = metric::AGENT_HTTP_CONNECTIONS;
-        let http_connections = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
-        let m = metric::AGENT_TLS_LIBRARIES;
-        let tls_libraries = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
-        let m = metric::AGENT_K8S_OBJECTS;
-        let k8s_objects = meter.u64_gauge(m.name).with_unit(m.unit).with_description(m.description).build();
-        let m = metric::AGENT_K8S_WATCH_ERRORS;
-        let k8s_watch_errors = meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build();
+        let http_connections = gauge(&meter, metric::AGENT_HTTP_CONNECTIONS);
+        let tls_libraries = gauge(&meter, metric::AGENT_TLS_LIBRARIES);
+        let k8s_objects = gauge(&meter, metric::AGENT_K8S_OBJECTS);
+        let k8s_watch_errors = counter(&meter, metric::AGENT_K8S_WATCH_ERRORS);
         Self {
             _provider: provider,
             reader,

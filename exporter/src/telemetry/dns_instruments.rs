@@ -34,7 +34,7 @@ impl DnsInstruments {
                 .with_description(d.description)
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
-            lookups: meter.u64_counter(l.name).with_unit(l.unit).with_description(l.description).build(),
+            lookups: super::instrument::counter(meter, l),
             question_name,
         }
     }

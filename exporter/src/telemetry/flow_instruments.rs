@@ -1,5 +1,5 @@
 //! The netflow instruments of one workload, and how a flow record lands in them.
-use flowtel_semconv::{MetricName, attr, metric, value};
+use flowtel_semconv::{attr, metric, value};
 use std::sync::Arc;
 
 use opentelemetry::{
@@ -7,6 +7,7 @@ use opentelemetry::{
     metrics::{Counter, Gauge, Histogram, Meter},
 };
 
+use super::instrument::counter;
 use crate::{
     aggregation::{Direction, FlowRecord, Transport, classify},
     enrichment::PeerInfo,
@@ -21,10 +22,6 @@ pub struct FlowInstruments {
     opened: Counter<u64>,
     closed: Counter<u64>,
     failed: Counter<u64>,
-}
-
-fn counter(meter: &Meter, m: MetricName) -> Counter<u64> {
-    meter.u64_counter(m.name).with_unit(m.unit).with_description(m.description).build()
 }
 
 impl FlowInstruments {

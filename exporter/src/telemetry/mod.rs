@@ -10,6 +10,7 @@ mod agent;
 mod dns_instruments;
 mod flow_instruments;
 mod http_instruments;
+mod instrument;
 mod reader;
 mod resources;
 mod sink;

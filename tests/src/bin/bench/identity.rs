@@ -19,7 +19,7 @@ use flowtel_e2e::{
 };
 use serde_json::{Value, json};
 
-use super::{cpu_ticks, env_or};
+use super::{cpu_ticks, env_or, rss_kib};
 
 const PODS: u32 = 10_000;
 const SERVICES: u32 = 5_000;
@@ -62,12 +62,6 @@ fn cluster() -> Vec<Value> {
         objects.push(endpoint_slice(&namespace, &format!("svc-{i}"), &[&endpoints[0], &endpoints[1]]));
     }
     objects
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = status.lines().find_map(|l| l.strip_prefix("VmRSS:"));
-    field.and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
 }
 
 struct Measured {
