@@ -1,5 +1,5 @@
 //! The DNS decode path as the agent runs it on whatever reaches a DNS port: the message
-//! decoder on the bytes as one UDP payload, and the TCP stream reassembler fed the same
+//! decoder on the bytes as one UDP payload, whole and as the captured part of a longer one, and the TCP stream reassembler fed the same
 //! bytes as segments (with a cut and a retransmission) whose messages are decoded.
 //! Run: `cargo +nightly fuzz run dns_decode fuzz/corpus/dns_decode` (from the repository root).
 #![no_main]
@@ -12,7 +12,8 @@ mod stream;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = message::decode(data);
+    let _ = message::decode(data, false);
+    let _ = message::decode(data, true);
     let Some((&split, rest)) = data.split_first() else { return };
     let mut tcp = stream::TcpStream::default();
     let cut = usize::from(split) % (rest.len() + 1);
@@ -25,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     ] {
         if let stream::Segment::Messages(messages) = tcp.push(seq, bytes, wire_len) {
             for m in messages {
-                let _ = message::decode(&m);
+                let _ = message::decode(&m.bytes, m.cut);
             }
         }
     }

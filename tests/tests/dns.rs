@@ -191,8 +191,11 @@ fn a_flow_to_a_looked_up_address_carries_the_domain() {
     let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("dnsflow", 43);
     let server = link.addr_b.to_string();
-    let _dnsmasq = dnsmasq(&link.b, &[&server], 53, &[("web.test", &server)]);
-    assert!(dig(&link.a, &[&format!("@{server}"), "web.test"]).1.contains(&server));
+    // The name asked is an alias: the flow carries it, not the CNAME target.
+    let records = [format!("--host-record=web.test,{server}"), "--cname=alias.test,web.test".into()];
+    let _dnsmasq = servers::dnsmasq(&link.b, &[&server], 53, &records);
+    let answer = dig(&link.a, &[&format!("@{server}"), "alias.test"]).1;
+    assert!(answer.contains("CNAME") && answer.contains(&server), "{answer}");
 
     let mut tcp_server = Traffic::spawn(&link.b, &["tcp-server", "9100", "1", "100", "200"]);
     tcp_server.wait_line("ready");
@@ -204,7 +207,7 @@ fn a_flow_to_a_looked_up_address_carries_the_domain() {
     tcp_server.finish();
 
     let client_res = [("process.pid", client_pid.as_str())];
-    let named = [("network.peer.address", server.as_str()), ("flowtel.peer.domain", "web.test")];
+    let named = [("network.peer.address", server.as_str()), ("flowtel.peer.domain", "alias.test")];
     // Each Resource travels in its own export request, so the agent's own metrics (host Resource)
     // may land a moment after the workload's flows: wait for both.
     let delivered = eventually(Duration::from_secs(20), || {
@@ -229,14 +232,15 @@ fn garbage_on_a_dns_port_is_counted_and_harmless() {
     if !privileged_or_skip("garbage_on_a_dns_port_is_counted_and_harmless") {
         return;
     }
-    let (receiver, agent) = with_grpc_receiver();
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let agent = agent_with(&receiver, &[("FLOWTEL_DNS_TIMEOUT_MS", "1000")]);
     let link = Link::new("dnsjunk", 44);
-    // Nothing listens there, so no reply muddies the count: 300 malformed queries.
-    let sent = 300;
+    // Nothing listens there, so no reply muddies the count: 300 malformed datagrams.
+    let datagrams = 300;
     let script = format!(
         "import os, socket\n\
          s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-         for i in range({sent}):\n\
+         for i in range({datagrams}):\n\
          \x20   if i % 3 == 0: data = os.urandom(i % 12)\n\
          \x20   elif i % 3 == 1: data = os.urandom(4) + bytes([0, 0, 0, 5, 0, 0, 0, 0]) + b'\\xff' * (i % 1400)\n\
          \x20   else: data = os.urandom(2) + bytes([1, 0, 0, 1, 0, 0, 0, 0, 0, 0]) + bytes([63]) + b'a' * 40\n\
@@ -245,16 +249,62 @@ fn garbage_on_a_dns_port_is_counted_and_harmless() {
     );
     let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
     assert!(status.success());
-    let parse_lost = || {
+    // 50 length-prefixed messages of garbage on one TCP connection to a listener that
+    // reads and discards; one segment each (no Nagle, a pause), as a client would send.
+    let messages = 50;
+    let listener = format!(
+        "import socket\n\
+         l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         l.bind(('{}', 53)); l.listen(); print('ready', flush=True)\n\
+         c, _ = l.accept()\n\
+         while c.recv(65536): pass\n",
+        link.addr_b
+    );
+    let sink = Link::exec(&link.b, "python3").args(["-c", &listener]).stdout(Stdio::piped()).spawn();
+    let mut sink = Background(sink.expect("spawn listener"));
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(sink.0.stdout.take().expect("stdout")), &mut ready)
+        .expect("listener ready");
+    let script = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{}', 53)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\n\
+         for i in range({messages}):\n\
+         \x20   s.sendall(bytes([0, 20]) + b'\\xff' * 20); time.sleep(0.005)\n\
+         s.close()\n",
+        link.addr_b
+    );
+    let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
+    assert!(status.success());
+    drop(sink);
+    // 2,000 well-formed queries nobody answers: each ends as one TIMEOUT lookup, and the
+    // pending table is empty again once they have.
+    let unanswered = 2_000;
+    let script = format!(
+        "import socket\n\
+         from dnslib import DNSRecord\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for i in range({unanswered}):\n\
+         \x20   q = DNSRecord.question('flood.test'); q.header.id = i; s.sendto(q.pack(), ('{}', 53))\n",
+        link.addr_b
+    );
+    let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
+    assert!(status.success());
+
+    let state = || {
         let got = receiver.received.snapshot();
-        total(
-            &points(&got, "flowtel.agent.events.lost"),
-            &[],
-            &[("flowtel.probe", "dnsflow"), ("flowtel.loss.cause", "parse")],
-        )
+        let dns_loss = [("flowtel.probe", "dnsflow"), ("flowtel.loss.cause", "parse")];
+        let parse = total(&points(&got, "flowtel.agent.events.lost"), &[], &dns_loss);
+        let timeouts = total(&points(&got, LOOKUPS), &[], &[("dns.question.name", "flood.test")]);
+        let pending = total(&points(&got, "flowtel.agent.dns.pending"), &[], &[]);
+        (parse, timeouts, pending)
     };
-    let counted = eventually(Duration::from_secs(20), || parse_lost() == f64::from(sent));
-    assert!(counted, "parse losses {} of {sent}\nagent log:\n{}", parse_lost(), agent.log());
+    let expected = (f64::from(datagrams + messages), f64::from(unanswered), 0.0);
+    let settled = eventually(Duration::from_secs(20), || state() == expected);
+    assert!(settled, "(parse, timeouts, pending) {:?}, expected {expected:?}\nagent log:\n{}", state(), agent.log());
+    let got = receiver.received.snapshot();
+    let lookups = points(&got, LOOKUPS);
+    let flood = matching(&lookups, &[], &[("dns.question.name", "flood.test")]);
+    assert!(flood.iter().all(|p| p.attrs["flowtel.dns.rcode"] == "TIMEOUT"), "{flood:#?}");
     // Still observing: a real lookup after the garbage is counted.
     let server = link.addr_b.to_string();
     let _dnsmasq = dnsmasq(&link.b, &[&server], 53, &[("after.test", &server)]);
@@ -266,4 +316,135 @@ fn garbage_on_a_dns_port_is_counted_and_harmless() {
     assert!(after, "agent log:\n{}", agent.log());
     let (status, log) = agent.stop();
     assert!(status.success(), "agent did not exit cleanly after garbage: {status}\n{log}");
+}
+
+/// The probe copies at most 2048 bytes of a packet: 150 addresses for one name make a
+/// longer answer. Over UDP (fragmented on the veth, whole at the socket) and TCP over
+/// loopback (one segment) the answer is cut; over TCP on the veth it spans segments.
+/// Each still pairs with its query, and the addresses it had room for name peers.
+#[test]
+fn an_answer_longer_than_the_capture_still_pairs_and_names_its_addresses() {
+    if !privileged_or_skip("an_answer_longer_than_the_capture_still_pairs_and_names_its_addresses") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("dnsbig", 45);
+    let server = link.addr_b.to_string();
+    let hosts = std::env::temp_dir().join(format!("flowtel-dnsbig-{}.hosts", std::process::id()));
+    let lines: Vec<String> = (1..=150).map(|i| format!("10.77.{}.{} many.test", i / 100, i % 100 + 1)).collect();
+    std::fs::write(&hosts, lines.join("\n")).expect("hosts file");
+    let records = [format!("--addn-hosts={}", hosts.display()), "--edns-packet-max=4096".into()];
+    let _dnsmasq = servers::dnsmasq(&link.b, &[&server, "127.0.0.1"], 53, &records);
+
+    let at = format!("@{server}");
+    for (ns, args) in [
+        (&link.a, vec!["+bufsize=4096", "+ignore", at.as_str(), "many.test"]),
+        (&link.a, vec!["+tcp", at.as_str(), "many.test"]),
+        (&link.b, vec!["+tcp", "@127.0.0.1", "many.test"]),
+    ] {
+        let (_, out) = dig(ns, &args);
+        assert!(out.contains("status: NOERROR") && out.contains("ANSWER: 150"), "dig {args:?}: {out}");
+    }
+    let _ = std::fs::remove_file(&hosts);
+
+    let many = [("dns.question.name", "many.test"), ("flowtel.dns.rcode", "NOERROR")];
+    let counted = |got: &[_]| {
+        let lookups = points(got, LOOKUPS);
+        (
+            total(&lookups, &[], &[many[0], many[1], ("network.transport", "udp")]),
+            total(&lookups, &[], &[many[0], many[1], ("network.transport", "tcp")]),
+        )
+    };
+    let delivered = eventually(Duration::from_secs(20), || {
+        let got = receiver.received.snapshot();
+        counted(&got) == (1.0, 2.0) && points(&got, "flowtel.agent.dns.names").iter().any(|p| p.value >= 126.0)
+    });
+    let got = receiver.received.snapshot();
+    assert!(
+        delivered,
+        "counted (udp, tcp) {:?}, names {:?}\nagent log:\n{}",
+        counted(&got),
+        points(&got, "flowtel.agent.dns.names"),
+        agent.log()
+    );
+    let lost = points(&got, "flowtel.agent.events.lost");
+    assert_eq!(total(&lost, &[], &[("flowtel.probe", "dnsflow")]), 0.0, "{lost:#?}");
+    assert_eq!(total(&points(&got, LOOKUPS), &[], &[("flowtel.dns.rcode", "TIMEOUT")]), 0.0);
+}
+
+/// One socket sends the same query twice, 100 ms apart, to a server that answers each
+/// after 300 ms: one lookup, timed from the first send to the first answer.
+#[test]
+fn a_retransmitted_query_counts_once_from_its_first_send() {
+    if !privileged_or_skip("a_retransmitted_query_counts_once_from_its_first_send") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("dnsretry", 46);
+    let server = link.addr_b.to_string();
+    let mut dns_server = Traffic::spawn_script(&link.b, "dns_server.py", &[&server, "300"]);
+    dns_server.wait_line("ready");
+    let script = format!(
+        "import socket, time\n\
+         from dnslib import DNSRecord\n\
+         query = DNSRecord.question('slow.test').pack()\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.sendto(query, ('{server}', 53))\n\
+         time.sleep(0.1)\n\
+         s.sendto(query, ('{server}', 53))\n\
+         for _ in range(2): s.recvfrom(4096)\n"
+    );
+    let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
+    assert!(status.success());
+
+    let slow = [("network.peer.address", server.as_str()), ("dns.question.name", "slow.test")];
+    let delivered = eventually(Duration::from_secs(20), || {
+        total(&points(&receiver.received.snapshot(), LOOKUPS), &[], &slow) == 1.0
+    });
+    let got = receiver.received.snapshot();
+    assert!(delivered, "{:#?}\nagent log:\n{}", matching(&points(&got, LOOKUPS), &[], &slow), agent.log());
+    let timed = matching(&points(&got, DURATION), &[], &slow)[0].clone();
+    assert_eq!(timed.count, 1);
+    // From the second send it would be about 0.2 s; the second answer would give 0.4 s.
+    assert!(timed.value >= 0.3 && timed.value < 0.38, "slow.test took {} s", timed.value);
+    // Still one lookup after the pairing window has passed.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(total(&points(&receiver.received.snapshot(), LOOKUPS), &[], &slow), 1.0);
+}
+
+/// A local stub resolver (dnsmasq on 127.0.0.53, as systemd-resolved would be) that
+/// forwards to another host: two lookups, the application's under `dig` and the
+/// resolver's upstream one under the resolver.
+#[test]
+fn a_stub_resolver_shows_both_hops_under_their_own_processes() {
+    if !privileged_or_skip("a_stub_resolver_shows_both_hops_under_their_own_processes") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("dnsstub", 47);
+    let upstream = link.addr_b.to_string();
+    let _upstream = dnsmasq(&link.b, &[&upstream], 53, &[("up.test", &upstream)]);
+    let stub = servers::dnsmasq(&link.a, &["127.0.0.53"], 53, &[format!("--server={upstream}")]);
+    let stub_pid = stub.0.id().to_string();
+    let (dig_pid, out) = dig(&link.a, &["@127.0.0.53", "up.test"]);
+    assert!(out.contains("status: NOERROR") && out.contains(&upstream), "{out}");
+
+    let hop = |pid: &str, server: &str| {
+        let lookups = points(&receiver.received.snapshot(), LOOKUPS);
+        let attrs =
+            [("network.peer.address", server), ("dns.question.name", "up.test"), ("flowtel.dns.rcode", "NOERROR")];
+        total(&lookups, &[("process.pid", pid)], &attrs)
+    };
+    let delivered =
+        eventually(Duration::from_secs(20), || hop(&dig_pid, "127.0.0.53") == 1.0 && hop(&stub_pid, &upstream) == 1.0);
+    let got = receiver.received.snapshot();
+    assert!(
+        delivered,
+        "{:#?}\nagent log:\n{}",
+        matching(&points(&got, LOOKUPS), &[], &[("dns.question.name", "up.test")]),
+        agent.log()
+    );
+    let upstream_hop = matching(&points(&got, LOOKUPS), &[("process.pid", &stub_pid)], &[])[0].clone();
+    assert_eq!(upstream_hop.resource["service.name"], "dnsmasq");
+    assert_eq!(total(&points(&got, LOOKUPS), &[], &[("dns.question.name", "up.test")]), 2.0);
 }

@@ -33,9 +33,30 @@ pub enum DecodeError {
     NoQuestion,
 }
 
+/// Bytes of the fixed header; the section counts sit at 4..12.
+const HEADER_LEN: usize = 12;
+/// The fewest bytes a question (root name, type, class) and a resource record (root
+/// name, type, class, TTL, data length) can take: no more of them fit than this allows.
+const QUESTION_MIN: usize = 5;
+const RECORD_MIN: usize = 11;
+
 /// Decodes one message (a UDP payload, or one TCP message without its length prefix).
-pub fn decode(bytes: &[u8]) -> Result<DnsMessage, DecodeError> {
+/// `cut` says the capture ended before the message did (the probe copies at most
+/// `dns::PAYLOAD_MAX` bytes): its header, question and the answer records wholly
+/// inside the captured part are then decoded, so a large answer still pairs with its
+/// query and names the addresses it had room for.
+pub fn decode(bytes: &[u8], cut: bool) -> Result<DnsMessage, DecodeError> {
+    if cut {
+        return decode_captured_part(bytes);
+    }
+    if !counts_fit(bytes) {
+        return Err(DecodeError::Malformed("more records than bytes".into()));
+    }
     let packet = Packet::parse(bytes).map_err(|err| DecodeError::Malformed(err.to_string()))?;
+    message_of(&packet)
+}
+
+fn message_of(packet: &Packet<'_>) -> Result<DnsMessage, DecodeError> {
     let question = packet.questions.first().ok_or(DecodeError::NoQuestion)?;
     let question_name = normalize(&question.qname.to_string());
     let question_type = match question.qtype {
@@ -43,7 +64,7 @@ pub fn decode(bytes: &[u8]) -> Result<DnsMessage, DecodeError> {
         other => u16::from(other),
     };
     let is_response = packet.has_flags(PacketFlag::RESPONSE);
-    let addresses = if is_response { answer_addresses(&packet, &question_name) } else { Vec::new() };
+    let addresses = if is_response { answer_addresses(packet, &question_name) } else { Vec::new() };
     Ok(DnsMessage {
         id: packet.id(),
         is_response,
@@ -52,6 +73,48 @@ pub fn decode(bytes: &[u8]) -> Result<DnsMessage, DecodeError> {
         question_type,
         addresses,
     })
+}
+
+/// The section counts of a message are checked against its length before the library
+/// sizes its vectors from them: garbage claiming 65,535 records costs nothing.
+fn counts_fit(bytes: &[u8]) -> bool {
+    let Some(counts) = bytes.get(4..HEADER_LEN) else { return false };
+    let count = |i: usize| usize::from(u16::from_be_bytes([counts[i], counts[i + 1]]));
+    let least = count(0) * QUESTION_MIN + (count(2) + count(4) + count(6)) * RECORD_MIN;
+    least <= bytes.len() - HEADER_LEN
+}
+
+/// A message cut short by the capture: the library parses a copy whose section counts
+/// say only what the captured part can hold. Authority and additional records come
+/// after the answers, so they go; of the answers, the longest run that parses is kept,
+/// found by bisection (a run parses when a longer one does).
+fn decode_captured_part(bytes: &[u8]) -> Result<DnsMessage, DecodeError> {
+    let cut_short = || DecodeError::Malformed("cut before its question ended".into());
+    if bytes.len() < HEADER_LEN {
+        return Err(cut_short());
+    }
+    let mut copy = bytes.to_vec();
+    copy[8..HEADER_LEN].fill(0);
+    let claimed = u16::from_be_bytes([copy[6], copy[7]]);
+    let room = u16::try_from((bytes.len() - HEADER_LEN) / RECORD_MIN).unwrap_or(u16::MAX);
+    let set_answers = |copy: &mut Vec<u8>, n: u16| copy[6..8].copy_from_slice(&n.to_be_bytes());
+    let (mut parses, mut fails) = (0, claimed.min(room) + 1);
+    set_answers(&mut copy, 0);
+    if !counts_fit(&copy) || Packet::parse(&copy).is_err() {
+        return Err(cut_short());
+    }
+    while fails - parses > 1 {
+        let mid = parses + (fails - parses) / 2;
+        set_answers(&mut copy, mid);
+        if Packet::parse(&copy).is_ok() {
+            parses = mid;
+        } else {
+            fails = mid;
+        }
+    }
+    set_answers(&mut copy, parses);
+    let packet = Packet::parse(&copy).map_err(|_| cut_short())?;
+    message_of(&packet)
 }
 
 /// A, AAAA records owned by the question name or by a name it reaches through CNAMEs.

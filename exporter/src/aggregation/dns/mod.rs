@@ -126,8 +126,8 @@ impl DnsTracker {
     /// Takes one packet; answered lookups are appended to `out`.
     pub fn packet(&mut self, packet: &CapturedPacket, out: &mut Vec<DnsLookup>) {
         if !packet.tcp {
-            // A payload the probe cut short is decoded as far as it goes.
-            self.message(packet, &packet.payload, out);
+            let cut = packet.payload.len() < packet.wire_len as usize;
+            self.message(packet, &packet.payload, cut, out);
             return;
         }
         let key = (packet.src, packet.dst);
@@ -141,14 +141,15 @@ impl DnsTracker {
             Segment::Gap => self.losses.stream_gap += 1,
             Segment::Messages(messages) => {
                 for message in messages {
-                    self.message(packet, &message, out);
+                    self.message(packet, &message.bytes, message.cut, out);
                 }
             }
         }
     }
 
-    fn message(&mut self, packet: &CapturedPacket, bytes: &[u8], out: &mut Vec<DnsLookup>) {
-        let Ok(message) = decode(bytes) else {
+    /// One message; a `cut` one is decoded as far as its captured bytes go.
+    fn message(&mut self, packet: &CapturedPacket, bytes: &[u8], cut: bool, out: &mut Vec<DnsLookup>) {
+        let Ok(message) = decode(bytes, cut) else {
             self.losses.parse += 1;
             return;
         };

@@ -25,10 +25,19 @@ pub struct TcpStream {
     consumed: usize,
 }
 
+/// One message of the stream, without its length prefix.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message {
+    /// The captured bytes: all of the message unless `cut`.
+    pub bytes: Vec<u8>,
+    /// Some of the message's bytes were not captured (the probe's copy cap).
+    pub cut: bool,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Segment {
     /// Messages completed by this segment (possibly none).
-    Messages(Vec<Vec<u8>>),
+    Messages(Vec<Message>),
     /// A hole in the sequence: data was lost and the stream was reset.
     Gap,
 }
@@ -58,7 +67,7 @@ impl TcpStream {
         Segment::Messages(done)
     }
 
-    fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<Vec<u8>>) {
+    fn feed(&mut self, mut bytes: &[u8], done: &mut Vec<Message>) {
         while !bytes.is_empty() {
             let Some(length) = self.length else {
                 self.prefix.push(bytes[0]);
@@ -81,7 +90,7 @@ impl TcpStream {
     /// Bytes the probe did not copy: they advance the current message without data. If
     /// they hide a length prefix, the stream cannot find its next message: it waits for
     /// the next segment and resumes at the prefix it can see, a best effort.
-    fn feed_missing(&mut self, mut missing: usize, done: &mut Vec<Vec<u8>>) {
+    fn feed_missing(&mut self, mut missing: usize, done: &mut Vec<Message>) {
         while missing > 0 {
             let Some(length) = self.length else {
                 self.reset_framing();
@@ -94,7 +103,7 @@ impl TcpStream {
         }
     }
 
-    fn start_message(&mut self, length: usize, done: &mut Vec<Vec<u8>>) {
+    fn start_message(&mut self, length: usize, done: &mut Vec<Message>) {
         self.prefix.clear();
         self.length = Some(length);
         self.consumed = 0;
@@ -102,9 +111,12 @@ impl TcpStream {
         self.finish_if_complete(done);
     }
 
-    fn finish_if_complete(&mut self, done: &mut Vec<Vec<u8>>) {
-        if self.length.is_some_and(|length| self.consumed == length) {
-            done.push(std::mem::take(&mut self.message));
+    fn finish_if_complete(&mut self, done: &mut Vec<Message>) {
+        if let Some(length) = self.length
+            && self.consumed == length
+        {
+            let bytes = std::mem::take(&mut self.message);
+            done.push(Message { cut: bytes.len() < length, bytes });
             self.length = None;
             self.consumed = 0;
         }
@@ -131,6 +143,11 @@ mod tests {
         out
     }
 
+    /// Messages captured whole.
+    fn whole(messages: &[&[u8]]) -> Segment {
+        Segment::Messages(messages.iter().map(|m| Message { bytes: m.to_vec(), cut: false }).collect())
+    }
+
     fn len(bytes: &[u8]) -> u32 {
         u32::try_from(bytes.len()).unwrap()
     }
@@ -140,27 +157,27 @@ mod tests {
         let mut stream = TcpStream::default();
         let data = framed(&[b"first", b"second", b"third message"]);
         let (a, rest) = data.split_at(16); // both first messages and 1 byte of the third prefix
-        assert_eq!(stream.push(1000, a, len(a)), Segment::Messages(vec![b"first".to_vec(), b"second".to_vec()]));
+        assert_eq!(stream.push(1000, a, len(a)), whole(&[b"first", b"second"]));
         let (b, c) = rest.split_at(5);
-        assert_eq!(stream.push(1016, b, len(b)), Segment::Messages(vec![]));
-        assert_eq!(stream.push(1021, c, len(c)), Segment::Messages(vec![b"third message".to_vec()]));
+        assert_eq!(stream.push(1016, b, len(b)), whole(&[]));
+        assert_eq!(stream.push(1021, c, len(c)), whole(&[b"third message"]));
     }
 
     #[test]
     fn retransmission_is_skipped_and_overlap_trimmed() {
         let mut stream = TcpStream::default();
         let data = framed(&[b"abcdef"]);
-        assert_eq!(stream.push(1, &data[..4], 4), Segment::Messages(vec![]));
-        assert_eq!(stream.push(1, &data[..4], 4), Segment::Messages(vec![]));
+        assert_eq!(stream.push(1, &data[..4], 4), whole(&[]));
+        assert_eq!(stream.push(1, &data[..4], 4), whole(&[]));
         // Overlaps the first two bytes already seen.
-        assert_eq!(stream.push(3, &data[2..], len(&data[2..])), Segment::Messages(vec![b"abcdef".to_vec()]));
+        assert_eq!(stream.push(3, &data[2..], len(&data[2..])), whole(&[b"abcdef"]));
     }
 
     #[test]
     fn a_gap_resets_the_stream() {
         let mut stream = TcpStream::default();
         let data = framed(&[b"abcdef", b"gh"]);
-        assert_eq!(stream.push(0, &data[..3], 3), Segment::Messages(vec![]));
+        assert_eq!(stream.push(0, &data[..3], 3), whole(&[]));
         assert_eq!(stream.push(5, &data[5..], len(&data[5..])), Segment::Gap);
     }
 
@@ -169,8 +186,11 @@ mod tests {
         let mut stream = TcpStream::default();
         let data = framed(&[b"0123456789", b"next"]);
         // The probe copied 6 of the first segment's 12 bytes.
-        assert_eq!(stream.push(0, &data[..6], 12), Segment::Messages(vec![b"0123".to_vec()]));
-        assert_eq!(stream.push(12, &data[12..], len(&data[12..])), Segment::Messages(vec![b"next".to_vec()]));
+        assert_eq!(
+            stream.push(0, &data[..6], 12),
+            Segment::Messages(vec![Message { bytes: b"0123".to_vec(), cut: true }])
+        );
+        assert_eq!(stream.push(12, &data[12..], len(&data[12..])), whole(&[b"next"]));
     }
 
     #[test]
@@ -178,7 +198,7 @@ mod tests {
         let mut stream = TcpStream::default();
         let data = framed(&[b"wrap"]);
         let start = u32::MAX - 1;
-        assert_eq!(stream.push(start, &data[..3], 3), Segment::Messages(vec![]));
-        assert_eq!(stream.push(start.wrapping_add(3), &data[3..], 3), Segment::Messages(vec![b"wrap".to_vec()]));
+        assert_eq!(stream.push(start, &data[..3], 3), whole(&[]));
+        assert_eq!(stream.push(start.wrapping_add(3), &data[3..], 3), whole(&[b"wrap"]));
     }
 }

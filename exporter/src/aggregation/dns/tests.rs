@@ -5,6 +5,8 @@ use simple_dns::{
     rdata::{A, AAAA, CNAME, RData},
 };
 
+use flowtel_probes_abi::dns;
+
 use super::*;
 
 const CLIENT: &str = "10.0.0.2:40000";
@@ -142,7 +144,7 @@ fn cname_chain_is_followed_and_unrelated_records_ignored() {
         ),
         a("other.test", Ipv4Addr::new(192, 0, 2, 99), 30),
     ];
-    let message = decode(&answer(5, "www.test", RCODE::NoError, records)).unwrap();
+    let message = decode(&answer(5, "www.test", RCODE::NoError, records), false).unwrap();
     assert!(message.is_response);
     assert_eq!(message.addresses, vec![("192.0.2.1".parse().unwrap(), 30), ("::1".parse().unwrap(), 20)],);
 }
@@ -160,6 +162,73 @@ fn garbage_is_counted_never_paired() {
     t.packet(&packet(0, false, false, truncated), &mut out);
     assert!(out.is_empty());
     assert_eq!(t.take_losses().parse, 5);
+}
+
+/// 150 A records for `many.test`: an answer longer than the probe's copy.
+fn large_answer() -> Vec<u8> {
+    let records = (0..150).map(|i| a("many.test", Ipv4Addr::new(10, 77, 0, i), 60)).collect();
+    answer(4, "many.test", RCODE::NoError, records)
+}
+
+#[test]
+fn an_answer_cut_by_the_capture_pairs_and_names_the_addresses_it_holds() {
+    let full = large_answer();
+    // Header, then the question: the name's labels (one length byte each, and the root's), type, class.
+    let header_and_question = 12 + "many.test".len() + 2 + 4;
+    let record = (full.len() - header_and_question) / 150;
+    assert_eq!(header_and_question + 150 * record, full.len());
+    let captured = full[..dns::PAYLOAD_MAX].to_vec();
+    let whole_records = (dns::PAYLOAD_MAX - header_and_question) / record;
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.packet(&packet(0, true, false, query(4, "many.test", TYPE::A)), &mut out);
+    let cut =
+        CapturedPacket { wire_len: u32::try_from(full.len()).unwrap(), ..packet(2, false, false, captured.clone()) };
+    t.packet(&cut, &mut out);
+    assert_eq!(t.take_losses(), TrackerLosses::default());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].outcome, Outcome::Answered { rcode: 0, latency_s: 0.002 });
+    let expected: Vec<_> =
+        (0..whole_records).map(|i| (IpAddr::from([10, 77, 0, u8::try_from(i).unwrap()]), 60)).collect();
+    assert_eq!(out[0].addresses, expected);
+    // The same bytes captured whole would be a malformed message: only a cut one is salvaged.
+    assert!(decode(&captured, false).is_err());
+}
+
+#[test]
+fn a_tcp_answer_cut_by_the_capture_still_pairs() {
+    let full = large_answer();
+    let mut framed = u16::try_from(full.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend(&full);
+    let mut queries = u16::try_from(query(4, "many.test", TYPE::A).len()).unwrap().to_be_bytes().to_vec();
+    queries.extend(query(4, "many.test", TYPE::A));
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.packet(&CapturedPacket { tcp_seq: 1, ..packet(0, true, true, queries) }, &mut out);
+    let segment = CapturedPacket {
+        tcp_seq: 100,
+        wire_len: u32::try_from(framed.len()).unwrap(),
+        ..packet(3, false, true, framed[..dns::PAYLOAD_MAX].to_vec())
+    };
+    t.packet(&segment, &mut out);
+    assert_eq!(out.len(), 1, "{:?}", t.take_losses());
+    assert!(matches!(out[0].outcome, Outcome::Answered { rcode: 0, .. }));
+    assert!(out[0].addresses.len() > 70);
+}
+
+#[test]
+fn a_cut_message_without_its_whole_question_is_not_dns() {
+    let query = query(4, "many.test", TYPE::A);
+    assert!(decode(&query[..20], true).is_err());
+    assert!(decode(&query[..5], true).is_err());
+}
+
+#[test]
+fn a_header_claiming_more_records_than_bytes_is_refused_before_parsing() {
+    let mut claims = vec![0u8; 40];
+    claims[4..12].fill(0xff);
+    assert_eq!(decode(&claims, false), Err(message::DecodeError::Malformed("more records than bytes".into())));
+    assert!(decode(&claims, true).is_err());
 }
 
 #[test]
@@ -224,14 +293,21 @@ fn fuzz_corpus_decodes_or_fails_cleanly() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let decoded = decode(&bytes);
+        let decoded = decode(&bytes, false);
         match name.split('_').next() {
             Some("query" | "answer") => assert!(decoded.is_ok(), "{name}: {decoded:?}"),
             Some("garbage" | "pointer" | "tcp") => assert!(decoded.is_err(), "{name}: {decoded:?}"),
+            // The probe's 2048-byte copy of a longer answer: whole records only.
+            Some("cut") => {
+                assert!(decoded.is_err(), "{name}: {decoded:?}");
+                let salvaged = decode(&bytes, true).unwrap_or_else(|err| panic!("{name}: {err}"));
+                assert_eq!(salvaged.addresses.len(), (bytes.len() - 27) / 16, "{name}");
+            }
             other => panic!("corpus file {name} has no known prefix ({other:?})"),
         }
         for cut in 0..bytes.len() {
-            let _ = decode(&bytes[..cut]);
+            let _ = decode(&bytes[..cut], false);
+            let _ = decode(&bytes[..cut], true);
         }
         let mut t = tracker();
         let mut out = Vec::new();
@@ -240,6 +316,6 @@ fn fuzz_corpus_decodes_or_fails_cleanly() {
         seen += 1;
     }
     assert!(seen >= 10, "corpus too small: {seen}");
-    let chain = decode(&std::fs::read(dir.join("answer_cname_chain")).unwrap()).unwrap();
+    let chain = decode(&std::fs::read(dir.join("answer_cname_chain")).unwrap(), false).unwrap();
     assert_eq!(chain.addresses.len(), 2);
 }
