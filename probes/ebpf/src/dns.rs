@@ -10,12 +10,15 @@
 //! exchange (query in, answer out) would count every lookup twice.
 //!
 //! Egress runs in the sending process's context for UDP and for a TCP segment sent by
-//! `sendmsg` (a query), so the asking process is known there.
+//! `sendmsg` (a query), so the asking process is known there; see `sender_pid` for when
+//! it is not.
 //! <https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/cgroup.c#L1460> (cgroup skb >= 4.10;
 //! `skb->data` is set to the network header before the program runs, on both sides)
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes,
+    },
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -101,10 +104,26 @@ fn try_dns(ctx: &SkBuffContext, direction: u8) -> Option<()> {
     packet.wire_len = wire_len;
     packet.timestamp_ns = now_ns();
     if direction == dns::EGRESS {
-        packet.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        packet.pid = sender_pid(ctx);
     }
     emit(ctx, &mut packet, payload_offset, wire_len);
     Some(())
+}
+
+/// The process that owns the sending socket, or 0 when the program does not run on its
+/// behalf. A segment sent from a timer or softirq (a retransmission, a send deferred by
+/// TCP small queues) runs with `current` set to whatever task was interrupted: only a
+/// task in the socket's own cgroup v2 (`skb->sk`'s, set when the socket was made) is
+/// taken for the asker, so another container's process is never named. The id helpers
+/// are in cgroup skb programs since 4.18.
+fn sender_pid(ctx: &SkBuffContext) -> u32 {
+    // SAFETY: the helpers read the skb's socket and the current task; no preconditions.
+    let (socket_cgroup, current_cgroup) =
+        unsafe { (bpf_skb_cgroup_id(ctx.skb.skb.cast::<__sk_buff>()), bpf_get_current_cgroup_id()) };
+    if socket_cgroup == 0 || socket_cgroup != current_cgroup {
+        return 0;
+    }
+    (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 /// The IPv4 header and, when it has no options (nearly always), the ports, in one load.
