@@ -448,3 +448,72 @@ fn a_stub_resolver_shows_both_hops_under_their_own_processes() {
     assert_eq!(upstream_hop.resource["service.name"], "dnsmasq");
     assert_eq!(total(&points(&got, LOOKUPS), &[], &[("dns.question.name", "up.test")]), 2.0);
 }
+
+/// A host-network process asks a Service's cluster IP, and kube-proxy's DNAT in the
+/// host's OUTPUT chain sends the query to a DNS pod: the probe sees the query after the
+/// rewrite and the answer after it is undone. Docker's embedded DNS does the same with a
+/// port change (127.0.0.11:53 to a random port). Each lookup still pairs, and names the
+/// address the process asked: dig's connected sockets through the socket's own ends,
+/// an unconnected Python socket through pairing without the server address.
+#[test]
+fn queries_rewritten_by_nat_pair_with_their_answers() {
+    if !privileged_or_skip("queries_rewritten_by_nat_pair_with_their_answers") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let agent = agent_with(&receiver, &[("FLOWTEL_DNS_TIMEOUT_MS", "1000")]);
+    let link = Link::new("dnsnat", 48);
+    let server = link.addr_b.to_string();
+    let _dnsmasq = dnsmasq(&link.b, &[&server], 53, &[("known.test", &server)]);
+    let _dnsmasq_5300 = dnsmasq(&link.b, &[&server], 5300, &[("known.test", &server)]);
+    let (service_ip, docker_like_ip) = ("10.96.48.10", "10.96.48.11");
+    let routed = std::process::Command::new("ip")
+        .args(["-n", &link.a, "route", "add", "10.96.48.0/24", "dev", &link.veth(true)])
+        .status()
+        .expect("ip route");
+    assert!(routed.success());
+    for (asked, to, transport) in [
+        (service_ip, format!("{server}:53"), "udp"),
+        (service_ip, format!("{server}:53"), "tcp"),
+        (docker_like_ip, format!("{server}:5300"), "udp"),
+    ] {
+        let rule = ["-t", "nat", "-A", "OUTPUT", "-p", transport, "-d", asked, "--dport", "53", "-j", "DNAT"];
+        let status = Link::exec(&link.a, "iptables")
+            .args(rule)
+            .args(["--to-destination", &to])
+            .status()
+            .expect("iptables (apt install iptables)");
+        assert!(status.success(), "iptables DNAT rule");
+    }
+    let at = format!("@{service_ip}");
+    let (dig_pid, out) = dig(&link.a, &[&at, "known.test"]);
+    assert!(out.contains("status: NOERROR"), "{out}");
+    assert!(dig(&link.a, &["+tcp", &at, "known.test"]).1.contains("status: NOERROR"));
+    assert!(dig(&link.a, &[&format!("@{docker_like_ip}"), "known.test"]).1.contains("status: NOERROR"));
+    let script = format!(
+        "import socket\n\
+         from dnslib import DNSRecord\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n\
+         s.sendto(DNSRecord.question('known.test').pack(), ('{service_ip}', 53))\n\
+         print(DNSRecord.parse(s.recvfrom(4096)[0]).header.rcode)\n"
+    );
+    let python = Link::exec(&link.a, "python3").args(["-c", &script]).stdout(Stdio::piped()).spawn();
+    let python = python.expect("run python");
+    let python_pid = python.id().to_string();
+    let python = python.wait_with_output().expect("wait python");
+    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), "0", "python's lookup through the DNAT");
+
+    let asked = |address: &'static str| [("network.peer.address", address), ("flowtel.dns.rcode", "NOERROR")];
+    let counted = || {
+        let lookups = points(&receiver.received.snapshot(), LOOKUPS);
+        (total(&lookups, &[], &asked(service_ip)), total(&lookups, &[], &asked(docker_like_ip)))
+    };
+    let delivered = eventually(Duration::from_secs(20), || counted() == (3.0, 1.0));
+    let got = receiver.received.snapshot();
+    let lookups = points(&got, LOOKUPS);
+    let all = matching(&lookups, &[], &[("dns.question.name", "known.test")]);
+    assert!(delivered, "{:?}: {all:#?}\nagent log:\n{}", counted(), agent.log());
+    assert_eq!(total(&lookups, &[], &[("dns.question.name", "known.test")]), 4.0, "no TIMEOUT: {all:#?}");
+    assert_eq!(total(&lookups, &[("process.pid", dig_pid.as_str())], &asked(service_ip)), 1.0);
+    assert_eq!(total(&lookups, &[("process.pid", python_pid.as_str())], &asked(service_ip)), 1.0, "{all:#?}");
+}

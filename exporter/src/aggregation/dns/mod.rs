@@ -1,8 +1,15 @@
 //! DNS packets into lookups: each query paired with its answer by (client address and
-//! port, server address and port, transport, transaction id, question). Latency is
-//! the answer's kernel timestamp minus the query's. A query still unanswered after the
-//! timeout becomes a `TIMEOUT` lookup. A retransmitted query (same key) keeps the first
-//! one's time and is not counted again.
+//! port, transport, transaction id, question). Latency is the answer's kernel timestamp
+//! minus the query's. A query still unanswered after the timeout becomes a `TIMEOUT`
+//! lookup. A retransmitted query (same key) keeps the first one's time and is not
+//! counted again.
+//!
+//! The server is not part of the key: an unconnected socket's query is seen after the
+//! host's NAT (a Service IP rewritten to a DNS pod's) and its answer after the rewrite
+//! is undone, so the two carry different server addresses. The lookup names the server
+//! the answer came from, which is the one the process asked; a timed-out one names the
+//! address its query was sent to. A query re-sent to another server from the same
+//! socket with the same id is one lookup, answered by whichever replies first.
 //!
 //! Guarantees: every query seen ends as exactly one lookup (answered or timed out)
 //! unless the pending table is full, which is counted; every packet that does not
@@ -71,7 +78,6 @@ impl std::ops::AddAssign for TrackerLosses {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PendingKey {
     client: SocketAddr,
-    server: SocketAddr,
     tcp: bool,
     id: u16,
     question_name: String,
@@ -79,22 +85,15 @@ struct PendingKey {
 }
 
 impl PendingKey {
-    fn new(client: SocketAddr, server: SocketAddr, tcp: bool, message: DnsMessage) -> Self {
-        Self {
-            client,
-            server,
-            tcp,
-            id: message.id,
-            question_name: message.question_name,
-            question_type: message.question_type,
-        }
+    fn new(client: SocketAddr, tcp: bool, message: DnsMessage) -> Self {
+        Self { client, tcp, id: message.id, question_name: message.question_name, question_type: message.question_type }
     }
 
-    fn into_lookup(self, pending: Pending, outcome: Outcome, addresses: Vec<(IpAddr, u32)>) -> DnsLookup {
+    fn into_lookup(self, server: IpAddr, pid: u32, outcome: Outcome, addresses: Vec<(IpAddr, u32)>) -> DnsLookup {
         DnsLookup {
-            pid: pending.pid,
+            pid,
             transport: if self.tcp { Transport::Tcp } else { Transport::Udp },
-            server: self.server.ip(),
+            server,
             question_name: self.question_name,
             question_type: self.question_type,
             outcome,
@@ -107,6 +106,8 @@ impl PendingKey {
 struct Pending {
     at_ns: u64,
     pid: u32,
+    /// Where the query was sent, as the probe saw it.
+    server: IpAddr,
 }
 
 pub struct DnsTracker {
@@ -162,7 +163,7 @@ impl DnsTracker {
     }
 
     fn query(&mut self, packet: &CapturedPacket, message: DnsMessage) {
-        let key = PendingKey::new(packet.src, packet.dst, packet.tcp, message);
+        let key = PendingKey::new(packet.src, packet.tcp, message);
         if self.pending.contains_key(&key) {
             return; // a retransmission: the first query's time stands
         }
@@ -170,17 +171,18 @@ impl DnsTracker {
             self.losses.pending_full += 1;
             return;
         }
-        self.pending.insert(key, Pending { at_ns: packet.at_ns, pid: packet.pid });
+        self.pending.insert(key, Pending { at_ns: packet.at_ns, pid: packet.pid, server: packet.dst.ip() });
     }
 
     fn answer(&mut self, packet: &CapturedPacket, mut message: DnsMessage, out: &mut Vec<DnsLookup>) {
         let (rcode, addresses) = (message.rcode, std::mem::take(&mut message.addresses));
-        let key = PendingKey::new(packet.dst, packet.src, packet.tcp, message);
+        let key = PendingKey::new(packet.dst, packet.tcp, message);
         // An answer to a query we did not see (sent before flowtel started, or after
         // its timeout was reported) is not a lookup of ours.
         let Some(pending) = self.pending.remove(&key) else { return };
         let latency_s = packet.at_ns.saturating_sub(pending.at_ns) as f64 / 1e9;
-        out.push(key.into_lookup(pending, Outcome::Answered { rcode, latency_s }, addresses));
+        let outcome = Outcome::Answered { rcode, latency_s };
+        out.push(key.into_lookup(packet.src.ip(), pending.pid, outcome, addresses));
     }
 
     /// Reports queries older than the timeout as `TIMEOUT` lookups and forgets TCP
@@ -195,7 +197,7 @@ impl DnsTracker {
             .collect();
         for key in expired {
             if let Some(pending) = self.pending.remove(&key) {
-                out.push(key.into_lookup(pending, Outcome::TimedOut, Vec::new()));
+                out.push(key.into_lookup(pending.server, pending.pid, Outcome::TimedOut, Vec::new()));
             }
         }
         self.streams.retain(|_, (_, last_ns)| now_ns.saturating_sub(*last_ns) < timeout);

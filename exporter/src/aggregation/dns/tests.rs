@@ -109,6 +109,30 @@ fn unanswered_query_times_out_once() {
     assert_eq!(out.len(), 1);
 }
 
+/// An unconnected socket's query is seen after the host's DNAT (a Service IP rewritten
+/// to a DNS pod's), its answer after the rewrite is undone.
+#[test]
+fn an_answer_from_the_address_the_process_asked_pairs_with_its_rewritten_query() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    let rewritten = CapturedPacket {
+        dst: "10.244.1.7:53".parse().unwrap(),
+        ..packet(0, true, false, query(3, "svc.test", TYPE::A))
+    };
+    t.packet(&rewritten, &mut out);
+    let restored = CapturedPacket {
+        src: "10.96.0.10:53".parse().unwrap(),
+        ..packet(2, false, false, answer(3, "svc.test", RCODE::NoError, vec![]))
+    };
+    t.packet(&restored, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].server, "10.96.0.10".parse::<IpAddr>().unwrap(), "the server the process asked");
+    // Unanswered, the lookup names where its query went.
+    t.packet(&rewritten, &mut out);
+    t.expire(10_000 * MS, &mut out);
+    assert_eq!((out[1].outcome, out[1].server), (Outcome::TimedOut, "10.244.1.7".parse().unwrap()));
+}
+
 #[test]
 fn answer_for_another_question_or_id_does_not_pair() {
     let mut t = tracker();
