@@ -163,6 +163,11 @@ impl DnsTracker {
     }
 
     fn query(&mut self, packet: &CapturedPacket, message: DnsMessage) {
+        if packet.dst.ip().is_multicast() {
+            // mDNS (224.0.0.251, ff02::fb): any responder answers, to the group, so no
+            // answer pairs with the query; it is not a lookup to time out.
+            return;
+        }
         let key = PendingKey::new(packet.src, packet.tcp, message);
         if self.pending.contains_key(&key) {
             return; // a retransmission: the first query's time stands

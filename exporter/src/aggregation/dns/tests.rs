@@ -134,6 +134,22 @@ fn an_answer_from_the_address_the_process_asked_pairs_with_its_rewritten_query()
 }
 
 #[test]
+fn a_multicast_query_is_not_a_lookup_to_time_out() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    for group in ["224.0.0.251:5353", "[ff02::fb]:5353"] {
+        let mdns = CapturedPacket {
+            dst: group.parse().unwrap(),
+            ..packet(0, true, false, query(0, "printer.local", TYPE::A))
+        };
+        t.packet(&mdns, &mut out);
+    }
+    t.expire(60_000 * MS, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!((t.pending(), t.take_losses()), (0, TrackerLosses::default()));
+}
+
+#[test]
 fn answer_for_another_question_or_id_does_not_pair() {
     let mut t = tracker();
     let mut out = Vec::new();
