@@ -24,13 +24,26 @@ fn dnsmasq(ns: &str, listen: &[&str], port: u16, answers: &[(&str, &str)]) -> Ba
     servers::dnsmasq(ns, listen, port, &args)
 }
 
-/// Runs `dig` in `ns` to completion; returns its pid and output.
-fn dig(ns: &str, args: &[&str]) -> (String, String) {
-    let child = Link::exec(ns, "dig").args(["+tries=1", "+time=3"]).args(args).stdout(Stdio::piped()).spawn();
-    let child = child.expect("spawn dig");
+/// Runs `cmd` to completion; returns its pid, exit status and standard output.
+fn run(cmd: &mut std::process::Command) -> (String, std::process::ExitStatus, String) {
+    let child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|err| panic!("spawn {cmd:?}: {err}"));
     let pid = child.id().to_string();
-    let out = child.wait_with_output().expect("wait dig");
-    (pid, String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = child.wait_with_output().unwrap_or_else(|err| panic!("wait {cmd:?}: {err}"));
+    (pid, out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `dig` in `ns` to completion (a lookup that fails is the test's to judge);
+/// returns its pid and output.
+fn dig(ns: &str, args: &[&str]) -> (String, String) {
+    let (pid, _, out) = run(Link::exec(ns, "dig").args(["+tries=1", "+time=3"]).args(args));
+    (pid, out)
+}
+
+/// Runs a Python program (`-c`) in `ns` to success; returns its pid and output.
+fn python(ns: &str, script: &str) -> (String, String) {
+    let (pid, status, out) = run(Link::exec(ns, "python3").args(["-c", script]));
+    assert!(status.success(), "python3 failed: {status}\n{script}");
+    (pid, out)
 }
 
 /// dig's own "Query time: N msec".
@@ -247,8 +260,7 @@ fn garbage_on_a_dns_port_is_counted_and_harmless() {
          \x20   s.sendto(data, ('{}', 53))\n",
         link.addr_b
     );
-    let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
-    assert!(status.success());
+    python(&link.a, &script);
     // 50 length-prefixed messages of garbage on one TCP connection to a listener that
     // reads and discards; one segment each (no Nagle, a pause), as a client would send.
     let messages = 50;
@@ -273,8 +285,7 @@ fn garbage_on_a_dns_port_is_counted_and_harmless() {
          s.close()\n",
         link.addr_b
     );
-    let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
-    assert!(status.success());
+    python(&link.a, &script);
     drop(sink);
     // 2,000 well-formed queries nobody answers: each ends as one TIMEOUT lookup, and the
     // pending table is empty again once they have.
@@ -287,8 +298,7 @@ fn garbage_on_a_dns_port_is_counted_and_harmless() {
          \x20   q = DNSRecord.question('flood.test'); q.header.id = i; s.sendto(q.pack(), ('{}', 53))\n",
         link.addr_b
     );
-    let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
-    assert!(status.success());
+    python(&link.a, &script);
 
     let state = || {
         let got = receiver.received.snapshot();
@@ -394,8 +404,7 @@ fn a_retransmitted_query_counts_once_from_its_first_send() {
          s.sendto(query, ('{server}', 53))\n\
          for _ in range(2): s.recvfrom(4096)\n"
     );
-    let status = Link::exec(&link.a, "python3").args(["-c", &script]).status().expect("run python");
-    assert!(status.success());
+    python(&link.a, &script);
 
     let slow = [("network.peer.address", server.as_str()), ("dns.question.name", "slow.test")];
     let delivered = eventually(Duration::from_secs(20), || {
@@ -497,11 +506,8 @@ fn queries_rewritten_by_nat_pair_with_their_answers() {
          s.sendto(DNSRecord.question('known.test').pack(), ('{service_ip}', 53))\n\
          print(DNSRecord.parse(s.recvfrom(4096)[0]).header.rcode)\n"
     );
-    let python = Link::exec(&link.a, "python3").args(["-c", &script]).stdout(Stdio::piped()).spawn();
-    let python = python.expect("run python");
-    let python_pid = python.id().to_string();
-    let python = python.wait_with_output().expect("wait python");
-    assert_eq!(String::from_utf8_lossy(&python.stdout).trim(), "0", "python's lookup through the DNAT");
+    let (python_pid, rcode) = python(&link.a, &script);
+    assert_eq!(rcode.trim(), "0", "python's lookup through the DNAT");
 
     let asked = |address: &'static str| [("network.peer.address", address), ("flowtel.dns.rcode", "NOERROR")];
     let counted = || {
