@@ -461,9 +461,10 @@ fn a_stub_resolver_shows_both_hops_under_their_own_processes() {
 /// A host-network process asks a Service's cluster IP, and kube-proxy's DNAT in the
 /// host's OUTPUT chain sends the query to a DNS pod: the probe sees the query after the
 /// rewrite and the answer after it is undone. Docker's embedded DNS does the same with a
-/// port change (127.0.0.11:53 to a random port). Each lookup still pairs, and names the
-/// address the process asked: dig's connected sockets through the socket's own ends,
-/// an unconnected Python socket through pairing without the server address.
+/// port change (127.0.0.11:53 to another port of 127.0.0.11). Each lookup still pairs,
+/// and names the address the process asked: dig's connected sockets through the
+/// socket's own ends, an unconnected Python socket (as musl's resolver sends) through
+/// the address it passed to sendto.
 #[test]
 fn queries_rewritten_by_nat_pair_with_their_answers() {
     if !privileged_or_skip("queries_rewritten_by_nat_pair_with_their_answers") {
@@ -474,8 +475,8 @@ fn queries_rewritten_by_nat_pair_with_their_answers() {
     let link = Link::new("dnsnat", 48);
     let server = link.addr_b.to_string();
     let _dnsmasq = dnsmasq(&link.b, &[&server], 53, &[("known.test", &server)]);
-    let _dnsmasq_5300 = dnsmasq(&link.b, &[&server], 5300, &[("known.test", &server)]);
-    let (service_ip, docker_like_ip) = ("10.96.48.10", "10.96.48.11");
+    let (service_ip, embedded) = ("10.96.48.10", "127.0.0.11");
+    let _embedded = dnsmasq(&link.a, &[embedded], 5301, &[("known.test", &server)]);
     let routed = std::process::Command::new("ip")
         .args(["-n", &link.a, "route", "add", "10.96.48.0/24", "dev", &link.veth(true)])
         .status()
@@ -484,7 +485,7 @@ fn queries_rewritten_by_nat_pair_with_their_answers() {
     for (asked, to, transport) in [
         (service_ip, format!("{server}:53"), "udp"),
         (service_ip, format!("{server}:53"), "tcp"),
-        (docker_like_ip, format!("{server}:5300"), "udp"),
+        (embedded, format!("{embedded}:5301"), "udp"),
     ] {
         let rule = ["-t", "nat", "-A", "OUTPUT", "-p", transport, "-d", asked, "--dport", "53", "-j", "DNAT"];
         let status = Link::exec(&link.a, "iptables")
@@ -498,28 +499,33 @@ fn queries_rewritten_by_nat_pair_with_their_answers() {
     let (dig_pid, out) = dig(&link.a, &[&at, "known.test"]);
     assert!(out.contains("status: NOERROR"), "{out}");
     assert!(dig(&link.a, &["+tcp", &at, "known.test"]).1.contains("status: NOERROR"));
-    assert!(dig(&link.a, &[&format!("@{docker_like_ip}"), "known.test"]).1.contains("status: NOERROR"));
-    let script = format!(
-        "import socket\n\
-         from dnslib import DNSRecord\n\
-         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n\
-         s.sendto(DNSRecord.question('known.test').pack(), ('{service_ip}', 53))\n\
-         print(DNSRecord.parse(s.recvfrom(4096)[0]).header.rcode)\n"
-    );
-    let (python_pid, rcode) = python(&link.a, &script);
-    assert_eq!(rcode.trim(), "0", "python's lookup through the DNAT");
+    assert!(dig(&link.a, &[&format!("@{embedded}"), "known.test"]).1.contains("status: NOERROR"));
+    let unconnected = |address: &str| {
+        format!(
+            "import socket\n\
+             from dnslib import DNSRecord\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n\
+             s.sendto(DNSRecord.question('known.test').pack(), ('{address}', 53))\n\
+             print(DNSRecord.parse(s.recvfrom(4096)[0]).header.rcode)\n"
+        )
+    };
+    let (python_pid, rcode) = python(&link.a, &unconnected(service_ip));
+    assert_eq!(rcode.trim(), "0", "python's lookup through kube-proxy's DNAT");
+    let (embedded_python_pid, rcode) = python(&link.a, &unconnected(embedded));
+    assert_eq!(rcode.trim(), "0", "python's lookup through Docker's DNAT");
 
     let asked = |address: &'static str| [("network.peer.address", address), ("flowtel.dns.rcode", "NOERROR")];
     let counted = || {
         let lookups = points(&receiver.received.snapshot(), LOOKUPS);
-        (total(&lookups, &[], &asked(service_ip)), total(&lookups, &[], &asked(docker_like_ip)))
+        (total(&lookups, &[], &asked(service_ip)), total(&lookups, &[], &asked(embedded)))
     };
-    let delivered = eventually(Duration::from_secs(20), || counted() == (3.0, 1.0));
+    let delivered = eventually(Duration::from_secs(20), || counted() == (3.0, 2.0));
     let got = receiver.received.snapshot();
     let lookups = points(&got, LOOKUPS);
     let all = matching(&lookups, &[], &[("dns.question.name", "known.test")]);
     assert!(delivered, "{:?}: {all:#?}\nagent log:\n{}", counted(), agent.log());
-    assert_eq!(total(&lookups, &[], &[("dns.question.name", "known.test")]), 4.0, "no TIMEOUT: {all:#?}");
+    assert_eq!(total(&lookups, &[], &[("dns.question.name", "known.test")]), 5.0, "no TIMEOUT: {all:#?}");
     assert_eq!(total(&lookups, &[("process.pid", dig_pid.as_str())], &asked(service_ip)), 1.0);
-    assert_eq!(total(&lookups, &[("process.pid", python_pid.as_str())], &asked(service_ip)), 1.0, "{all:#?}");
+    assert_eq!(total(&lookups, &[("process.pid", python_pid.as_str())], &asked(service_ip)), 1.0);
+    assert_eq!(total(&lookups, &[("process.pid", embedded_python_pid.as_str())], &asked(embedded)), 1.0);
 }

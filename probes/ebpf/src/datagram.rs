@@ -3,7 +3,9 @@
 //! from the cgroup sock_addr hooks that the kernel runs inside udp_sendmsg (the
 //! destination) and udp_recvmsg (the source), per datagram, sendmmsg/recvmmsg
 //! included. They stash the address per thread; the `sock_send_length` /
-//! `sock_recv_length` that follows in the same syscall (`traffic.rs`) takes it.
+//! `sock_recv_length` that follows in the same syscall (`traffic.rs`) takes it. In
+//! between, the DNS egress probe reads a send's stash (`dns_asked.rs`): the address the
+//! process asked, before any NAT.
 //! Unlike syscall tracepoints, these hooks cost nothing for other syscalls.
 //! Attached at the cgroup v2 root, so they see every process of the host.
 //! <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/udp.c#L1160> (>= 4.18 sendmsg, 5.2 recvmsg)

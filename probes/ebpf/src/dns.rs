@@ -10,15 +10,13 @@
 //! exchange (query in, answer out) would count every lookup twice.
 //!
 //! Egress runs in the sending process's context for UDP and for a TCP segment sent by
-//! `sendmsg` (a query), so the asking process is known there; see `sender_pid` for when
-//! it is not.
+//! `sendmsg` (a query), so the asking process is known there; `dns_asked.rs` says when
+//! it is not, and how the server the process asked is found behind the host's NAT.
 //! <https://elixir.bootlin.com/linux/v6.12/source/kernel/bpf/cgroup.c#L1460> (cgroup skb >= 4.10;
 //! `skb->data` is set to the network header before the program runs, on both sides)
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_sock},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_skb_cgroup_id, bpf_skb_load_bytes,
-    },
+    bindings::__sk_buff,
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
@@ -26,6 +24,7 @@ use flowtel_probes_abi::{DnsPacket, dns, family, lost, protocol};
 
 use crate::{
     config::config,
+    dns_asked::{asked_server, sender_pid},
     maps::{DNS_PACKETS, DNS_SCRATCH, count_lost, wakeup_flag},
 };
 
@@ -69,9 +68,9 @@ fn try_dns(ctx: &SkBuffContext, direction: u8) -> Option<()> {
         _ => return None,
     };
     // The client side only: queries out to a DNS port, answers in from one.
-    let asked = if direction == dns::EGRESS { connected_socket(ctx) } else { None };
+    let asked = if direction == dns::EGRESS { asked_server(ctx, transport.protocol) } else { None };
     let server_port = match asked {
-        Some(socket) => socket.peer_port,
+        Some(asked) => asked.port(),
         None if direction == dns::EGRESS => transport.dst_port,
         None => transport.src_port,
     };
@@ -89,8 +88,8 @@ fn try_dns(ctx: &SkBuffContext, direction: u8) -> Option<()> {
         count_lost(lost::DNS_PACKET_READ);
         return None;
     }
-    if let Some(socket) = asked {
-        socket.ends_into(ethertype, &mut packet);
+    if let Some(asked) = asked {
+        asked.ends_into(ethertype == ETH_P_IP, &mut packet);
     }
     let payload_offset = match transport.protocol {
         protocol::UDP => transport.offset + 8,
@@ -116,94 +115,6 @@ fn try_dns(ctx: &SkBuffContext, direction: u8) -> Option<()> {
     }
     emit(ctx, &mut packet, payload_offset, wire_len);
     Some(())
-}
-
-/// A connected socket (every TCP one, a UDP one after `connect()`, as glibc's resolver
-/// and dig use them) and the port it sends to, as the process asked.
-#[derive(Clone, Copy)]
-struct ConnectedSocket {
-    sk: *const bpf_sock,
-    peer_port: u16,
-}
-
-/// The sending socket when it is connected. Its own ends are what the process asked:
-/// the packet's header carries them after the host's NAT (kube-proxy's DNAT of a
-/// Service IP, Docker's of 127.0.0.11:53 to another port, both in the OUTPUT chain,
-/// which runs before cgroup egress), but the answer arrives with them restored, so
-/// pairing needs the socket's. `skb->sk` is readable in cgroup skb programs since 5.1;
-/// `dst_port` is read 4 bytes wide, the load older kernels accept too (5.19 narrowed the
-/// field to 16 bits and kept the wide load).
-/// <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/ip_output.c#L432>
-fn connected_socket(ctx: &SkBuffContext) -> Option<ConnectedSocket> {
-    // SAFETY: `sk` is a context field (a nullable socket pointer) every cgroup skb
-    // program may read; its `dst_port` is a socket-common field readable through it.
-    unsafe {
-        let sk = (*ctx.skb.skb).__bindgen_anon_2.sk.cast_const();
-        if sk.is_null() {
-            return None;
-        }
-        let port_word = core::ptr::read_volatile((&raw const (*sk).dst_port).cast::<u32>());
-        // The port is in network order in the word's first two bytes.
-        let peer_port = u16::from_be(port_word as u16);
-        (peer_port != 0).then_some(ConnectedSocket { sk, peer_port })
-    }
-}
-
-impl ConnectedSocket {
-    /// The socket's addresses and ports in place of the header's: the server as the
-    /// process asked for it, and its own end before any source NAT. An unbound
-    /// (wildcard) local address keeps the header's.
-    fn ends_into(self, ethertype: u16, packet: &mut DnsPacket) {
-        let sk = self.sk;
-        // SAFETY: socket-common fields of a non-null `skb->sk`, each read in its own size
-        // (the verifier refuses a wider load that merges two of them).
-        unsafe {
-            packet.dst_port = self.peer_port;
-            packet.src_port = core::ptr::read_volatile(&raw const (*sk).src_port) as u16;
-            if ethertype == ETH_P_IP {
-                let dst = core::ptr::read_volatile(&raw const (*sk).dst_ip4);
-                packet.dst_addr[..4].copy_from_slice(&dst.to_ne_bytes());
-                let src = core::ptr::read_volatile(&raw const (*sk).src_ip4);
-                if src != 0 {
-                    packet.src_addr[..4].copy_from_slice(&src.to_ne_bytes());
-                }
-            } else {
-                let (mut dst, mut src) = ([0u32; 4], [0u32; 4]);
-                for i in 0..4 {
-                    dst[i] = core::ptr::read_volatile(&raw const (*sk).dst_ip6[i]);
-                    src[i] = core::ptr::read_volatile(&raw const (*sk).src_ip6[i]);
-                }
-                write_ip6(&mut packet.dst_addr, dst);
-                if src != [0; 4] {
-                    write_ip6(&mut packet.src_addr, src);
-                }
-            }
-        }
-    }
-}
-
-/// An IPv6 address as the socket holds it (four words in network order) into bytes.
-fn write_ip6(out: &mut [u8; 16], words: [u32; 4]) {
-    for (i, word) in words.iter().enumerate() {
-        out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-    }
-}
-
-/// The process that owns the sending socket, or 0 when the program does not run on its
-/// behalf. A segment sent from a timer or softirq (a retransmission, a send deferred by
-/// TCP small queues) runs with `current` set to whatever task was interrupted: only a
-/// task in the socket's own cgroup v2 (`skb->sk`'s, set when the socket was made) is
-/// taken for the asker, so another container's process is never named. (Which kernels
-/// give cgroup skb programs the current-task helpers varies; verified on 6.18. Where the
-/// verifier refuses them the DNS probes report `failed` and flows go on.)
-fn sender_pid(ctx: &SkBuffContext) -> u32 {
-    // SAFETY: the helpers read the skb's socket and the current task; no preconditions.
-    let (socket_cgroup, current_cgroup) =
-        unsafe { (bpf_skb_cgroup_id(ctx.skb.skb.cast::<__sk_buff>()), bpf_get_current_cgroup_id()) };
-    if socket_cgroup == 0 || socket_cgroup != current_cgroup {
-        return 0;
-    }
-    (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 /// The IPv4 header and, when it has no options (nearly always), the ports, in one load.

@@ -10,6 +10,7 @@
 mod config;
 mod datagram;
 mod dns;
+mod dns_asked;
 mod exec;
 mod fallback;
 mod flow_table;
