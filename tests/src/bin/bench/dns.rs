@@ -144,6 +144,8 @@ pub fn run() {
     std::thread::sleep(Duration::from_secs(2));
     let idle_kib = peak_rss_kib(agent.pid());
     let answered = dnsperf(&link, &server, 40_000, 3, &queries);
+    std::thread::sleep(Duration::from_millis(2500));
+    let names_kib = peak_rss_kib(agent.pid());
     let unanswered = flood_silent_server(&link, 70_000);
     std::thread::sleep(Duration::from_millis(2500));
     let full_kib = peak_rss_kib(agent.pid());
@@ -153,10 +155,17 @@ pub fn run() {
     let pending = points(&got, "flowtel.agent.dns.pending").iter().map(|p| p.value).fold(0.0, f64::max);
     println!("\n| memory | value |\n|---|---|");
     println!("| agent peak RSS, idle | {:.1} MiB |", idle_kib as f64 / 1024.0);
+    let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
-        "| agent peak RSS after {} answered lookups and {unanswered} unanswered ones | {:.1} MiB |",
+        "| after {} answered lookups (the name map full, and their series) | {:.1} MiB (+{:.1}) |",
         answered.completed,
-        full_kib as f64 / 1024.0
+        mib(names_kib),
+        mib(names_kib) - mib(idle_kib)
+    );
+    println!(
+        "| then {unanswered} unanswered queries (the pending table full) | {:.1} MiB (+{:.1}) |",
+        mib(full_kib),
+        mib(full_kib) - mib(names_kib)
     );
     println!("| name map size reached (cap {NAMES}) | {names} |");
     println!("| pending table size reached (cap 65536) | {pending} |");
