@@ -148,14 +148,19 @@ fn write_ip6(out: &mut [u8; 16], words: [u32; 4]) {
 /// behalf. A segment sent from a timer or softirq (a retransmission, a send deferred by
 /// TCP small queues) runs with `current` set to whatever task was interrupted: only a
 /// task in the socket's own cgroup v2 (`skb->sk`'s, set when the socket was made) is
-/// taken for the asker, so another container's process is never named. (Which kernels
-/// give cgroup skb programs the current-task helpers varies; verified on 6.18. Where the
-/// verifier refuses them the DNS probes report `failed` and flows go on.)
+/// taken for the asker, so another container's process is never named. A socket whose
+/// cgroup reads as none (0) or the root (1) says nothing: no socket, a process in the
+/// root cgroup, or an older kernel whose sockets lose their cgroup v2 link once cgroup
+/// v1's net_cls or net_prio is used; then the running task is taken, as before the
+/// check. (Which kernels give cgroup skb programs the current-task helpers varies;
+/// verified on 6.18. Where the verifier refuses them the DNS probes report `failed` and
+/// flows go on.)
 pub fn sender_pid(ctx: &SkBuffContext) -> u32 {
+    const ROOT_CGROUP: u64 = 1;
     // SAFETY: the helpers read the skb's socket and the current task; no preconditions.
     let (socket_cgroup, current_cgroup) =
         unsafe { (bpf_skb_cgroup_id(ctx.skb.skb.cast::<__sk_buff>()), bpf_get_current_cgroup_id()) };
-    if socket_cgroup == 0 || socket_cgroup != current_cgroup {
+    if socket_cgroup > ROOT_CGROUP && socket_cgroup != current_cgroup {
         return 0;
     }
     (bpf_get_current_pid_tgid() >> 32) as u32
