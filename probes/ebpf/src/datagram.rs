@@ -3,23 +3,26 @@
 //! from the cgroup sock_addr hooks that the kernel runs inside udp_sendmsg (the
 //! destination) and udp_recvmsg (the source), per datagram, sendmmsg/recvmmsg
 //! included. They stash the address per thread; the `sock_send_length` /
-//! `sock_recv_length` that follows in the same syscall (`traffic.rs`) takes it. In
-//! between, the DNS egress probe reads a send's stash (`dns_asked.rs`): the address the
-//! process asked, before any NAT.
+//! `sock_recv_length` that follows in the same syscall (`traffic.rs`) takes it. A send
+//! to a DNS port is also noted for the DNS egress probe (`dns_asked.rs`): the address
+//! the process asked, before any NAT.
 //! Unlike syscall tracepoints, these hooks cost nothing for other syscalls.
 //! Attached at the cgroup v2 root, so they see every process of the host.
 //! <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/udp.c#L1160> (>= 4.18 sendmsg, 5.2 recvmsg)
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, programs::SockAddrContext};
 use flowtel_probes_abi::{DatagramPeer, FlowKey, direction, family, lost};
 
-use crate::maps::{DATAGRAM_PEERS, count_lost};
+use crate::{
+    dns_asked::note_asked_send,
+    maps::{DATAGRAM_PEERS, count_lost},
+};
 
 /// Lets the syscall proceed: these hooks only observe.
 const ALLOW: i32 = 1;
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn datagram_sendmsg4(ctx: SockAddrContext) -> i32 {
-    stash_v4(&ctx);
+    note_asked_send(&stash_v4(&ctx));
     ALLOW
 }
 
@@ -31,7 +34,7 @@ pub fn datagram_recvmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn datagram_sendmsg6(ctx: SockAddrContext) -> i32 {
-    stash_v6(&ctx);
+    note_asked_send(&stash_v6(&ctx));
     ALLOW
 }
 
@@ -41,15 +44,16 @@ pub fn datagram_recvmsg6(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
-fn stash_v4(ctx: &SockAddrContext) {
+fn stash_v4(ctx: &SockAddrContext) -> DatagramPeer {
     // SAFETY: the kernel passes a valid bpf_sock_addr; plain context loads.
     let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
     let mut peer = DatagramPeer { family: family::IPV4, port: port_of(port), ..DatagramPeer::default() };
     peer.addr[..4].copy_from_slice(&ip.to_ne_bytes());
     stash(&peer);
+    peer
 }
 
-fn stash_v6(ctx: &SockAddrContext) {
+fn stash_v6(ctx: &SockAddrContext) -> DatagramPeer {
     // SAFETY: as above; user_ip6 is read one 32-bit word at a time, as the verifier asks.
     let (words, port) = unsafe {
         let a = &*ctx.sock_addr;
@@ -60,6 +64,7 @@ fn stash_v6(ctx: &SockAddrContext) {
         peer.addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
     }
     stash(&peer);
+    peer
 }
 
 /// `user_port` holds the port in network byte order in its low 16 bits.

@@ -5,8 +5,8 @@
 //! Docker's of 127.0.0.11:53 to another port) runs before cgroup egress, so the packet's
 //! header carries the rewritten server; the answer arrives with the rewrite undone. The
 //! asked server comes from the socket when it is connected, else from the address the
-//! process passed to `sendto`, which the sendmsg hook (`datagram.rs`) stashed for this
-//! thread earlier in the same syscall.
+//! process passed to `sendto`, which the sendmsg hook (`datagram.rs`) noted on this CPU
+//! earlier in the same syscall.
 //! <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/ip_output.c#L432>
 use aya_ebpf::{
     bindings::{__sk_buff, bpf_sock},
@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use flowtel_probes_abi::{DatagramPeer, DnsPacket, family, protocol};
 
-use crate::{config::config, maps::DATAGRAM_PEERS};
+use crate::{config::config, maps::DNS_ASKED_SEND};
 
 /// The server a query was sent to, as its process addressed it.
 #[derive(Clone, Copy)]
@@ -61,16 +61,46 @@ impl AskedServer {
     }
 }
 
-/// The address this thread passed to `sendto` for the datagram being sent, when it is a
-/// DNS port. The stash is per thread, so it is trusted only when the running task is
-/// the sender (`sender_pid`); the lookup costs every unconnected UDP packet one small
-/// hash lookup, the sender check only those addressed to a DNS port.
+/// The `sendto` address of this CPU's latest unconnected UDP send, kept only when it is
+/// a DNS port (`tid` 0 otherwise), for that datagram's own egress.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct AskedSend {
+    tid: u64,
+    peer: DatagramPeer,
+}
+
+/// Called by the sendmsg hooks (`datagram.rs`) for every unconnected UDP send, before the
+/// datagram's egress in the same syscall: remembers a DNS port's address on this CPU,
+/// and forgets an older one otherwise, so that no later datagram of the thread is taken
+/// for a query. Costs a non-DNS send one per-CPU array write.
+pub fn note_asked_send(peer: &DatagramPeer) {
+    let Some(slot) = DNS_ASKED_SEND.get_ptr_mut(0) else { return };
+    let dns = peer.port != 0 && config().dns_ports.contains(&peer.port);
+    // SAFETY: this CPU's slot; a cgroup sock_addr program is not interrupted by another
+    // one on the same CPU.
+    unsafe {
+        (*slot).tid = if dns { bpf_get_current_pid_tgid() } else { 0 };
+        if dns {
+            (*slot).peer = *peer;
+        }
+    }
+}
+
+/// The address the sending thread passed to `sendto` for this datagram, when it is a
+/// DNS port. The slot is this CPU's, so it is taken only by the thread that wrote it and
+/// only once; a send that migrated CPUs between its hook and its egress is read from
+/// the header instead (behind a port-changing NAT such a query is missed). A non-DNS
+/// unconnected datagram costs one per-CPU array read here.
 fn stashed_datagram_peer(ctx: &SkBuffContext) -> Option<DatagramPeer> {
-    // SAFETY: a read-only copy of a map value.
-    let peer = unsafe { DATAGRAM_PEERS.get(bpf_get_current_pid_tgid()) }.copied()?;
-    if peer.port == 0 || !config().dns_ports.contains(&peer.port) || sender_pid(ctx) == 0 {
+    let slot = DNS_ASKED_SEND.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, read and cleared while this program runs.
+    let (tid, peer) = unsafe { ((*slot).tid, (*slot).peer) };
+    if tid == 0 || tid != bpf_get_current_pid_tgid() || sender_pid(ctx) == 0 {
         return None;
     }
+    // SAFETY: as above.
+    unsafe { (*slot).tid = 0 };
     Some(peer)
 }
 

@@ -1,5 +1,5 @@
 //! Every map the probes share with user space, and the loss counter.
-use crate::config::config;
+use crate::{config::config, dns_asked::AskedSend};
 use aya_ebpf::{
     helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel},
     macros::map,
@@ -52,6 +52,11 @@ pub static EXITED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4_096, 0);
 /// so entries of threads that exited make room by themselves.
 #[map]
 pub static DATAGRAM_PEERS: LruHashMap<u64, DatagramPeer> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The `sendto` address of this CPU's latest unconnected UDP send to a DNS port, for the
+/// DNS egress probe (`dns_asked.rs`); the sendmsg hooks write it.
+#[map]
+pub static DNS_ASKED_SEND: PerCpuArray<AskedSend> = PerCpuArray::with_max_entries(1, 0);
 
 /// Written by user space: which flow table is active (`control::ACTIVE_TABLE`).
 #[map]
