@@ -32,7 +32,7 @@ pub fn asked_server(ctx: &SkBuffContext, protocol: u8) -> Option<AskedServer> {
     if protocol != protocol::UDP {
         return None;
     }
-    stashed_datagram_peer(ctx).map(AskedServer::Datagram)
+    noted_send(ctx).map(AskedServer::Datagram)
 }
 
 impl AskedServer {
@@ -77,12 +77,15 @@ pub struct AskedSend {
 pub fn note_asked_send(peer: &DatagramPeer) {
     let Some(slot) = DNS_ASKED_SEND.get_ptr_mut(0) else { return };
     let dns = peer.port != 0 && config().dns_ports.contains(&peer.port);
-    // SAFETY: this CPU's slot; a cgroup sock_addr program is not interrupted by another
-    // one on the same CPU.
+    // SAFETY: this CPU's slot. The address is written before the `tid` that makes it
+    // valid, so an egress program that interrupts this one on the CPU never takes a
+    // half-written slot.
     unsafe {
-        (*slot).tid = if dns { bpf_get_current_pid_tgid() } else { 0 };
         if dns {
             (*slot).peer = *peer;
+            (*slot).tid = bpf_get_current_pid_tgid();
+        } else {
+            (*slot).tid = 0;
         }
     }
 }
@@ -92,7 +95,7 @@ pub fn note_asked_send(peer: &DatagramPeer) {
 /// only once; a send that migrated CPUs between its hook and its egress is read from
 /// the header instead (behind a port-changing NAT such a query is missed). A non-DNS
 /// unconnected datagram costs one per-CPU array read here.
-fn stashed_datagram_peer(ctx: &SkBuffContext) -> Option<DatagramPeer> {
+fn noted_send(ctx: &SkBuffContext) -> Option<DatagramPeer> {
     let slot = DNS_ASKED_SEND.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, read and cleared while this program runs.
     let (tid, peer) = unsafe { ((*slot).tid, (*slot).peer) };
