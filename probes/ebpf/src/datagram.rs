@@ -13,7 +13,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, prog
 use flowtel_probes_abi::{DatagramPeer, FlowKey, direction, family, lost};
 
 use crate::{
-    dns_asked::note_asked_send,
+    dns_asked::{note_asked_send, write_ip6},
     maps::{DATAGRAM_PEERS, count_lost},
 };
 
@@ -60,9 +60,7 @@ fn stash_v6(ctx: &SockAddrContext) -> DatagramPeer {
         ([a.user_ip6[0], a.user_ip6[1], a.user_ip6[2], a.user_ip6[3]], a.user_port)
     };
     let mut peer = DatagramPeer { family: family::IPV6, port: port_of(port), ..DatagramPeer::default() };
-    for (i, word) in words.iter().enumerate() {
-        peer.addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-    }
+    write_ip6(&mut peer.addr, words);
     stash(&peer);
     peer
 }

@@ -98,13 +98,15 @@ pub fn note_asked_send(peer: &DatagramPeer) {
 fn noted_send(ctx: &SkBuffContext) -> Option<DatagramPeer> {
     let slot = DNS_ASKED_SEND.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, read and cleared while this program runs.
-    let (tid, peer) = unsafe { ((*slot).tid, (*slot).peer) };
+    let tid = unsafe { (*slot).tid };
     if tid == 0 || tid != bpf_get_current_pid_tgid() || sender_pid(ctx) == 0 {
         return None;
     }
     // SAFETY: as above.
-    unsafe { (*slot).tid = 0 };
-    Some(peer)
+    unsafe {
+        (*slot).tid = 0;
+        Some((*slot).peer)
+    }
 }
 
 /// A connected socket (every TCP one, a UDP one after `connect()`, as glibc's resolver
@@ -170,8 +172,9 @@ impl ConnectedSocket {
     }
 }
 
-/// An IPv6 address as the socket holds it (four words in network order) into bytes.
-fn write_ip6(out: &mut [u8; 16], words: [u32; 4]) {
+/// An IPv6 address as the kernel's BPF contexts hold it (four words in network order)
+/// into bytes; the sendmsg hooks' `user_ip6` uses it too.
+pub fn write_ip6(out: &mut [u8; 16], words: [u32; 4]) {
     for (i, word) in words.iter().enumerate() {
         out[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
     }
