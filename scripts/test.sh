@@ -14,4 +14,13 @@ cargo test --release --locked "$@" 2>&1 | tee "$log" || status=$?
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
      END { printf "flowtel: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
+# The kernel matrix: Debian's 5.10, 6.1, 6.12 and newest kernels under qemu, each
+# running the end-to-end subset (docs/kernels.md). Not yet part of every run: it has
+# not passed on all four kernels (docs/kernels.md says what each showed), and it
+# takes about 40 minutes; KERNEL_MATRIX=1 runs it.
+if [[ ${KERNEL_MATRIX:-} == 1 ]]; then
+  bash scripts/kernel-matrix.sh || status=1
+else
+  echo "!!!!!!!! NOT RUN: the kernel matrix (KERNEL_MATRIX=1 runs it; see docs/kernels.md) !!!!!!!!" >&2
+fi
 exit "$status"

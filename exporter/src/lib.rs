@@ -40,6 +40,8 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&config.log.level))
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a journal or a file gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     privileges::check()?;
     if let Some(root) = &config.probes.cgroup_root {
@@ -56,12 +58,16 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             // Load first: it mounts tracefs where needed, which the facts then reflect.
             let probes = probes::load_and_attach(&pipeline::probe_settings(&config));
             let mut out = status::render_facts();
-            let probes = probes?;
-            out.push_str("probes:\n");
-            out.push_str(&status::render_reports(&probes.reports));
+            // The table is printed even when the agent could not run, with the reasons.
+            let reports = match &probes {
+                Ok(probes) => &probes.reports[..],
+                Err(probes::ProbeError::NoByteCounter { reports, .. }) => &reports[..],
+                Err(_) => &[],
+            };
+            out.push_str(&status::render_reports(reports));
             // A closed pipe (`flowtel status | head`) is not worth a panic.
             let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
-            Ok(())
+            probes.map(drop).map_err(Into::into)
         }
     }
 }

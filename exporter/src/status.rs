@@ -1,5 +1,5 @@
 //! `flowtel status`: what the kernel offers and what would attach, without running.
-use crate::probes::{ProbeReport, ProbeState, kprobes_available};
+use crate::probes::{Feature, ProbeReport, ProbeState, kprobes_available, state_text};
 
 pub fn render_facts() -> String {
     use std::fmt::Write as _;
@@ -22,15 +22,29 @@ fn kernel_facts() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// One line per feature (attached, or failed with the first reason), then one per
+/// program with its hook and state.
 pub fn render_reports(reports: &[ProbeReport]) -> String {
     use std::fmt::Write as _;
-    reports.iter().fold(String::new(), |mut out, r| {
-        let state = match &r.state {
-            ProbeState::Attached => "attached".to_owned(),
-            ProbeState::Standby => "verified, standby (fallback not needed)".to_owned(),
-            ProbeState::Failed(why) => format!("not attached: {why}"),
+    let mut out = String::from("features:\n");
+    for feature in Feature::ALL {
+        let mine: Vec<&ProbeReport> = reports.iter().filter(|r| r.feature == feature).collect();
+        let attached: Vec<&&ProbeReport> = mine.iter().filter(|r| r.state == ProbeState::Attached).collect();
+        let summary = if let Some(first) = attached.first() {
+            let hooks: Vec<&str> = attached.iter().map(|r| r.hook.as_str()).collect();
+            format!("attached: {} ({})", first.variant, hooks.join(", "))
+        } else if let Some(ProbeState::Failed(why)) =
+            mine.iter().map(|r| &r.state).find(|s| matches!(s, ProbeState::Failed(_)))
+        {
+            format!("failed: {why}")
+        } else {
+            "failed: not tried".to_owned()
         };
-        let _ = writeln!(out, "  {:<22} {:<40} {state}", r.program, r.hook);
-        out
-    })
+        let _ = writeln!(out, "  {:<14} {summary}", feature.name());
+    }
+    out.push_str("probes:\n");
+    for r in reports {
+        let _ = writeln!(out, "  {:<22} {:<40} {}", r.program, r.hook, state_text(&r.state));
+    }
+    out
 }

@@ -3,6 +3,9 @@
 
 tcp-server PORT CONNS RECV SEND  accept CONNS connections (dual-stack socket); from each
                                  read exactly RECV bytes, answer SEND bytes, close.
+tcp-sendfile-server PORT CONNS RECV SEND
+                                 the same, answering with sendfile(2) from a file of SEND
+                                 bytes (zero-copy: before Linux 6.5 it bypasses tcp_sendmsg).
 tcp-client HOST PORT CONNS SEND RECV
                                  open CONNS connections in turn; on each send SEND bytes,
                                  read until the server closes (expects RECV bytes).
@@ -28,19 +31,42 @@ def recv_exact(sock, n):
         got += len(chunk)
 
 
-def tcp_server(port, conns, recv, send):
-    # Dual stack: IPv6 clients, and IPv4 clients as v4-mapped addresses.
+def listen(port):
+    """A dual-stack listener: IPv6 clients, and IPv4 clients as v4-mapped addresses."""
     srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     srv.bind(("::", port))
     srv.listen(64)
     print("ready", flush=True)
+    return srv
+
+
+def tcp_server(port, conns, recv, send):
+    srv = listen(port)
     for _ in range(conns):
         conn, _ = srv.accept()
         recv_exact(conn, recv)
         conn.sendall(b"s" * send)
         conn.close()
+    print("done", flush=True)
+
+
+def tcp_sendfile_server(port, conns, recv, send):
+    import os
+    import tempfile
+
+    with tempfile.TemporaryFile() as payload:
+        payload.write(b"f" * send)
+        payload.flush()
+        srv = listen(port)
+        for _ in range(conns):
+            conn, _ = srv.accept()
+            recv_exact(conn, recv)
+            offset = 0
+            while offset < send:
+                offset += os.sendfile(conn.fileno(), payload.fileno(), offset, send - offset)
+            conn.close()
     print("done", flush=True)
 
 
@@ -106,6 +132,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "tcp-server":
         tcp_server(*map(int, args))
+    elif cmd == "tcp-sendfile-server":
+        tcp_sendfile_server(*map(int, args))
     elif cmd == "tcp-client":
         tcp_client(args[0], *map(int, args[1:]))
     elif cmd == "hold-clients":

@@ -100,9 +100,26 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// `conns` TCP connections from host `b` to a server on host `a` (over IPv6 when `v6`),
 /// each sending `up` bytes and getting `down` back. Returns (server pid, client pid).
 pub fn tcp_exchange(link: &Link, v6: bool, port: u16, conns: u64, up: u64, down: u64) -> (String, String) {
+    tcp_exchange_served_by("tcp-server", link, v6, port, conns, up, down)
+}
+
+/// [`tcp_exchange`] with the server answering through sendfile(2).
+pub fn tcp_sendfile_exchange(link: &Link, port: u16, conns: u64, up: u64, down: u64) -> (String, String) {
+    tcp_exchange_served_by("tcp-sendfile-server", link, false, port, conns, up, down)
+}
+
+fn tcp_exchange_served_by(
+    server_command: &str,
+    link: &Link,
+    v6: bool,
+    port: u16,
+    conns: u64,
+    up: u64,
+    down: u64,
+) -> (String, String) {
     let server_ip = if v6 { link.addr6_a.to_string() } else { link.addr_a.to_string() };
     let (port, conns, up, down) = (port.to_string(), conns.to_string(), up.to_string(), down.to_string());
-    let mut server = Traffic::spawn(&link.a, &["tcp-server", &port, &conns, &up, &down]);
+    let mut server = Traffic::spawn(&link.a, &[server_command, &port, &conns, &up, &down]);
     server.wait_line("ready");
     let mut client = Traffic::spawn(&link.b, &["tcp-client", &server_ip, &port, &conns, &up, &down]);
     let pids = (server.pid().to_string(), client.pid().to_string());

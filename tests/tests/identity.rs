@@ -143,9 +143,10 @@ fn a_process_that_execs_is_named_as_its_new_program() {
     });
     assert!(
         both,
-        "bash sent {} to 9900, python3 sent {} to 9901 (want 5, 10); agent log:\n{}",
+        "bash sent {} to 9900, python3 sent {} to 9901 (want 5, 10); all of pid {pid}: {:#?}\nagent log:\n{}",
         transmit("bash", "9900"),
         transmit("python3", "9901"),
+        matching(&points(&receiver.received.snapshot(), "flowtel.network.io"), &[("process.pid", &pid)], &[]),
         agent.log()
     );
     assert_eq!(transmit("bash", "9901"), 0.0, "the new program's bytes went under the old name");

@@ -8,7 +8,7 @@ use flowtel_e2e::{
     netns::Link,
     privileged_or_skip,
     query::{matching, points, total},
-    traffic::{Traffic, eventually, tcp_exchange},
+    traffic::{Traffic, eventually, tcp_exchange, tcp_sendfile_exchange},
 };
 
 const IO: &str = "flowtel.network.io";
@@ -102,9 +102,12 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     assert!(!lost.is_empty() && lost.iter().all(|p| p.value == 0.0), "{lost:#?}");
     let attached = points(&got, "flowtel.agent.probes.attached");
     let agent_res = [("service.name", "flowtel")];
-    let send_hooks = total(&attached, &agent_res, &[("flowtel.probe", "flow_send_raw")])
-        + total(&attached, &agent_res, &[("flowtel.probe", "flow_send")]);
-    assert_eq!(send_hooks, 1.0, "exactly one byte-counting hook for sends: {attached:#?}");
+    // Whichever the kernel offers: the raw or classic tracepoint (6.3+), fexit or kprobe.
+    let send_hooks: f64 = ["flow_send_raw", "flow_send", "flow_send_tcp_fexit", "flow_send_tcp_kprobe"]
+        .iter()
+        .map(|probe| total(&attached, &agent_res, &[("flowtel.probe", probe)]))
+        .sum();
+    assert_eq!(send_hooks, 1.0, "exactly one byte-counting hook for TCP sends: {attached:#?}");
 
     let (status, log) = agent.stop();
     assert!(status.success(), "agent exit {status}; log:\n{log}");
@@ -208,4 +211,38 @@ fn tcp_over_ipv6_is_exact_and_names_ipv6() {
     let opened = points(&receiver.received.snapshot(), "flowtel.tcp.connections.opened");
     assert_eq!(total(&opened, &server_res, &v6_in), 2.0);
     assert_eq!(matching(&io, &server_res, &[])[0].attrs["flowtel.local.address.class"], "private");
+}
+
+/// A file sent with sendfile(2) (zero-copy; before Linux 6.5 it goes through
+/// `tcp_sendpage`, not `tcp_sendmsg`) is counted exactly at both ends.
+#[test]
+fn sendfile_bytes_are_exact_at_both_ends() {
+    if !privileged_or_skip("sendfile_bytes_are_exact_at_both_ends") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("sendfile", 16);
+    let server_ip = link.addr_a.to_string();
+    let (conns, up, down) = (2u64, 100u64, 300_000u64);
+    let (server_pid, client_pid) = tcp_sendfile_exchange(&link, 9800, conns, up, down);
+    let server_res = [("process.pid", server_pid.as_str())];
+    let client_res = [("process.pid", client_pid.as_str())];
+    let (transmit, receive) = (("network.io.direction", "transmit"), ("network.io.direction", "receive"));
+    let arrived = eventually(Duration::from_secs(20), || {
+        let io = points(&receiver.received.snapshot(), IO);
+        total(&io, &server_res, &[transmit]) == (conns * down) as f64
+            && total(&io, &client_res, &[receive]) == (conns * down) as f64
+    });
+    let io = points(&receiver.received.snapshot(), IO);
+    assert!(
+        arrived,
+        "sendfile bytes did not arrive exactly; server {:#?}\nclient {:#?}\nlog:\n{}",
+        matching(&io, &server_res, &[]),
+        matching(&io, &client_res, &[]),
+        agent.log()
+    );
+    let to_server = [("network.peer.address", server_ip.as_str()), ("network.peer.port", "9800"), receive];
+    assert_eq!(total(&io, &client_res, &to_server), (conns * down) as f64);
+    assert_eq!(total(&io, &server_res, &[receive]), (conns * up) as f64);
+    assert_eq!(total(&io, &client_res, &[transmit]), (conns * up) as f64);
 }

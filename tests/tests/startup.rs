@@ -78,6 +78,15 @@ fn the_documented_capabilities_are_enough_without_root() {
     }
 }
 
+/// The feature lines of `flowtel status`: name -> summary.
+fn features(out: &str) -> Vec<(String, String)> {
+    let block = out.split("features:\n").nth(1).unwrap_or_default().split("probes:\n").next().unwrap_or_default();
+    block
+        .lines()
+        .filter_map(|line| line.trim().split_once(' ').map(|(name, rest)| (name.to_owned(), rest.trim().to_owned())))
+        .collect()
+}
+
 #[test]
 fn status_reports_attached_probes_and_verifies_the_kprobe_fallback() {
     if !privileged_or_skip("status_reports_attached_probes_and_verifies_the_kprobe_fallback") {
@@ -85,31 +94,53 @@ fn status_reports_attached_probes_and_verifies_the_kprobe_fallback() {
     }
     let (status, out) = run_to_exit(&["status"], &[]);
     assert!(status.success(), "{out}");
+    let features = features(&out);
+    let names: Vec<&str> = features.iter().map(|(name, _)| name.as_str()).collect();
+    let expected = ["bytes", "connections", "udp_peers", "rtt", "retransmits", "processes", "dns", "http", "tls"];
+    assert_eq!(names, expected, "{out}");
+    // Every feature is attached or says why not: nothing is left untried.
+    for (name, summary) in &features {
+        let explained = summary.starts_with("attached: ") || (summary.starts_with("failed: ") && summary.len() > 12);
+        assert!(explained && !summary.contains("not tried"), "{name}: {summary}\n{out}");
+    }
+    let summary = |name: &str| features.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone()).unwrap_or_default();
+    for essential in ["bytes", "connections"] {
+        assert!(summary(essential).starts_with("attached"), "{essential}: {out}");
+    }
+    // Every program line ends in a state; a refused one carries the kernel's reason.
+    let probes = out.split("probes:\n").nth(1).unwrap_or_default();
+    for line in probes.lines() {
+        let stated = line.ends_with(" attached") || line.contains("verified, standby") || line.contains(" failed: ");
+        assert!(stated, "{line}\n{out}");
+    }
     let line = |program: &str| {
-        out.lines().find(|l| l.trim_start().starts_with(&format!("{program} "))).unwrap_or_default().to_owned()
+        probes.lines().find(|l| l.trim_start().starts_with(&format!("{program} "))).unwrap_or_default().to_owned()
     };
-    for program in ["flow_state", "flow_retransmit"] {
-        assert!(line(program).ends_with("attached"), "{program}: {out}");
-    }
-    // Each of these is attached either as a raw tracepoint (where BTF shows the expected
-    // prototype) or as the classic tracepoint; the other is verified and on standby.
-    for program in ["flow_send", "flow_recv", "flow_rtt"] {
-        let (classic, raw) = (line(program), line(&format!("{program}_raw")));
-        let attached = [&classic, &raw].iter().filter(|l| l.ends_with("attached")).count();
-        assert_eq!(attached, 1, "{program}: {out}");
-        assert!(classic.contains("verified") || raw.contains("verified"), "{program}: {out}");
-    }
-    // The kprobe fallback went through the verifier even though it is not attached.
-    for program in ["flow_send_tcp_kprobe", "flow_recv_tcp_kprobe", "flow_send_udp_kprobe", "flow_recv_udp_kprobe"] {
-        assert!(line(program).contains("verified"), "{program}: {out}");
+    // The best byte counter the kernel has is the one attached.
+    let tracepoints = std::path::Path::new("/sys/kernel/tracing/events/sock/sock_send_length").exists();
+    let bytes = summary("bytes");
+    if tracepoints {
+        assert!(
+            bytes.contains("tracepoint sock_send_length") || bytes.contains("tracepoint sock:sock_send_length"),
+            "{out}"
+        );
+        // The fallback went through the verifier even though it is not attached.
+        for program in ["flow_send_tcp_kprobe", "flow_send_tcp_return", "flow_recv_tcp_kprobe", "flow_send_udp_return"]
+        {
+            assert!(line(program).contains("verified") || line(program).contains("failed: "), "{program}: {out}");
+        }
+    } else {
+        assert!(bytes.contains("fexit tcp_sendmsg") || bytes.contains("kretprobe tcp_sendmsg"), "{out}");
     }
 
-    // Forcing the fallback: attaches where kprobes exist, a clear error where not.
-    let kprobes = std::path::Path::new("/sys/kernel/tracing/kprobe_events").exists();
-    let (status, out) = run_to_exit(&["status"], &[("FLOWTEL_PROBES_ATTACH_MODE", "kprobes")]);
-    if kprobes {
-        assert!(status.success(), "{out}");
+    // Forcing the fallback: attaches where kprobes or fentry exist, a clear error where not.
+    let (status, forced) = run_to_exit(&["status"], &[("FLOWTEL_PROBES_ATTACH_MODE", "kprobes")]);
+    let fallback = self::features(&forced).into_iter().find(|(n, _)| n == "bytes").map(|(_, s)| s).unwrap_or_default();
+    if fallback.starts_with("attached") {
+        assert!(status.success(), "{forced}");
+        assert!(fallback.contains("tcp_sendmsg") && !fallback.contains("sock_send_length"), "{forced}");
     } else {
-        assert!(!status.success() && out.contains("nor kprobes"), "{out}");
+        assert!(!status.success() && forced.contains("no way to count bytes"), "{forced}");
+        assert!(forced.contains("flow_send_tcp_kprobe") && forced.contains("failed: "), "{forced}");
     }
 }

@@ -47,8 +47,19 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     let mut sink = MetricsSink::new(otel.sink, otel.temporality)?;
     let mut span_sink = SpanSink::new(otel.traces_sink)?;
     let mut probes: Probes = probes::load_and_attach(&probe_settings(&config)).context("loading the probes")?;
-    for line in status::render_reports(&probes.reports).lines() {
-        tracing::info!("probe {}", line.trim());
+    let table = status::render_reports(&probes.reports);
+    let (features, programs) = table.split_once("probes:\n").unwrap_or((&table, ""));
+    for line in features.lines().skip(1).map(str::trim) {
+        // A feature the kernel refused is worth a warning: the agent runs without it.
+        // (A program of a variant not chosen failing is only information.)
+        if line.contains(" failed: ") {
+            tracing::warn!("feature {line}");
+        } else {
+            tracing::info!("feature {line}");
+        }
+    }
+    for line in programs.lines().map(str::trim) {
+        tracing::info!("probe {line}");
     }
     let mut reader = FlowReader::new(&mut probes.ebpf)?;
     let (mut dns_stage, mut http_stage) = spawn_stages(&config, &mut probes)?;

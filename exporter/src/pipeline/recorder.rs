@@ -146,9 +146,7 @@ impl Recorder {
         // Before this interval's flows: they are mostly the new program's.
         let execed = self.processes.take_execed();
         for &pid in &execed {
-            if self.workloads.knows(pid) {
-                self.workloads.exec(pid, self.processes.get(pid).as_ref());
-            }
+            self.workloads.exec(pid, self.processes.get(pid).as_ref());
         }
         self.take_cluster_view();
         // One map lookup per distinct process, not per flow.

@@ -177,23 +177,35 @@ impl Btf {
 
     /// Byte offset of `path` (members separated by dots, e.g. `__sk_common.skc_daddr`)
     /// in struct `strukt`. Anonymous structs and unions are searched through, as C does.
+    /// A bit field is an error here: read those with [`Btf::bits_of`].
     pub fn offset_of(&self, strukt: &str, path: &str) -> Result<u32, BtfError> {
+        match self.bits_of(strukt, path)? {
+            (bits, 0) if bits % 8 == 0 => Ok(bits / 8),
+            _ => Err(BtfError::BitField { strukt: strukt.into(), member: path.into() }),
+        }
+    }
+
+    /// Bit offset of `path` in struct `strukt` and its width in bits when it is a bit
+    /// field (0 for an ordinary member, which starts on a byte).
+    pub fn bits_of(&self, strukt: &str, path: &str) -> Result<(u32, u32), BtfError> {
         let id = *self.structs_by_name.get(strukt).ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         let no_member = || BtfError::NoMember { strukt: strukt.into(), member: path.into() };
         let mut ty = self.resolve(id).ok_or_else(no_member)?;
         let mut bits = 0;
+        let mut width = 0;
         let mut segments = path.split('.').peekable();
         while let Some(segment) = segments.next() {
             let (offset, size, member_ty) = self.find_member(ty, segment).ok_or_else(no_member)?;
-            if size != 0 || offset % 8 != 0 {
-                return Err(BtfError::BitField { strukt: strukt.into(), member: path.into() });
-            }
             bits += offset;
+            width = size;
             if segments.peek().is_some() {
+                if size != 0 {
+                    return Err(BtfError::BitField { strukt: strukt.into(), member: path.into() });
+                }
                 ty = member_ty.ok_or_else(no_member)?;
             }
         }
-        Ok(bits / 8)
+        Ok((bits, width))
     }
 
     /// The arguments of raw tracepoint `event` (its `TP_PROTO`), from the

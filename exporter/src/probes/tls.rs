@@ -14,7 +14,7 @@ use aya::{
     programs::{UProbe, uprobe::UProbeScope},
 };
 
-use super::{ProbeError, ProbeReport, ProbeState};
+use super::{Feature, ProbeReport, ProbeState, hooks::refusal};
 
 /// Entry programs and the functions they watch; `tls_return` watches all four.
 const ENTRIES: [(&str, &str); 4] = [
@@ -30,19 +30,13 @@ const RETURN: &str = "tls_return";
 const SYSTEM_LIBRARY_DIRS: [&str; 5] =
     ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib64"];
 
-/// Loads the five programs (the verifier checks them even when TLS is off).
-pub fn load(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+/// Loads the five programs (the verifier checks them even when TLS is off); the
+/// kernel's reason when one is refused.
+pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
     for program in ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]) {
-        let verify = |source| ProbeError::Verify { program: static_name(program), source };
-        let probe: &mut UProbe =
-            ebpf.program_mut(program).ok_or(ProbeError::NoProgram(static_name(program)))?.try_into().map_err(verify)?;
-        probe.load().map_err(verify)?;
+        program_of(ebpf, program)?.load().map_err(|err| format!("{program}: {}", refusal(&err)))?;
     }
     Ok(())
-}
-
-fn static_name(program: &str) -> &'static str {
-    ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]).find(|p| *p == program).unwrap_or("tls")
 }
 
 /// Finds OpenSSL files and attaches to each one once.
@@ -52,11 +46,16 @@ pub struct TlsAttacher {
     examined: HashSet<(u64, u64)>,
     /// Files with the uprobes attached.
     pub attached: Vec<PathBuf>,
+    /// Why the kernel refused the uprobe programs, if it did: then nothing is attached.
+    pub refused: Option<String>,
 }
 
 impl TlsAttacher {
     /// The system libraries and every process running now.
     pub fn scan_all(&mut self, ebpf: &mut Ebpf) {
+        if self.refused.is_some() {
+            return;
+        }
         for dir in SYSTEM_LIBRARY_DIRS {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
             for entry in entries.flatten() {
@@ -74,6 +73,9 @@ impl TlsAttacher {
     /// One process's libssl mappings (as its own mount namespace names them), and its
     /// executable when it maps no libssl (OpenSSL linked in statically).
     pub fn scan_process(&mut self, ebpf: &mut Ebpf, pid: u32) {
+        if self.refused.is_some() {
+            return;
+        }
         let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { return };
         let root = PathBuf::from(format!("/proc/{pid}/root"));
         let libraries: HashSet<&str> = maps
@@ -110,13 +112,19 @@ impl TlsAttacher {
 
     /// For the log, `flowtel status` and `flowtel.agent.probes.attached`.
     pub fn report(&self) -> ProbeReport {
-        let state = if self.attached.is_empty() {
-            ProbeState::Failed("no OpenSSL library found".into())
-        } else {
-            ProbeState::Attached
+        let state = match (&self.refused, self.attached.is_empty()) {
+            (Some(why), _) => ProbeState::Failed(why.clone()),
+            (None, true) => ProbeState::Failed("no OpenSSL library found".into()),
+            (None, false) => ProbeState::Attached,
         };
         let files: Vec<String> = self.attached.iter().map(|p| p.display().to_string()).collect();
-        ProbeReport { program: "tls", hook: format!("uprobe SSL_read/SSL_write in {}", files.join(", ")), state }
+        ProbeReport {
+            feature: Feature::Tls,
+            variant: "uprobes",
+            program: "tls",
+            hook: format!("uprobe SSL_read/SSL_write in {}", files.join(", ")),
+            state,
+        }
     }
 }
 

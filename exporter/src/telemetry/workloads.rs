@@ -213,6 +213,13 @@ impl Workloads {
     /// A process exec'd. If it is another program now, its next data goes under a fresh
     /// Resource and what it did before stays under the old one, exported once more.
     pub fn exec(&mut self, pid: u32, kernel: Option<&KernelProcess>) {
+        if !self.by_pid.contains_key(&pid) {
+            // No workload for it (yet, or no longer: a shim's exec chain, pyenv's bash
+            // then python, replaced it at the first exec): its next lookup reads the
+            // process afresh instead of a name cached before this exec.
+            self.processes.forget(pid);
+            return;
+        }
         if self.processes.refresh(pid, kernel)
             && let Some(old) = self.by_pid.remove(&pid)
         {

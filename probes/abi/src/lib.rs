@@ -225,6 +225,8 @@ pub struct ProbeConfig {
     pub sock_v6_rcv_saddr: u16,
     pub sock_v6_daddr: u16,
     pub sock_err: u16,
+    /// `sk_userlocks`: the byte the 32-bit window holding it starts at; a bit field
+    /// below Linux 6.2, so it is read as `(window >> shift) & ((1 << bits) - 1)`.
     pub sock_userlocks: u16,
     // struct tcp_sock
     pub tcp_srtt_us: u16,
@@ -256,9 +258,20 @@ pub struct ProbeConfig {
     pub http_capture_bytes: u16,
     /// 1 when the OpenSSL probes are attached, so the socket probes tie `SSL*`s to sockets.
     pub tls_enabled: u8,
-    pub _pad: [u8; 3],
+    pub sock_userlocks_shift: u8,
+    pub sock_userlocks_bits: u8,
+    /// 1 when cgroup skb programs may call the current-task helpers (not on 6.1 and
+    /// older): the DNS probe names the asking process only then.
+    pub skb_task_helpers: u8,
+    /// 1 when tracing programs may read the current task's saved registers
+    /// (`bpf_task_pt_regs`, 5.15+): clear-text HTTP needs them to find the buffer.
+    pub task_regs: u8,
+    /// 1 when the DNS probe finds the asker through `skb->sk` and the owners the
+    /// connect/sendmsg hooks note (kernels without `skb_task_helpers`).
+    pub dns_owner_by_socket: u8,
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<ProbeConfig>() == 96);
+const _: () = assert!(size_of::<ProbeConfig>() == 104);
 
 impl ProbeConfig {
     /// Whether the HTTP side runs at all: clear text, TLS or both.

@@ -38,7 +38,12 @@ static FLOWTEL_CONFIG: ProbeConfig = ProbeConfig {
     syscalls: [0; flowtel_probes_abi::http::syscall::COUNT],
     http_capture_bytes: 0,
     tls_enabled: 0,
-    _pad: [0; 3],
+    sock_userlocks_shift: 0,
+    sock_userlocks_bits: 0,
+    skb_task_helpers: 0,
+    task_regs: 0,
+    dns_owner_by_socket: 0,
+    _pad: [0; 6],
 };
 
 /// The configuration as patched by user space, by reference: a copy would cost ~100

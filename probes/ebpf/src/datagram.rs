@@ -13,8 +13,9 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, prog
 use flowtel_probes_abi::{DatagramPeer, FlowKey, direction, family, lost};
 
 use crate::{
+    config::config,
     dns_asked::{note_asked_send, write_ip6},
-    maps::{DATAGRAM_PEERS, count_lost},
+    maps::{DATAGRAM_PEERS, SOCKET_OWNERS, count_lost},
 };
 
 /// Lets the syscall proceed: these hooks only observe.
@@ -23,6 +24,7 @@ const ALLOW: i32 = 1;
 #[cgroup_sock_addr(sendmsg4)]
 pub fn datagram_sendmsg4(ctx: SockAddrContext) -> i32 {
     note_asked_send(&stash_v4(&ctx));
+    note_owner(&ctx);
     ALLOW
 }
 
@@ -35,7 +37,37 @@ pub fn datagram_recvmsg4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(sendmsg6)]
 pub fn datagram_sendmsg6(ctx: SockAddrContext) -> i32 {
     note_asked_send(&stash_v6(&ctx));
+    note_owner(&ctx);
     ALLOW
+}
+
+/// connect() of any socket: where a connected UDP socket (glibc's resolver, dig) gets
+/// its owner noted, for the DNS probe on kernels before 6.2.
+#[cgroup_sock_addr(connect4)]
+pub fn socket_connect4(ctx: SockAddrContext) -> i32 {
+    note_owner(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn socket_connect6(ctx: SockAddrContext) -> i32 {
+    note_owner(&ctx);
+    ALLOW
+}
+
+/// Notes the calling process as the socket's owner, only where the DNS probe needs it:
+/// a read-only constant to the verifier, so elsewhere this costs nothing.
+#[inline(always)]
+fn note_owner(ctx: &SockAddrContext) {
+    if config().dns_owner_by_socket == 0 {
+        return;
+    }
+    // SAFETY: `sk` is a context field of every sock_addr program; only its address is
+    // used, as the key the DNS probe looks up with `skb->sk`.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk } as u64;
+    if sk != 0 {
+        let _ = SOCKET_OWNERS.insert(sk, (bpf_get_current_pid_tgid() >> 32) as u32, 0);
+    }
 }
 
 #[cgroup_sock_addr(recvmsg6)]

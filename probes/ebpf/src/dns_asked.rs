@@ -15,7 +15,10 @@ use aya_ebpf::{
 };
 use flowtel_probes_abi::{DatagramPeer, DnsPacket, family, protocol};
 
-use crate::{config::config, maps::DNS_ASKED_SEND};
+use crate::{
+    config::config,
+    maps::{DNS_ASKED_SEND, SOCKET_OWNERS, SOCKETS},
+};
 
 /// The server a query was sent to, as its process addressed it.
 #[derive(Clone, Copy)]
@@ -96,6 +99,10 @@ pub fn note_asked_send(peer: &DatagramPeer) {
 /// the header instead (behind a port-changing NAT such a query is missed). A non-DNS
 /// unconnected datagram costs one per-CPU array read here.
 fn noted_send(ctx: &SkBuffContext) -> Option<DatagramPeer> {
+    // A read-only constant to the verifier (see `sender_pid`).
+    if config().skb_task_helpers == 0 {
+        return None;
+    }
     let slot = DNS_ASKED_SEND.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, read and cleared while this program runs.
     let tid = unsafe { (*slot).tid };
@@ -192,6 +199,12 @@ pub fn write_ip6(out: &mut [u8; 16], words: [u32; 4]) {
 /// verified on 6.18. Where the verifier refuses them the DNS probes report `failed` and
 /// flows go on.)
 pub fn sender_pid(ctx: &SkBuffContext) -> u32 {
+    // cgroup skb programs get the current-task helpers in 6.2: before, this branch is
+    // a known constant to the verifier and the calls below are never checked; the
+    // sending socket's noted owner stands in.
+    if config().skb_task_helpers == 0 {
+        return socket_owner(ctx);
+    }
     const ROOT_CGROUP: u64 = 1;
     // SAFETY: the helpers read the skb's socket and the current task; no preconditions.
     let (socket_cgroup, current_cgroup) =
@@ -200,4 +213,25 @@ pub fn sender_pid(ctx: &SkBuffContext) -> u32 {
         return 0;
     }
     (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// The process that connected or last sent on the packet's socket, as the connect and
+/// sendmsg hooks (UDP, datagram.rs) and the TCP state probe (state.rs) noted it; 0 when
+/// unknown or where the kernel refused the lookup (then the lookup goes under the host).
+#[inline(always)]
+fn socket_owner(ctx: &SkBuffContext) -> u32 {
+    if config().dns_owner_by_socket == 0 {
+        return 0;
+    }
+    // SAFETY: `sk` is a context field; only its address is used, as a map key (a
+    // privileged program may).
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk } as u64;
+    if sk == 0 {
+        return 0;
+    }
+    // SAFETY: read-only copies of map values.
+    if let Some(pid) = unsafe { SOCKET_OWNERS.get(sk) } {
+        return *pid;
+    }
+    SOCKETS.get_ptr(sk).map_or(0, |info| unsafe { (*info).key.pid })
 }

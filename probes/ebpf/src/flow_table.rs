@@ -31,30 +31,19 @@ pub fn add_to_existing_socket(key: &SocketKey, sent: bool, bytes: u64) -> Option
     Some(entry)
 }
 
-/// Adds `bytes` to the socket's entry in the active per-socket table, creating it from
-/// `fresh()` (flow key and HTTP verdict) on the first send/recv of this socket and
-/// process in this interval; `fresh` runs only then. `None` when the table is full
-/// (counted).
+/// Puts a new socket's entry into the active per-socket table. `None` when the table
+/// is full (counted).
 #[inline(always)]
-pub fn add_socket_bytes(
-    key: &SocketKey,
-    sent: bool,
-    bytes: u64,
-    fresh: impl FnOnce() -> Option<SocketTraffic>,
-) -> Option<*mut SocketTraffic> {
-    if let Some(entry) = add_to_existing_socket(key, sent, bytes) {
-        return Some(entry);
-    }
+pub fn insert_socket_entry(key: &SocketKey, entry: &SocketTraffic) -> Option<()> {
     let table = if active_index() == 1 { &TRAFFIC_1 } else { &TRAFFIC_0 };
-    let fresh = fresh()?;
     // EEXIST: another CPU created it between our lookup and insert; add to theirs.
-    if let Err(err) = table.insert(key, &fresh, BPF_NOEXIST)
+    if let Err(err) = table.insert(key, entry, BPF_NOEXIST)
         && i64::from(err) != -EEXIST
     {
         count_lost(lost::FLOW_TABLE_FULL);
         return None;
     }
-    add_to_existing_socket(key, sent, bytes)
+    Some(())
 }
 
 /// Adds to the sent or the received counter.

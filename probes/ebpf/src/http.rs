@@ -102,6 +102,11 @@ pub fn connection_end(cfg: &ProbeConfig, sk: u64, ret: i32) {
 /// the call's (the first `iovec` may hold fewer than the call moved).
 #[inline(always)]
 fn user_buffer(cfg: &ProbeConfig, moved: u32) -> Option<(u64, u32)> {
+    // A read-only constant to the verifier: on a kernel without the helpers below the
+    // branch is known and their calls are never checked, so the program still loads.
+    if cfg.task_regs == 0 {
+        return None;
+    }
     // SAFETY: both helpers are valid in tracing programs; the registers are read with
     // bpf_probe_read_kernel, which validates the address.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;

@@ -20,6 +20,7 @@ mod retransmit;
 mod rtt;
 mod socket;
 mod state;
+mod support;
 mod tls;
 mod traffic;
 

@@ -53,6 +53,23 @@ pub static EXITED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4_096, 0);
 #[map]
 pub static DATAGRAM_PEERS: LruHashMap<u64, DatagramPeer> = LruHashMap::with_max_entries(16_384, 0);
 
+/// The process behind each UDP socket (keyed by `struct sock *`), noted by the cgroup
+/// connect and sendmsg hooks in process context, for the DNS probe on kernels whose
+/// cgroup skb programs cannot ask for the current task (6.1 and older). LRU: a socket
+/// gone makes room by itself; a reused address is noted afresh at its next connect or send.
+#[map]
+pub static SOCKET_OWNERS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The socket of each thread inside a send function, between the kprobe fallback's
+/// entry and return probes (fallback.rs). LRU: a thread killed mid-call ages out.
+#[map]
+pub static SENDING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Bytes the thread's `tcp_recvmsg` in progress has counted so far (fallback.rs): the
+/// kernel reports them cumulatively, once per wait and at the end.
+#[map]
+pub static RECEIVING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
 /// The `sendto` address of this CPU's latest unconnected UDP send to a DNS port, for the
 /// DNS egress probe (`dns_asked.rs`); the sendmsg hooks write it.
 #[map]
@@ -121,8 +138,8 @@ pub fn count_lost(cause: u32) {
 
 /// Records the current process's name and cgroup. Called only on rare events in
 /// process context (a new flow, a connect, a socket changing owner, an exec), never
-/// per send.
-#[inline(always)]
+/// per send. A function of its own: inlined, its frame would join every caller's.
+#[inline(never)]
 pub fn remember_process_name(pid: u32) {
     if let Some(comm) = leader_comm().or_else(|| bpf_get_current_comm().ok()) {
         // SAFETY: no preconditions; available to tracing programs since Linux 4.18.

@@ -52,43 +52,55 @@ fn try_flow_state(ctx: &TracePointContext) -> Option<()> {
         )
     };
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Each transition in a function of its own, so that only one transition's locals
+    // are on the stack: all frames of a call chain share 512 bytes before Linux 6.13.
     match (old, new) {
-        (TCP_CLOSE, TCP_SYN_SENT) => {
-            // connect(): process context. The tuple is not final yet (no source port).
-            let info = SocketInfo {
-                key: FlowKey { pid, direction: direction::OUTGOING, ..FlowKey::default() },
-                ..SocketInfo::default()
-            };
-            remember(sk, &info);
-            remember_process_name(pid);
-        }
-        (TCP_SYN_SENT, TCP_ESTABLISHED) => {
-            let owner = owner_of(sk);
-            let key = flow_key(&cfg, sk, protocol::TCP, direction::OUTGOING, owner)?;
-            // Keep retrans_seen: SYN retransmits are counted on this connection's flow.
-            let retrans_seen = unsafe { SOCKETS.get(sk) }.map_or(0, |info| info.retrans_seen);
-            remember(sk, &SocketInfo { key, retrans_seen, ..SocketInfo::default() });
-            count(&key, |s| unsafe { &raw mut (*s).opened });
-        }
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => {
-            let key = flow_key(&cfg, sk, protocol::TCP, direction::INCOMING, 0)?;
-            remember(sk, &SocketInfo { key, open_pending: 1, ..SocketInfo::default() });
-        }
+        (TCP_CLOSE, TCP_SYN_SENT) => connecting(sk, pid),
+        (TCP_SYN_SENT, TCP_ESTABLISHED) => connected(cfg, sk),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => accepted(cfg, sk),
         (TCP_SYN_SENT | TCP_SYN_RECV, TCP_CLOSE) => {
             let dir = if old == TCP_SYN_SENT { direction::OUTGOING } else { direction::INCOMING };
-            count_failure(&cfg, sk, dir);
+            count_failure(cfg, sk, dir);
             // Even when the failure could not be counted: a stale entry would hand its
             // key to the next socket allocated at this address.
             forget(sk);
         }
         (_, TCP_FIN_WAIT1 | TCP_LAST_ACK) => claim(sk, pid),
         (TCP_LISTEN, _) | (_, TCP_LISTEN) => {}
-        (_, TCP_CLOSE) => close(&cfg, sk),
+        (_, TCP_CLOSE) => close(cfg, sk),
         _ => {}
     }
     Some(())
 }
 
+/// connect(): process context. The tuple is not final yet (no source port).
+#[inline(never)]
+fn connecting(sk: u64, pid: u32) {
+    let info = SocketInfo {
+        key: FlowKey { pid, direction: direction::OUTGOING, ..FlowKey::default() },
+        ..SocketInfo::default()
+    };
+    remember(sk, &info);
+    remember_process_name(pid);
+}
+
+#[inline(never)]
+fn connected(cfg: &ProbeConfig, sk: u64) {
+    let owner = owner_of(sk);
+    let Some(key) = flow_key(cfg, sk, protocol::TCP, direction::OUTGOING, owner) else { return };
+    // Keep retrans_seen: SYN retransmits are counted on this connection's flow.
+    let retrans_seen = SOCKETS.get_ptr(sk).map_or(0, |info| unsafe { (*info).retrans_seen });
+    remember(sk, &SocketInfo { key, retrans_seen, ..SocketInfo::default() });
+    count(&key, |s| unsafe { &raw mut (*s).opened });
+}
+
+#[inline(never)]
+fn accepted(cfg: &ProbeConfig, sk: u64) {
+    let Some(key) = flow_key(cfg, sk, protocol::TCP, direction::INCOMING, 0) else { return };
+    remember(sk, &SocketInfo { key, open_pending: 1, ..SocketInfo::default() });
+}
+
+#[inline(never)]
 fn count_failure(cfg: &ProbeConfig, sk: u64, dir: u8) -> Option<()> {
     let key = flow_key(cfg, sk, protocol::TCP, dir, owner_of(sk))?;
     if let Some(info) = SOCKETS.get_ptr_mut(sk) {
@@ -113,8 +125,8 @@ fn failure_cause(cfg: &ProbeConfig, sk: u64) -> usize {
 }
 
 fn owner_of(sk: u64) -> u32 {
-    // SAFETY: read-only copy of a map value.
-    unsafe { SOCKETS.get(sk) }.map_or(0, |info| info.key.pid)
+    // SAFETY: `info` points into a live map value.
+    SOCKETS.get_ptr(sk).map_or(0, |info| unsafe { (*info).key.pid })
 }
 
 fn remember(sk: u64, info: &SocketInfo) {
@@ -141,6 +153,7 @@ pub fn claim(sk: u64, pid: u32) {
     }
 }
 
+#[inline(never)]
 fn close(cfg: &ProbeConfig, sk: u64) {
     let (key, open_pending) = match SOCKETS.get_ptr_mut(sk) {
         Some(info) => {

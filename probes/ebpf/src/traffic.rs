@@ -13,10 +13,10 @@ use flowtel_probes_abi::{ProbeConfig, SocketInfo, SocketKey, SocketTraffic, http
 use crate::{
     config::config,
     datagram,
-    flow_table::{add_bytes, add_socket_bytes, add_to_existing_socket, stats_for},
+    flow_table::{add_bytes, add_to_existing_socket, insert_socket_entry, stats_for},
     http,
     maps::{SOCKETS, count_lost, remember_process_name},
-    socket::{direction_from_locks, flow_key, read},
+    socket::{direction_from_locks, fill_flow_key, flow_key, read},
     state::claim,
 };
 
@@ -89,7 +89,11 @@ fn try_flow_length(ctx: &TracePointContext, sent: bool) -> Option<()> {
     if ret <= 0 || (!sent && flags & MSG_PEEK != 0) {
         return None;
     }
-    account(cfg, sk, || Some(proto), ret as u64, sent).map(drop)
+    let entry = account(cfg, sk, || Some(proto), ret as u64, sent)?;
+    if cfg.http_wanted() {
+        http::socket_call(cfg, sk, entry, ret as u32, sent);
+    }
+    Some(())
 }
 
 /// Adds `bytes` to the flow of socket `sk`; shared with the kprobe fallback. `proto`
@@ -113,7 +117,9 @@ pub fn account(
         p if p == u16::from(protocol::TCP) => {
             // First send/recv of this socket by this process in the interval: work out
             // its flow key once.
-            add_socket_bytes(&key, sent, bytes, || tcp_entry(cfg, sk, pid))
+            // Its result aside: a full socket table still leaves a per-socket entry.
+            let _ = new_tcp_entry(cfg, &key);
+            add_to_existing_socket(&key, sent, bytes)
         }
         p if p == u16::from(protocol::UDP) => {
             account_udp(cfg, sk, pid, bytes, sent);
@@ -141,29 +147,53 @@ fn account_udp(cfg: &ProbeConfig, sk: u64, pid: u32, bytes: u64, sent: bool) -> 
     Some(())
 }
 
-/// The TCP socket's per-socket entry: its cached key, claimed by the current process,
-/// and its HTTP verdict. Runs once per socket, process and interval (the per-socket
-/// table's miss path), in its own stack frame.
+/// Makes the TCP socket's per-socket entry in the active table: its cached key,
+/// claimed by the current process, and its HTTP verdict. Runs once per socket, process
+/// and interval (the per-socket table's miss path), in its own stack frame: the
+/// programs' frames together must stay within 512 bytes before Linux 6.13.
 #[inline(never)]
-fn tcp_entry(cfg: &ProbeConfig, sk: u64, pid: u32) -> Option<SocketTraffic> {
-    // SAFETY: read-only copy of a map value.
-    if let Some(info) = unsafe { SOCKETS.get(sk) } {
-        if info.key.pid != pid || info.open_pending == 1 {
-            claim(sk, pid);
+fn new_tcp_entry(cfg: &ProbeConfig, key: &SocketKey) -> Option<()> {
+    let (sk, pid) = (key.sk, key.pid);
+    match SOCKETS.get_ptr(sk) {
+        Some(info) => {
+            // SAFETY: `info` points into a live map value.
+            let (owner, open_pending) = unsafe { ((*info).key.pid, (*info).open_pending) };
+            if owner != pid || open_pending == 1 {
+                claim(sk, pid);
+                remember_process_name(pid);
+            }
+        }
+        None => {
+            adopt_socket(cfg, key)?;
             remember_process_name(pid);
         }
-        let mut key = info.key;
-        key.pid = pid;
-        return Some(SocketTraffic { flow: key, http: info.http, ..SocketTraffic::default() });
     }
-    // Opened before the agent started (or the table was full when it opened): its
-    // earlier retransmits are not ours to count, and its first payload was not seen.
-    let key = flow_key(cfg, sk, protocol::TCP, direction_from_locks(cfg, sk), pid)?;
-    let retrans_seen = read::<u32>(sk, cfg.tcp_total_retrans).unwrap_or(0);
-    let info = SocketInfo { key, retrans_seen, http: verdict::ALWAYS, ..SocketInfo::default() };
-    if SOCKETS.insert(sk, info, 0).is_err() {
+    // None when the socket table was full: then adopt_socket made the entry itself.
+    let info = SOCKETS.get_ptr(sk)?;
+    let mut entry = SocketTraffic::default();
+    // SAFETY: as above.
+    unsafe {
+        entry.flow = (*info).key;
+        entry.http = (*info).http;
+    }
+    entry.flow.pid = pid;
+    insert_socket_entry(key, &entry)
+}
+
+/// A TCP socket opened before the agent started (or when the socket table was full):
+/// its earlier retransmits are not ours to count, and its first payload was not seen.
+/// A leaf function, so that its locals never share a call chain with another frame.
+#[inline(never)]
+fn adopt_socket(cfg: &ProbeConfig, key: &SocketKey) -> Option<()> {
+    let (sk, pid) = (key.sk, key.pid);
+    let mut info = SocketInfo { http: verdict::ALWAYS, ..SocketInfo::default() };
+    fill_flow_key(cfg, sk, protocol::TCP, direction_from_locks(cfg, sk), pid, &mut info.key)?;
+    info.retrans_seen = read::<u32>(sk, cfg.tcp_total_retrans).unwrap_or(0);
+    if SOCKETS.insert(sk, &info, 0).is_err() {
         count_lost(lost::SOCKET_TABLE_FULL);
+        // Counted all the same, under the flow the socket shows now.
+        let entry = SocketTraffic { flow: info.key, http: verdict::ALWAYS, ..SocketTraffic::default() };
+        insert_socket_entry(key, &entry)?;
     }
-    remember_process_name(pid);
-    Some(SocketTraffic { flow: key, http: verdict::ALWAYS, ..SocketTraffic::default() })
+    Some(())
 }

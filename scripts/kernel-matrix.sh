@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The kernel matrix (README "Kernels"): boots each of Debian's kernels listed in
+# tests/kernels/kernels.list under qemu (software emulation) and runs the end-to-end
+# subset in tests/kernels/plan inside it, against the agent and test binaries built on
+# this host. The guest sees the host's root read-only over 9p (the same tools as the
+# host's tests), its own kernel's modules, and a writable results share; the host
+# reads back `flowtel status` and the tests' output and fails when a guest's tests fail.
+#
+#   scripts/kernel-matrix.sh [NAME ...]      the named kernels (default: all)
+#
+# Kernels are fetched once through apt from Debian's registry into $KERNEL_MATRIX_CACHE
+# (default /var/cache/flowtel/kernels), with an apt state of their own: the host's
+# sources are never touched. Needs root, qemu-system-x86, busybox-static, kmod, cpio.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+cache=${KERNEL_MATRIX_CACHE:-/var/cache/flowtel/kernels}
+out=${KERNEL_MATRIX_OUT:-$root/target/kernel-matrix}
+log() { printf '[kernel-matrix] %s\n' "$*" >&2; }
+
+# Downloads and unpacks one suite's kernel into $cache/NAME: vmlinuz, modules/<release>/.
+fetch_kernel() {
+  local name=$1 source=$2 dir=$cache/$1
+  [[ -f $dir/ready ]] && return 0
+  log "$name: fetching the kernel of '$source'"
+  rm -rf "$dir" && mkdir -p "$dir"/{apt/lists/partial,apt/cache/archives/partial,debs,unpacked}
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $source" >"$dir/apt/sources.list"
+  local opts=(-o "Dir::Etc::SourceList=$dir/apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+    -o "Dir::State::Lists=$dir/apt/lists" -o "Dir::Cache=$dir/apt/cache" -o Debug::NoLocking=1)
+  apt-get "${opts[@]}" -qq update
+  # linux-image-amd64 -> linux-image-<release>; since 6.17 that one is split further
+  # into linux-binary-<release> (the kernel) and linux-modules-<release>.
+  local image packages
+  image=$(apt-cache "${opts[@]}" depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')
+  packages=("$image")
+  mapfile -t -O 1 packages < <(apt-cache "${opts[@]}" depends "$image" |
+    awk '/Depends: linux-(binary|modules)-[0-9]/ { print $2 }')
+  (cd "$dir/debs" && apt-get "${opts[@]}" -qq download "${packages[@]}")
+  for deb in "$dir"/debs/*.deb; do dpkg-deb -x "$deb" "$dir/unpacked"; done
+  local modules release
+  modules=$(find "$dir/unpacked" -maxdepth 3 -type d -path '*/lib/modules' | head -1)
+  release=$(ls "$modules")
+  mv "$modules" "$dir/modules"
+  cp "$(find "$dir/unpacked" \( -name "vmlinuz-$release" -o -path "*/$release/vmlinuz" \) | head -1)" "$dir/vmlinuz"
+  depmod_flat "$dir" "$release"
+  rm -rf "$dir/unpacked" "$dir/debs" "$dir/apt"
+  echo "$release" >"$dir/ready"
+}
+
+# depmod wants <base>/lib/modules/<release>: give it that shape through a symlink.
+depmod_flat() {
+  local dir=$1 release=$2
+  mkdir -p "$dir/base/lib"
+  ln -sfn "$dir/modules" "$dir/base/lib/modules"
+  depmod -b "$dir/base" "$release"
+  rm -rf "$dir/base"
+}
+
+# The initramfs: busybox, tests/kernels/init and the modules that mounting 9p needs on
+# this kernel (virtio is a module in some of Debian's configs), uncompressed, in order.
+make_initramfs() {
+  local name=$1 dir=$cache/$1 release stage
+  release=$(cat "$dir/ready")
+  stage=$(mktemp -d)
+  mkdir -p "$stage"/{bin,modules}
+  cp /bin/busybox "$stage/bin/busybox"
+  cp tests/kernels/init "$stage/init"
+  local base
+  base=$(mktemp -d)
+  mkdir -p "$base/lib" && ln -s "$dir/modules" "$base/lib/modules"
+  : >"$stage/modules.order"
+  for module in virtio_pci 9pnet_virtio 9p; do
+    modprobe -d "$base" -S "$release" --show-depends "$module" | awk '$1 == "insmod" { print $2 }'
+  done | awk '!seen[$0]++' | while read -r path; do
+    local file
+    file=$(basename "$path")
+    case $file in
+      *.xz) xz -dc "$path" >"$stage/modules/${file%.xz}" && file=${file%.xz} ;;
+      *.zst) zstd -qdc "$path" >"$stage/modules/${file%.zst}" && file=${file%.zst} ;;
+      *) cp "$path" "$stage/modules/$file" ;;
+    esac
+    echo "$file" >>"$stage/modules.order"
+  done
+  rm -rf "$base"
+  (cd "$stage" && find . | cpio -o -H newc --quiet) >"$dir/initramfs.cpio"
+  rm -rf "$stage"
+}
+
+# Writes the guest's plan: every test binary of the plan's test targets, with filters.
+write_plan() {
+  local results=$1
+  cargo test --release --locked -p flowtel-e2e --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys
+plan = {}
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].split()
+    if line:
+        plan[line[0]] = line[1:]
+for message in map(json.loads, sys.stdin):
+    target = message.get("target", {}).get("name")
+    if message.get("executable") and target in plan and message.get("profile", {}).get("test"):
+        print(message["executable"], "--exact", *plan[target])
+' tests/kernels/plan >"$results/plan"
+  {
+    echo "export CI=true HOME=$HOME PATH='$PATH'"
+    echo "export flowtel_agent=$root/target/release/flowtel"
+  } >"$results/env"
+}
+
+# Boots kernel NAME and leaves its results in $out/NAME.
+boot() {
+  local name=$1 dir=$cache/$1 results=$out/$1
+  rm -rf "$results" && mkdir -p "$results"
+  write_plan "$results"
+  log "$name: booting $(cat "$dir/ready")"
+  local start=$SECONDS
+  timeout --signal=KILL "${KERNEL_MATRIX_TIMEOUT:-1500}" qemu-system-x86_64 \
+    -machine pc -cpu max -smp 2 -m 3072 -nographic -no-reboot -nic none \
+    -kernel "$dir/vmlinuz" -initrd "$dir/initramfs.cpio" \
+    -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 flowtel_results=$results flowtel_modules=$dir/modules flowtel_script=$root/tests/kernels/guest.sh" \
+    -virtfs "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap" \
+    -virtfs "local,path=$results,mount_tag=results,security_model=passthrough" \
+    >"$results/console.log" 2>&1 || true
+  echo $((SECONDS - start)) >"$results/seconds"
+}
+
+# Prints one kernel's outcome; returns non-zero when it did not pass.
+report() {
+  local name=$1 results=$out/$1
+  local passed failed
+  passed=$(awk '/^test result:/ { p += $4 } END { print p + 0 }' "$results/tests.log" 2>/dev/null || echo 0)
+  failed=$(awk '/^test result:/ { f += $6 } END { print f + 0 }' "$results/tests.log" 2>/dev/null || echo 0)
+  log "$name ($(cat "$results/uname" 2>/dev/null || echo '?')): $passed passed, $failed failed in $(cat "$results/seconds") s"
+  sed 's/^/    /' "$results/status.txt" 2>/dev/null >&2 || true
+  if [[ $(cat "$results/tests.rc" 2>/dev/null) != 0 || $(cat "$results/status.rc" 2>/dev/null) != 0 ]]; then
+    log "$name: FAILED; console and test output follow"
+    tail -n 60 "$results/console.log" >&2
+    grep -vE '^test .* ok$' "$results/tests.log" 2>/dev/null | tail -n 200 >&2
+    return 1
+  fi
+}
+
+names=("$@")
+if ((${#names[@]} == 0)); then
+  mapfile -t names < <(awk '!/^#/ && NF { print $1 }' tests/kernels/kernels.list)
+fi
+# The guest binds its kernel's modules here; the host's root is read-only to it.
+mkdir -p /usr/lib/modules
+status=0
+for name in "${names[@]}"; do
+  source_line=$(awk -v n="$name" '$1 == n { $1 = ""; sub(/^ /, ""); print }' tests/kernels/kernels.list)
+  [[ -n $source_line ]] || { log "no kernel '$name' in tests/kernels/kernels.list"; exit 2; }
+  fetch_kernel "$name" "$source_line"
+  make_initramfs "$name"
+  boot "$name"
+  report "$name" || status=1
+done
+python3 tests/kernels/table.py "$out" "${names[@]}" >"$out/table.md" || status=1
+cat "$out/table.md" >&2
+# docs/kernels.md carries the whole matrix's table: a run of every kernel must agree
+# with it (or rewrite it, when asked), so the docs say what the kernels showed.
+if (($# == 0)); then
+  if [[ ${KERNEL_MATRIX_UPDATE_DOCS:-} == 1 ]]; then
+    python3 tests/kernels/docs.py write docs/kernels.md "$out/table.md"
+  elif ! python3 tests/kernels/docs.py check docs/kernels.md "$out/table.md"; then
+    log "docs/kernels.md does not match this run (KERNEL_MATRIX_UPDATE_DOCS=1 rewrites it)"
+    status=1
+  fi
+fi
+log "matrix done in $SECONDS s"
+exit "$status"
