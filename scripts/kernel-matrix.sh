@@ -10,7 +10,8 @@
 #
 # Kernels are fetched once through apt from Debian's registry into $KERNEL_MATRIX_CACHE
 # (default /var/cache/flowtel/kernels), with an apt state of their own: the host's
-# sources are never touched. Needs root, qemu-system-x86, busybox-static, kmod, cpio.
+# sources are never touched. Needs root; installs what it boots with (qemu-system-x86,
+# busybox-static, kmod, cpio, xz-utils, zstd) from Debian's packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -140,6 +141,15 @@ report() {
     return 1
   fi
 }
+
+missing=()
+for pkg in qemu-system-x86 busybox-static kmod cpio xz-utils zstd; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 
 names=("$@")
 if ((${#names[@]} == 0)); then

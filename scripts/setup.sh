@@ -16,10 +16,7 @@ build_only=false
 # dnsperf: the DNS load generator of the benchmark; docker-compose (1.29, no engine
 # needed): checks the compose example; nginx, wrk and openssl: the HTTP(S) server, load
 # generator and certificate maker of the HTTP tests and benchmark.
-# qemu-system-x86, busybox-static, kmod, cpio, xz-utils, zstd: the kernel matrix
-# (scripts/kernel-matrix.sh) boots Debian's kernels with them.
-apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose nginx wrk openssl
-  qemu-system-x86 busybox-static kmod cpio xz-utils zstd)
+apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose nginx wrk openssl)
 if $build_only; then
   apt_packages=(curl)
 fi
