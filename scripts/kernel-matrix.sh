@@ -41,8 +41,9 @@ fetch_kernel() {
   local modules release
   modules=$(find "$dir/unpacked" -maxdepth 3 -type d -path '*/lib/modules' | head -1)
   release=$(ls "$modules")
-  mv "$modules" "$dir/modules"
+  # Before the modules move: since 6.17 the kernel sits among them (modules/<release>/vmlinuz).
   cp "$(find "$dir/unpacked" \( -name "vmlinuz-$release" -o -path "*/$release/vmlinuz" \) | head -1)" "$dir/vmlinuz"
+  mv "$modules" "$dir/modules"
   depmod_flat "$dir" "$release"
   rm -rf "$dir/unpacked" "$dir/debs" "$dir/apt"
   echo "$release" >"$dir/ready"
