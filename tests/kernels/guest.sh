@@ -14,7 +14,7 @@ mount --bind "$flowtel_modules" /usr/lib/modules
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
-hostname "flowtel-$(uname -r)"
+hostname flowtel-guest
 # shellcheck source=/dev/null
 source "$results/env"
 uname -r >"$results/uname"
