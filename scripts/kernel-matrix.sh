@@ -89,7 +89,7 @@ make_initramfs() {
   rm -rf "$stage"
 }
 
-# Writes the guest's plan: every test binary of the plan's test targets, with filters.
+# Writes the guests' plan once: every test binary of the plan's test targets, with filters.
 write_plan() {
   local results=$1
   cargo test --release --locked -p flowtel-e2e --no-run --message-format=json 2>/dev/null |
@@ -115,7 +115,7 @@ for message in map(json.loads, sys.stdin):
 boot() {
   local name=$1 dir=$cache/$1 results=$out/$1
   rm -rf "$results" && mkdir -p "$results"
-  write_plan "$results"
+  cp "$out/plan" "$out/env" "$results/"
   log "$name: booting $(cat "$dir/ready")"
   local start=$SECONDS
   timeout --signal=KILL "${KERNEL_MATRIX_TIMEOUT:-1500}" qemu-system-x86_64 \
@@ -159,6 +159,8 @@ if ((${#names[@]} == 0)); then
 fi
 # The guest binds its kernel's modules here; the host's root is read-only to it.
 mkdir -p /usr/lib/modules
+mkdir -p "$out"
+write_plan "$out"
 status=0
 for name in "${names[@]}"; do
   source_line=$(awk -v n="$name" '$1 == n { $1 = ""; sub(/^ /, ""); print }' tests/kernels/kernels.list)

@@ -115,8 +115,6 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
                 .missing
                 .push((Need::SocketOwners, format!("cgroup skb programs cannot key a map by skb->sk: {no}"))),
         }
-    } else {
-        layout.missing.push((Need::SocketOwners, "not needed: the current-task helpers are there".into()));
     }
     let mut ebpf = EbpfLoader::new()
         .override_global("FLOWTEL_CONFIG", &layout.config, true)
