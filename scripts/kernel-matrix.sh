@@ -119,7 +119,7 @@ boot() {
   log "$name: booting $(cat "$dir/ready")"
   local start=$SECONDS
   timeout --signal=KILL "${KERNEL_MATRIX_TIMEOUT:-1500}" qemu-system-x86_64 \
-    -machine pc -cpu max -smp 2 -m 3072 -nographic -no-reboot -nic none \
+    -machine pc -cpu max -smp "${KERNEL_MATRIX_SMP:-2}" -m 3072 -nographic -no-reboot -nic none \
     -kernel "$dir/vmlinuz" -initrd "$dir/initramfs.cpio" \
     -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 flowtel_results=$results flowtel_modules=$dir/modules flowtel_script=$root/tests/kernels/guest.sh" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap" \
@@ -161,13 +161,27 @@ fi
 mkdir -p /usr/lib/modules
 mkdir -p "$out"
 write_plan "$out"
-status=0
 for name in "${names[@]}"; do
   source_line=$(awk -v n="$name" '$1 == n { $1 = ""; sub(/^ /, ""); print }' tests/kernels/kernels.list)
   [[ -n $source_line ]] || { log "no kernel '$name' in tests/kernels/kernels.list"; exit 2; }
   fetch_kernel "$name" "$source_line"
   make_initramfs "$name"
-  boot "$name"
+done
+# Guests at once: $KERNEL_MATRIX_JOBS (default 1). Each guest's vCPUs are host threads,
+# so more at once only helps where the guests wait more than they compute.
+jobs=${KERNEL_MATRIX_JOBS:-1}
+running=0
+for name in "${names[@]}"; do
+  if ((running >= jobs)); then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  boot "$name" &
+  running=$((running + 1))
+done
+wait
+status=0
+for name in "${names[@]}"; do
   report "$name" || status=1
 done
 python3 tests/kernels/table.py "$out" "${names[@]}" >"$out/table.md" || status=1

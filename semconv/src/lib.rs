@@ -216,6 +216,7 @@ pub mod resource {
     pub const PROCESS_PID: &str = "process.pid";
     pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
     pub const PROCESS_COMMAND: &str = "process.command";
+    pub const PROCESS_COMMAND_LINE: &str = "process.command_line";
     pub const PROCESS_CREATION_TIME: &str = "process.creation.time";
     pub const CONTAINER_ID: &str = "container.id";
     pub const K8S_POD_UID: &str = "k8s.pod.uid";

@@ -16,6 +16,10 @@ hold-clients HOST PORT N CGROUP...
                                  fork N processes, child i first moving into CGROUP[i % len];
                                  each opens one connection, sends 1 byte, reads the reply,
                                  and stays alive until stdin closes (many live workloads).
+http-fresh-client HOST PORT N EVERY
+                                 N HTTP/1.1 GETs, each on a new connection: every EVERY-th
+                                 for /drop (http_server.py closes it unanswered), the rest
+                                 for /ok, each read to its end.
 Each prints "ready" (servers) or "done" once finished, so tests can sequence on it.
 """
 import socket
@@ -128,6 +132,21 @@ def hold_clients(host, port, n, cgroups):
         os.waitpid(pid, 0)
 
 
+def http_fresh_client(host, port, n, every):
+    for i in range(n):
+        path = "/drop" if i % every == 0 else "/ok"
+        with socket.create_connection((host, port)) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            got = b""
+            # /ok: a 6-byte body after the head; /drop: the server's end of stream.
+            while not (got.endswith(b"hello\n") or (got and path == "/drop")):
+                data = s.recv(4096)
+                if not data:
+                    break
+                got += data
+    print("done", flush=True)
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "tcp-server":
@@ -138,6 +157,8 @@ if __name__ == "__main__":
         tcp_client(args[0], *map(int, args[1:]))
     elif cmd == "hold-clients":
         hold_clients(args[0], int(args[1]), int(args[2]), args[3:])
+    elif cmd == "http-fresh-client":
+        http_fresh_client(args[0], *map(int, args[1:]))
     elif cmd == "udp-server":
         udp_server(*map(int, args))
     elif cmd == "udp-client":

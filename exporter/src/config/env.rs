@@ -47,7 +47,7 @@ pub fn apply_overrides(tree: &mut Value, vars: &[(String, String)]) -> Result<()
         set(tree, key, value);
         // Check this one variable now, so an error names it rather than the whole tree.
         if let Err(err) = serde_yaml::from_value::<Config>(tree.clone()) {
-            return Err(ConfigError::Env { var: var.clone(), reason: format!("{raw:?}: {err}") });
+            return Err(ConfigError::Env { var: var.clone(), reason: format!("{raw:?} for {key}: {err}") });
         }
     }
     Ok(())

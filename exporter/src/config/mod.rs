@@ -17,18 +17,10 @@ use crate::probes::AttachMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path}: {source}")]
-    Parse {
-        path: String,
-        #[source]
-        source: serde_yaml::Error,
-    },
+    #[error("cannot read config file {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    #[error("config file {path}: {cause}")]
+    Parse { path: String, cause: serde_yaml::Error },
     #[error("environment variable {var}: {reason}")]
     Env { var: String, reason: String },
     #[error("{key} = {value}: {reason}")]
@@ -210,30 +202,70 @@ mod strings {
 }
 
 mod ports {
-    use serde::{Deserialize, Deserializer, de::Error as _};
+    use std::fmt;
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Ports {
-        List(Vec<u16>),
-        One(u16),
-        Text(String),
-        /// An empty variable: DNS off.
-        Empty(()),
+    use serde::{
+        Deserializer,
+        de::{Error, SeqAccess, Visitor},
+    };
+
+    const ACCEPTED: &str = "a port (1-65535), a list of ports, or a comma-separated string of them";
+
+    /// A list, one port, or a comma-separated string (as an environment variable gives);
+    /// an empty value turns DNS off. A visitor rather than an untagged enum, so a bad
+    /// value is named ("70000 is not a port") instead of "did not match any variant".
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u16>, D::Error> {
+        deserializer.deserialize_any(PortsVisitor)
     }
 
-    /// A list, one port, or a comma-separated string (as an environment variable gives).
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u16>, D::Error> {
-        match Ports::deserialize(deserializer)? {
-            Ports::List(list) => Ok(list),
-            Ports::One(port) => Ok(vec![port]),
-            Ports::Empty(()) => Ok(Vec::new()),
-            Ports::Text(text) => text
-                .split(',')
+    fn port<E: Error>(value: u64) -> Result<u16, E> {
+        u16::try_from(value)
+            .ok()
+            .filter(|&port| port != 0)
+            .ok_or_else(|| E::custom(format!("{value} is not a port (1-65535)")))
+    }
+
+    struct PortsVisitor;
+
+    impl<'de> Visitor<'de> for PortsVisitor {
+        type Value = Vec<u16>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(ACCEPTED)
+        }
+
+        fn visit_u64<E: Error>(self, value: u64) -> Result<Self::Value, E> {
+            Ok(vec![port(value)?])
+        }
+
+        fn visit_i64<E: Error>(self, value: i64) -> Result<Self::Value, E> {
+            match u64::try_from(value) {
+                Ok(value) => self.visit_u64(value),
+                Err(_) => Err(E::custom(format!("{value} is not a port (1-65535)"))),
+            }
+        }
+
+        fn visit_str<E: Error>(self, text: &str) -> Result<Self::Value, E> {
+            text.split(',')
                 .map(str::trim)
                 .filter(|p| !p.is_empty())
-                .map(|p| p.parse::<u16>().map_err(|_| D::Error::custom(format!("{p:?} is not a port number"))))
-                .collect(),
+                .map(|p| match p.parse::<u64>() {
+                    Ok(value) => port(value),
+                    Err(_) => Err(E::custom(format!("{p:?} is not a port number (1-65535)"))),
+                })
+                .collect()
+        }
+
+        fn visit_unit<E: Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut ports = Vec::new();
+            while let Some(value) = seq.next_element::<u64>()? {
+                ports.push(port(value)?);
+            }
+            Ok(ports)
         }
     }
 }
@@ -269,11 +301,14 @@ pub struct TelemetryConfig {
     pub cardinality_limit: usize,
     /// Export intervals an exited process's workload is kept without new data.
     pub idle_intervals: u32,
+    /// `process.command_line` (the whole command line, up to 256 characters) on each
+    /// workload. Off: arguments often carry secrets; `process.command` is always there.
+    pub process_command_line: bool,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { cardinality_limit: 2_000, idle_intervals: 2 }
+        Self { cardinality_limit: 2_000, idle_intervals: 2, process_command_line: false }
     }
 }
 
@@ -303,15 +338,18 @@ impl Config {
         let mut tree = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-                let parse = |source| ConfigError::Parse { path: path.display().to_string(), source };
-                let mut value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(parse)?;
+                    .map_err(|cause| ConfigError::Read { path: path.display().to_string(), cause })?;
+                let parse = |cause| ConfigError::Parse { path: path.display().to_string(), cause };
+                // Straight from the text first: only then do errors carry the key's path
+                // and line (`dns.timeout_ms: invalid type ... at line 2 column 15`); a
+                // `Value` in between has lost both.
+                let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(parse)?;
                 if value.is_null() {
-                    value = serde_yaml::Value::Mapping(serde_yaml::Mapping::new());
+                    serde_yaml::Value::Mapping(serde_yaml::Mapping::new())
+                } else {
+                    serde_yaml::from_str::<Self>(&text).map_err(parse)?;
+                    value
                 }
-                // Deserialize once straight from the file, so errors name the file's keys.
-                Self::deserialize(value.clone()).map_err(parse)?;
-                value
             }
             None => serde_yaml::Value::Mapping(serde_yaml::Mapping::new()),
         };

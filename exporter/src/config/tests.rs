@@ -6,6 +6,11 @@ fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
 }
 
+/// The error as `main` prints it: the message, then each cause once.
+fn message(err: ConfigError) -> String {
+    format!("{:#}", anyhow::Error::from(err))
+}
+
 fn file(text: &str) -> tempfile_lite::TempFile {
     tempfile_lite::TempFile::with(text)
 }
@@ -54,37 +59,43 @@ fn empty_file_is_defaults() {
 #[test]
 fn unknown_key_in_file_is_named() {
     let f = file("probes:\n  flow_tabel_entries: 10\n");
-    let err = Config::load(Some(&f.0), &[]).unwrap_err().to_string();
+    let err = Config::load(Some(&f.0), &[]).map(drop).map_err(message).unwrap_err();
     assert!(err.contains("flow_tabel_entries") && err.contains("flow_table_entries"), "{err}");
 }
 
 #[test]
 fn bad_values_are_named_with_what_is_accepted() {
     let f = file("probes:\n  attach_mode: sometimes\n");
-    let err = Config::load(Some(&f.0), &[]).unwrap_err().to_string();
+    let err = Config::load(Some(&f.0), &[]).map(drop).map_err(message).unwrap_err();
     assert!(err.contains("sometimes") && err.contains("tracepoints"), "{err}");
 
-    let err = Config::load(None, &vars(&[("FLOWTEL_PROBES_FLOW_TABLE_ENTRIES", "lots")])).unwrap_err().to_string();
+    let err = Config::load(None, &vars(&[("FLOWTEL_PROBES_FLOW_TABLE_ENTRIES", "lots")]))
+        .map(drop)
+        .map_err(message)
+        .unwrap_err();
     assert!(err.starts_with("environment variable FLOWTEL_PROBES_FLOW_TABLE_ENTRIES"), "{err}");
 
-    let err = Config::load(None, &vars(&[("FLOWTEL_PROBES_FLOW_TABLE_ENTRIES", "3")])).unwrap_err().to_string();
+    let err = Config::load(None, &vars(&[("FLOWTEL_PROBES_FLOW_TABLE_ENTRIES", "3")]))
+        .map(drop)
+        .map_err(message)
+        .unwrap_err();
     assert_eq!(err, "probes.flow_table_entries = 3: must be between 64 and 4194304");
 
-    let err = Config::load(None, &vars(&[("FLOWTEL_LOG_LEVEL", "loud[")])).unwrap_err().to_string();
+    let err = Config::load(None, &vars(&[("FLOWTEL_LOG_LEVEL", "loud[")])).map(drop).map_err(message).unwrap_err();
     assert!(err.starts_with("log.level = loud["), "{err}");
 }
 
 #[test]
 fn unknown_flowtel_variable_is_an_error_but_config_path_is_not() {
-    let err = Config::load(None, &vars(&[("FLOWTEL_PROBE_MODE", "x")])).unwrap_err().to_string();
+    let err = Config::load(None, &vars(&[("FLOWTEL_PROBE_MODE", "x")])).map(drop).map_err(message).unwrap_err();
     assert!(err.contains("FLOWTEL_PROBE_MODE") && err.contains("FLOWTEL_PROBES_ATTACH_MODE"), "{err}");
     assert!(Config::load(None, &vars(&[("FLOWTEL_CONFIG", "/x.yaml")])).is_ok());
 }
 
 #[test]
 fn unreadable_and_unparsable_files() {
-    let err = Config::load(Some(std::path::Path::new("/nonexistent/flowtel.yaml")), &[]).unwrap_err();
-    assert!(err.to_string().starts_with("cannot read config file /nonexistent/flowtel.yaml"), "{err}");
+    let err = message(Config::load(Some(std::path::Path::new("/nonexistent/flowtel.yaml")), &[]).unwrap_err());
+    assert_eq!(err, "cannot read config file /nonexistent/flowtel.yaml: No such file or directory (os error 2)");
     let f = file("probes: [unclosed\n");
     assert!(matches!(Config::load(Some(&f.0), &[]), Err(ConfigError::Parse { .. })));
 }
@@ -129,7 +140,7 @@ fn otel_defaults_and_choices() {
 
 #[test]
 fn otel_bad_values_are_named() {
-    let err = otel(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).unwrap_err().to_string();
+    let err = otel(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).map(drop).map_err(message).unwrap_err();
     assert_eq!(
         err,
         "environment variable OTEL_EXPORTER_OTLP_PROTOCOL: \"http/json\" is not one of: grpc, http/protobuf"
@@ -155,7 +166,7 @@ fn dns_ports_from_env_list_and_yaml() {
 
 #[test]
 fn bad_dns_values_name_their_key() {
-    let err = |pairs: &[(&str, &str)]| Config::load(None, &vars(pairs)).unwrap_err().to_string();
+    let err = |pairs: &[(&str, &str)]| Config::load(None, &vars(pairs)).map(drop).map_err(message).unwrap_err();
     assert!(err(&[("FLOWTEL_DNS_PORTS", "53,dns")]).contains("\"dns\" is not a port number"));
     assert!(err(&[("FLOWTEL_DNS_PORTS", "1,2,3,4,5")]).contains("dns.ports"));
     assert!(err(&[("FLOWTEL_DNS_PORTS", "0")]).contains("dns.ports"));
@@ -165,7 +176,8 @@ fn bad_dns_values_name_their_key() {
 
 #[test]
 fn cgroup_root_must_be_a_cgroup2_directory() {
-    let err = Config::load(None, &vars(&[("FLOWTEL_PROBES_CGROUP_ROOT", "/tmp")])).unwrap_err().to_string();
+    let err =
+        Config::load(None, &vars(&[("FLOWTEL_PROBES_CGROUP_ROOT", "/tmp")])).map(drop).map_err(message).unwrap_err();
     assert!(err.contains("probes.cgroup_root") && err.contains("not a cgroup v2 directory"), "{err}");
     if let Some(root) = crate::mounts::cgroup2_root() {
         let config = Config::load(None, &vars(&[("FLOWTEL_PROBES_CGROUP_ROOT", root.to_str().unwrap())])).unwrap();
@@ -196,11 +208,35 @@ fn http_settings_from_env_and_yaml() {
 
 #[test]
 fn bad_http_values_name_their_key() {
-    let err = |pairs: &[(&str, &str)]| Config::load(None, &vars(pairs)).unwrap_err().to_string();
+    let err = |pairs: &[(&str, &str)]| Config::load(None, &vars(pairs)).map(drop).map_err(message).unwrap_err();
     assert!(err(&[("FLOWTEL_HTTP_CAPTURE_BYTES", "9000")]).contains("http.capture_bytes"));
     assert!(err(&[("FLOWTEL_HTTP_RING_BUFFER_KIB", "3000")]).contains("power of two"));
     assert!(err(&[("FLOWTEL_HTTP_ROUTES", "users/{id}")]).contains("http.routes"));
     assert!(err(&[("FLOWTEL_HTTP_TIMEOUT_MS", "10")]).contains("http.timeout_ms"));
     assert!(err(&[("FLOWTEL_HTTP_SPANS", "maybe")]).contains("FLOWTEL_HTTP_SPANS"));
     assert!(otel(&[("OTEL_TRACES_EXPORTER", "zipkin")]).is_err());
+}
+
+#[test]
+fn a_wrong_type_in_the_file_names_its_key_and_line() {
+    let f = file("dns:\n  timeout_ms: five seconds\n");
+    let err = message(Config::load(Some(&f.0), &[]).unwrap_err());
+    assert!(err.contains("dns.timeout_ms: invalid type") && err.contains("line 2 column 15"), "{err}");
+    let f = file("# only a comment\n");
+    assert_eq!(Config::load(Some(&f.0), &[]).unwrap(), Config::default());
+}
+
+#[test]
+fn ports_out_of_range_say_what_a_port_is() {
+    let err = |pairs: &[(&str, &str)]| Config::load(None, &vars(pairs)).map(drop).map_err(message).unwrap_err();
+    let out_of_range = err(&[("FLOWTEL_DNS_PORTS", "70000")]);
+    assert!(
+        out_of_range.contains("FLOWTEL_DNS_PORTS") && out_of_range.contains("70000 is not a port (1-65535)"),
+        "{out_of_range}"
+    );
+    assert!(err(&[("FLOWTEL_DNS_PORTS", "53,70000")]).contains("70000 is not a port (1-65535)"));
+    assert!(err(&[("FLOWTEL_DNS_PORTS", "-1")]).contains("-1 is not a port"));
+    let f = file("dns:\n  ports: [53, 99999]\n");
+    let in_file = message(Config::load(Some(&f.0), &[]).unwrap_err());
+    assert!(in_file.contains("dns.ports") && in_file.contains("99999 is not a port (1-65535)"), "{in_file}");
 }

@@ -9,11 +9,10 @@ use maxminddb::{Reader, geoip2};
 use crate::aggregation::{AddressClass, classify};
 
 #[derive(Debug, thiserror::Error)]
-#[error("GeoIP database {path}: {source}")]
+#[error("GeoIP database {path}: {cause}")]
 pub struct GeoError {
     path: String,
-    #[source]
-    source: maxminddb::MaxMindDbError,
+    cause: maxminddb::MaxMindDbError,
 }
 
 /// The spec's `geo.*` attributes of one address.
@@ -38,7 +37,7 @@ pub struct GeoIp {
 impl GeoIp {
     pub fn open(path: &Path) -> Result<Self, GeoError> {
         let reader =
-            Reader::open_readfile(path).map_err(|source| GeoError { path: path.display().to_string(), source })?;
+            Reader::open_readfile(path).map_err(|cause| GeoError { path: path.display().to_string(), cause })?;
         Ok(Self { reader, cache: HashMap::new() })
     }
 

@@ -6,15 +6,17 @@ use super::{
 };
 use crate::events::KernelProcess;
 
-/// `process.command` is cut here: command lines can be long and may carry secrets
-/// past the first arguments.
+/// `process.command` and `process.command_line` are cut here: command lines can be long.
 const COMMAND_MAX: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub executable_name: String,
+    /// `process.command`: the command alone (`argv[0]`); arguments often carry secrets.
     pub command: Option<String>,
+    /// `process.command_line`: the whole command line, read only when a setting asks.
+    pub command_line: Option<String>,
     pub container: ContainerInfo,
     /// `OTEL_SERVICE_NAME` from the process's own environment (else `service.name` from
     /// its `OTEL_RESOURCE_ATTRIBUTES`): an instrumented app's chosen name wins over its
@@ -134,14 +136,21 @@ fn iso8601_utc(unix_seconds: u64) -> String {
 #[derive(Default)]
 pub struct ProcessCache {
     entries: HashMap<u32, ProcessInfo>,
+    /// Whether `process.command_line` is read (`telemetry.process_command_line`).
+    command_line: bool,
 }
 
 impl ProcessCache {
+    pub fn new(command_line: bool) -> Self {
+        Self { entries: HashMap::new(), command_line }
+    }
+
     /// The process's identity from /proc, or, when it has already exited, from what the
     /// probes recorded (its `comm`, and its container through its cgroup id).
     pub fn lookup(&mut self, pid: u32, kernel: Option<&KernelProcess>, cgroups: &mut CgroupPaths) -> &ProcessInfo {
+        let command_line = self.command_line;
         self.entries.entry(pid).or_insert_with(|| {
-            let mut info = read_proc(Path::new("/proc"), pid, kernel.map(|k| k.name.as_str()));
+            let mut info = read_proc(Path::new("/proc"), pid, kernel.map(|k| k.name.as_str()), command_line);
             if info.command.is_none()
                 && info.container == ContainerInfo::default()
                 && let Some(path) = kernel.and_then(|k| cgroups.path(k.cgroup_id))
@@ -158,7 +167,7 @@ impl ProcessCache {
     /// recorded at the exec (`kernel`) tells.
     pub fn refresh(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> bool {
         let Some(cached) = self.entries.get_mut(&pid) else { return false };
-        let fresh = read_proc(Path::new("/proc"), pid, kernel.map(|k| k.name.as_str()));
+        let fresh = read_proc(Path::new("/proc"), pid, kernel.map(|k| k.name.as_str()), self.command_line);
         let changed = if fresh.command.is_some() {
             fresh != *cached
         } else {
@@ -184,17 +193,23 @@ impl ProcessCache {
     }
 }
 
-fn read_proc(proc_root: &Path, pid: u32, kernel_name: Option<&str>) -> ProcessInfo {
+fn read_proc(proc_root: &Path, pid: u32, kernel_name: Option<&str>, with_command_line: bool) -> ProcessInfo {
     let dir = proc_root.join(pid.to_string());
     let exe = fs::read_link(dir.join("exe"))
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_owned()));
     let comm = fs::read_to_string(dir.join("comm")).ok().map(|s| s.trim_end().to_owned());
-    let command = fs::read(dir.join("cmdline")).ok().filter(|c| !c.is_empty()).map(|raw| {
-        let mut text: String =
-            String::from_utf8_lossy(&raw).trim_end_matches('\0').replace('\0', " ").chars().take(COMMAND_MAX).collect();
+    let cmdline = fs::read(dir.join("cmdline")).ok().filter(|c| !c.is_empty());
+    let bounded = |bytes: &[u8]| -> String {
+        let mut text: String = String::from_utf8_lossy(bytes).chars().take(COMMAND_MAX).collect();
         text.shrink_to_fit();
         text
+    };
+    let command = cmdline.as_deref().map(|raw| bounded(raw.split(|&b| b == 0).next().unwrap_or_default()));
+    let command_line = cmdline.as_deref().filter(|_| with_command_line).map(|raw| {
+        let joined: Vec<u8> =
+            raw.strip_suffix(b"\0").unwrap_or(raw).iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
+        bounded(&joined)
     });
     let container = fs::read_to_string(dir.join("cgroup")).map(|text| from_proc_cgroup(&text)).unwrap_or_default();
     let otel = otel_environment(&dir);
@@ -210,6 +225,7 @@ fn read_proc(proc_root: &Path, pid: u32, kernel_name: Option<&str>) -> ProcessIn
             .or_else(|| kernel_name.map(str::to_owned))
             .unwrap_or_else(|| "unknown".to_owned()),
         command,
+        command_line,
     }
 }
 
@@ -220,10 +236,22 @@ mod tests {
     #[test]
     fn reads_own_process() {
         let me = std::process::id();
-        let info = read_proc(Path::new("/proc"), me, None);
+        let info = read_proc(Path::new("/proc"), me, None, true);
         let exe = std::env::current_exe().unwrap();
         assert_eq!(info.executable_name, exe.file_name().unwrap().to_string_lossy());
         assert!(info.command.unwrap().len() <= COMMAND_MAX);
+    }
+
+    #[test]
+    fn the_command_line_with_its_arguments_only_when_asked() {
+        let root = std::env::temp_dir().join(format!("flowtel-cmdline-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("7")).unwrap();
+        std::fs::write(root.join("7/cmdline"), b"/usr/bin/curl\0-H\0Authorization: Bearer s3cret\0").unwrap();
+        let private = read_proc(&root, 7, None, false);
+        assert_eq!((private.command.as_deref(), private.command_line), (Some("/usr/bin/curl"), None));
+        let asked = read_proc(&root, 7, None, true);
+        assert_eq!(asked.command_line.as_deref(), Some("/usr/bin/curl -H Authorization: Bearer s3cret"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -258,16 +286,16 @@ mod tests {
         assert_eq!(iso8601_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(iso8601_utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(iso8601_utc(1_795_617_045), "2026-11-25T14:30:45Z");
-        let mine = read_proc(Path::new("/proc"), std::process::id(), None).creation_time.unwrap();
+        let mine = read_proc(Path::new("/proc"), std::process::id(), None, false).creation_time.unwrap();
         assert!(mine.starts_with("20") && mine.ends_with('Z') && mine.len() == 20, "{mine}");
     }
 
     #[test]
     fn exited_process_falls_back_to_kernel_name() {
-        let info = read_proc(Path::new("/nonexistent"), 4_000_000, Some("curl"));
+        let info = read_proc(Path::new("/nonexistent"), 4_000_000, Some("curl"), false);
         assert_eq!(info.executable_name, "curl");
         assert_eq!(info.command, None);
-        let info = read_proc(Path::new("/nonexistent"), 4_000_000, None);
+        let info = read_proc(Path::new("/nonexistent"), 4_000_000, None, false);
         assert_eq!(info.executable_name, "unknown");
     }
 }

@@ -10,18 +10,10 @@ use flowtel_probes_abi::{FlowKey, FlowStats, SocketKey, SocketTraffic, control, 
 pub enum ReadError {
     #[error("the BPF object has no map {0}")]
     NoMap(&'static str),
-    #[error("map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("{what}: {source}")]
-    Io {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("map {map}: {cause}")]
+    Map { map: &'static str, cause: aya::maps::MapError },
+    #[error("{what}: {cause}")]
+    Io { what: &'static str, cause: std::io::Error },
 }
 
 /// One drained flow table entry.
@@ -50,7 +42,7 @@ where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(ReadError::NoMap(name))?;
-    T::try_from(map).map_err(|source| ReadError::Map { map: name, source })
+    T::try_from(map).map_err(|cause| ReadError::Map { map: name, cause })
 }
 
 impl FlowReader {
@@ -72,7 +64,7 @@ impl FlowReader {
         self.active ^= 1;
         self.control
             .set(control::ACTIVE_TABLE, self.active, 0)
-            .map_err(|source| ReadError::Map { map: "CONTROL", source })?;
+            .map_err(|cause| ReadError::Map { map: "CONTROL", cause })?;
         std::thread::sleep(GRACE);
         // Per-socket TCP bytes fold into their flows here, with the per-flow entries.
         let mut by_flow: StdHashMap<FlowKey, FlowStats> = StdHashMap::new();
@@ -101,7 +93,7 @@ impl FlowReader {
     pub fn lost_since_last(&mut self) -> Result<[u64; lost::COUNT as usize], ReadError> {
         let mut delta = [0; lost::COUNT as usize];
         for cause in 0..lost::COUNT {
-            let per_cpu = self.lost.get(&cause, 0).map_err(|source| ReadError::Map { map: "LOST", source })?;
+            let per_cpu = self.lost.get(&cause, 0).map_err(|err| ReadError::Map { map: "LOST", cause: err })?;
             let total: u64 = per_cpu.iter().sum();
             let seen = &mut self.lost_seen[cause as usize];
             delta[cause as usize] = total.saturating_sub(*seen);
@@ -121,7 +113,7 @@ fn read_all<K: aya::Pod + Eq + std::hash::Hash, V: aya::Pod>(
         match entry {
             Ok(kv) => out.push(kv),
             Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => return Err(ReadError::Map { map: name, source }),
+            Err(cause) => return Err(ReadError::Map { map: name, cause }),
         }
     }
     Ok(out)

@@ -1,13 +1,16 @@
 //! The HTTP probes' ring buffer into [`HttpChunk`]s: the first bytes of a send or
 //! receive that starts like an HTTP message (clear text, or OpenSSL's plaintext), and
-//! the end of a connection as its reader saw it.
+//! the end of a connection as its reader saw it or as the kernel tore its socket down.
 use std::net::SocketAddr;
 
-use aya::Ebpf;
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+};
 use flowtel_probes_abi::{HttpChunk as RawChunk, http};
 
 use super::{
-    flows::ReadError,
+    flows::{ReadError, take},
     ring::{RingReader, split_record},
 };
 
@@ -38,17 +41,29 @@ impl HttpChunk {
 
 pub struct HttpChunkReader {
     ring: RingReader,
+    /// `HTTP_READER`: set while this reader lives, so the flow probes send socket
+    /// teardowns only to a ring that is drained.
+    reading: Array<MapData, u32>,
 }
 
 impl HttpChunkReader {
     pub fn new(ebpf: &mut Ebpf) -> Result<Self, ReadError> {
-        Ok(Self { ring: RingReader::new(ebpf, "HTTP_CHUNKS", "waiting for HTTP payloads")? })
+        let ring = RingReader::new(ebpf, "HTTP_CHUNKS", "waiting for HTTP payloads")?;
+        let mut reading: Array<MapData, u32> = take(ebpf, "HTTP_READER")?;
+        reading.set(0, 1, 0).map_err(|cause| ReadError::Map { map: "HTTP_READER", cause })?;
+        Ok(Self { ring, reading })
     }
 
     /// Waits until chunks are there, then reads up to `max` of them; returns how many
     /// records could not be decoded.
     pub async fn next_batch(&mut self, max: usize, out: &mut Vec<HttpChunk>) -> Result<u64, ReadError> {
         self.ring.next_batch(max, out, decode).await
+    }
+}
+
+impl Drop for HttpChunkReader {
+    fn drop(&mut self) {
+        let _ = self.reading.set(0, 0, 0);
     }
 }
 

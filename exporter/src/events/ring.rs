@@ -25,7 +25,7 @@ impl RingReader {
         // SAFETY: the ring buffer owns its map's fd for as long as it lives, and moves
         // into the AsyncFd, so the fd stays open and the same while it is registered.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-            .map_err(|err| ReadError::Io { what: "watching a ring buffer", source: err.into() })?;
+            .map_err(|err| ReadError::Io { what: "watching a ring buffer", cause: err.into() })?;
         Ok(Self { ring, what })
     }
 
@@ -44,7 +44,7 @@ impl RingReader {
             }
             tokio::select! {
                 ready = self.ring.readable_mut() => {
-                    let mut guard = ready.map_err(|source| ReadError::Io { what: self.what, source })?;
+                    let mut guard = ready.map_err(|cause| ReadError::Io { what: self.what, cause })?;
                     guard.clear_ready();
                 }
                 () = tokio::time::sleep(POLL) => {}

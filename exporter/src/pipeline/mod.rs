@@ -70,14 +70,7 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         // Without the downward API's K8S_NODE_NAME, a node is named as its host.
         host.k8s_node_name = Some(host.name.clone());
     }
-    let settings = TelemetrySettings {
-        temporality: otel.temporality,
-        cardinality_limit: config.telemetry.cardinality_limit,
-        host,
-        idle_intervals: config.telemetry.idle_intervals,
-        dns_question_name: config.dns.question_name,
-    };
-    let mut recorder = Recorder::new(&config, settings, &mut probes, kubernetes)?;
+    let mut recorder = Recorder::new(&config, telemetry_settings(&config, &otel, host), &mut probes, kubernetes)?;
     let mut recently_execed: Vec<u32> = Vec::new();
 
     let mut terminate = signal(SignalKind::terminate())?;
@@ -151,6 +144,17 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     drop(probes);
     tokio::time::sleep(Duration::from_millis(1)).await;
     Ok(())
+}
+
+fn telemetry_settings(config: &Config, otel: &OtelSettings, host: HostInfo) -> TelemetrySettings {
+    TelemetrySettings {
+        temporality: otel.temporality,
+        cardinality_limit: config.telemetry.cardinality_limit,
+        host,
+        idle_intervals: config.telemetry.idle_intervals,
+        dns_question_name: config.dns.question_name,
+        process_command_line: config.telemetry.process_command_line,
+    }
 }
 
 type DnsStage = Stage<DnsTracker>;

@@ -5,12 +5,8 @@ use std::{collections::HashMap, path::Path};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read kernel BTF at {path}: {source} (flowtel needs a kernel built with CONFIG_DEBUG_INFO_BTF)")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read kernel BTF at {path}: {cause} (flowtel needs a kernel built with CONFIG_DEBUG_INFO_BTF)")]
+    Read { path: String, cause: std::io::Error },
     #[error("kernel BTF is malformed: {0}")]
     Malformed(&'static str),
     #[error("kernel BTF has no struct {0}")]
@@ -80,7 +76,7 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read { path: path.display().to_string(), source })?;
+        let data = std::fs::read(path).map_err(|cause| BtfError::Read { path: path.display().to_string(), cause })?;
         Self::parse(&data)
     }
 

@@ -5,15 +5,11 @@ use std::{collections::HashMap, path::PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error("tracefs is not mounted at /sys/kernel/tracing and mounting it failed: {0}")]
-    Mount(#[source] std::io::Error),
+    Mount(std::io::Error),
     #[error("tracepoint {event} does not exist on this kernel")]
     NoEvent { event: String },
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("tracepoint {event} has no field {field}")]
     NoField { event: String, field: String },
 }
@@ -54,7 +50,7 @@ impl Format {
         }
         let path = PathBuf::from(ROOT).join("events").join(category).join(name).join("format");
         let text = std::fs::read_to_string(&path)
-            .map_err(|source| TracefsError::Read { path: path.display().to_string(), source })?;
+            .map_err(|cause| TracefsError::Read { path: path.display().to_string(), cause })?;
         Ok(Self::parse(event, &text))
     }
 

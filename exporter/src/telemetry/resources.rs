@@ -36,6 +36,9 @@ pub fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>, pod: Op
         if let Some(command) = &p.command {
             attrs.push(KeyValue::new(resource::PROCESS_COMMAND, command.clone()));
         }
+        if let Some(command_line) = &p.command_line {
+            attrs.push(KeyValue::new(resource::PROCESS_COMMAND_LINE, command_line.clone()));
+        }
         if let Some(created) = &p.creation_time {
             attrs.push(KeyValue::new(resource::PROCESS_CREATION_TIME, created.clone()));
         }
@@ -115,7 +118,8 @@ mod tests {
         ProcessInfo {
             pid: 42,
             executable_name: "python3".into(),
-            command: Some("python3 app.py".into()),
+            command: Some("python3".into()),
+            command_line: None,
             container: ContainerInfo { container_id: Some("c1".into()), pod_uid: Some("uid-1".into()) },
             otel_service_name: otel_service_name.map(str::to_owned),
             otel_resource_attributes: vec![("team".into(), "from-env".into())],

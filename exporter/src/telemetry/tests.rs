@@ -37,6 +37,7 @@ fn settings(limit: usize) -> TelemetrySettings {
         },
         idle_intervals: 2,
         dns_question_name: true,
+        process_command_line: false,
     }
 }
 

@@ -33,6 +33,8 @@ pub struct TelemetrySettings {
     pub idle_intervals: u32,
     /// Whether DNS metrics carry `dns.question.name`.
     pub dns_question_name: bool,
+    /// Whether workloads carry `process.command_line` (arguments may hold secrets).
+    pub process_command_line: bool,
 }
 
 struct Workload {
@@ -114,10 +116,10 @@ pub fn provider(settings: &TelemetrySettings, resource: Resource) -> (SdkMeterPr
 impl Workloads {
     pub fn new(settings: TelemetrySettings) -> Self {
         Self {
+            processes: ProcessCache::new(settings.process_command_line),
             settings,
             by_pid: HashMap::new(),
             replaced: Vec::new(),
-            processes: ProcessCache::default(),
             cgroups: CgroupPaths::new(),
             cluster: Arc::default(),
         }

@@ -21,7 +21,7 @@ use flowtel_probes_abi::{HttpChunk, ProbeConfig, SocketTraffic, http, http::verd
 
 use crate::{
     config::config,
-    maps::{HTTP_CHUNKS, HTTP_SCRATCH, SOCKETS, count_lost, wakeup_flag},
+    maps::{HTTP_CHUNKS, HTTP_READER, HTTP_SCRATCH, SOCKETS, count_lost, wakeup_flag},
     socket::{read, socket_ends},
     tls,
 };
@@ -90,6 +90,30 @@ pub fn connection_end(cfg: &ProbeConfig, sk: u64, ret: i32) {
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         connection: sk,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        direction: http::RECV,
+        ..HttpChunk::default()
+    };
+    if HTTP_CHUNKS.output::<HttpChunk>(&chunk, wakeup_flag(&HTTP_CHUNKS)).is_err() {
+        count_lost(lost::HTTP_RING_FULL);
+    }
+}
+
+/// A TCP socket was torn down (`TCP_CLOSE`, state.rs) while it could carry HTTP: it
+/// did, or its payload was never judged (TLS ciphertext, a connection older than the
+/// agent). An end for user space, sent before the kernel can hand the socket's address
+/// to a new connection, so a request the connection left unanswered ends here instead
+/// of pairing with the next connection's response. Softirq or process context alike:
+/// `pid` is the socket's owner as the flow probes know it.
+#[inline(never)]
+pub fn connection_closed(sk: u64, pid: u32, verdict: u8) {
+    if verdict == verdict::OTHER || HTTP_READER.get(0) != Some(&1) {
+        return;
+    }
+    let chunk = HttpChunk {
+        // SAFETY: no preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        connection: sk,
+        pid,
         direction: http::RECV,
         ..HttpChunk::default()
     };

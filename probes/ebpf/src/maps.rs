@@ -101,6 +101,11 @@ pub static DNS_SCRATCH: PerCpuArray<DnsScratch> = PerCpuArray::with_max_entries(
 #[map]
 pub static HTTP_CHUNKS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
+/// Written by user space: 1 while it reads `HTTP_CHUNKS`, so the close events the flow
+/// probes send (http.rs `connection_closed`) never fill a ring no one drains.
+#[map]
+pub static HTTP_READER: Array<u32> = Array::with_max_entries(1, 0);
+
 /// One HTTP payload being assembled, per CPU.
 #[repr(C)]
 pub struct HttpScratch {

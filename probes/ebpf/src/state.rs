@@ -7,11 +7,14 @@
 //! (see `traffic.rs`), and an accepted connection's "opened" waits until its owner is known.
 //! <https://elixir.bootlin.com/linux/v6.12/source/include/trace/events/sock.h#L144> (>= 4.16)
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext};
-use flowtel_probes_abi::{FlowKey, FlowStats, ProbeConfig, SocketInfo, SocketKey, direction, failure, lost, protocol};
+use flowtel_probes_abi::{
+    FlowKey, FlowStats, ProbeConfig, SocketInfo, SocketKey, direction, failure, http::verdict, lost, protocol,
+};
 
 use crate::{
     config::config,
     flow_table::{count, fold_socket_bytes},
+    http,
     maps::{SOCKETS, count_lost, remember_process_name},
     retransmit::count_new_retransmits,
     socket::{direction_from_locks, flow_key, read},
@@ -155,15 +158,15 @@ pub fn claim(sk: u64, pid: u32) {
 
 #[inline(never)]
 fn close(cfg: &ProbeConfig, sk: u64) {
-    let (key, open_pending) = match SOCKETS.get_ptr_mut(sk) {
+    let (key, open_pending, http_verdict) = match SOCKETS.get_ptr_mut(sk) {
         Some(info) => {
             count_new_retransmits(cfg, sk, info);
             // SAFETY: `info` points into a live map value.
-            unsafe { ((*info).key, (*info).open_pending) }
+            unsafe { ((*info).key, (*info).open_pending, (*info).http) }
         }
         // A connection that predates the agent: name it from the socket itself.
         None => match flow_key(cfg, sk, protocol::TCP, direction_from_locks(cfg, sk), 0) {
-            Some(key) => (key, 0),
+            Some(key) => (key, 0, verdict::ALWAYS),
             None => return,
         },
     };
@@ -173,4 +176,7 @@ fn close(cfg: &ProbeConfig, sk: u64) {
     }
     count(&key, |s| unsafe { &raw mut (*s).closed });
     forget(sk);
+    if cfg.http_capture_bytes != 0 {
+        http::connection_closed(sk, key.pid, http_verdict);
+    }
 }

@@ -4,7 +4,7 @@
 //!
 //! This file depends on nothing else in the agent, so the fuzz target (`fuzz/`) compiles
 //! it as is.
-use std::net::IpAddr;
+use std::{fmt::Write as _, net::IpAddr};
 
 use simple_dns::{Packet, PacketFlag, QTYPE, rdata::RData};
 
@@ -144,8 +144,19 @@ fn answer_addresses(packet: &Packet<'_>, question: &str) -> Vec<(IpAddr, u32)> {
         .collect()
 }
 
+/// Lower case, no trailing dot, and control bytes written as master-file escapes
+/// (`\027`, RFC 1035 §5.1), the way the library already writes a dot inside a label
+/// (`\.`): a name from the wire must not split a log line or reach a backend raw.
 fn normalize(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
+    let mut out = String::with_capacity(name.len());
+    for c in name.trim_end_matches('.').chars() {
+        if c.is_control() {
+            let _ = write!(out, "\\{:03}", u32::from(c));
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
 }
 
 /// `dns.question.type`: the mnemonic of common types, `TYPE<n>` (RFC 3597) otherwise.

@@ -272,6 +272,16 @@ fn a_header_claiming_more_records_than_bytes_is_refused_before_parsing() {
 }
 
 #[test]
+fn control_bytes_in_a_name_are_escaped_like_the_dot() {
+    let mut wire = vec![0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    // One label `E<ESC>v<LF>l<NUL>.` then `com`, type A, class IN.
+    wire.extend_from_slice(&[7, b'E', 0x1b, b'v', b'\n', b'l', 0, b'.', 3, b'c', b'o', b'm', 0, 0, 1, 0, 1]);
+    let message = decode(&wire, false).unwrap();
+    assert_eq!(message.question_name, "e\\027v\\010l\\000\\..com");
+    assert!(!message.question_name.chars().any(char::is_control));
+}
+
+#[test]
 fn pending_table_is_bounded_and_its_overflow_counted() {
     let mut t = tracker();
     let mut out = Vec::new();

@@ -120,6 +120,13 @@ impl Connection {
             last_ns: first.at_ns,
         }
     }
+
+    /// Whether `chunk` can be this connection's: ends that are unknown on either side
+    /// (TLS before its socket was seen) do not tell.
+    fn same_ends(&self, chunk: &HttpChunk) -> bool {
+        let differ = |known: Option<SocketAddr>, seen: Option<SocketAddr>| known.zip(seen).is_some_and(|(a, b)| a != b);
+        !differ(self.local, chunk.local) && !differ(self.peer, chunk.peer)
+    }
 }
 
 /// A connection's two ends as its own side sees them (local, peer).
@@ -196,11 +203,13 @@ impl HttpTracker {
             self.evict_oldest();
         }
         let connection = self.connections.entry(key).or_insert_with(|| Connection::new(role, chunk));
-        if connection.role != role {
-            // The same connection now carries requests the other way (a kernel id
-            // reused by a new connection): start over.
+        if connection.role != role || !connection.same_ends(chunk) {
+            // Another connection under the same kernel id: requests the other way, or
+            // other ends (a socket's memory reused before its teardown was seen). The
+            // old one ended unanswered, by the time it was last active at the latest.
             let old = std::mem::replace(connection, Connection::new(role, chunk));
-            give_up(key.0, old, chunk.at_ns, HttpError::ConnectionReset, out);
+            let ended = old.last_ns;
+            give_up(key.0, old, ended, HttpError::ConnectionReset, out);
         }
         let connection = self.connections.get_mut(&key).expect("inserted above");
         connection.last_ns = chunk.at_ns;
@@ -236,7 +245,7 @@ impl HttpTracker {
             }
         };
         let role = if chunk.sent { Role::Server } else { Role::Client };
-        let Some(connection) = self.connections.get_mut(&key).filter(|c| c.role == role) else {
+        let Some(connection) = self.connections.get_mut(&key).filter(|c| c.role == role && c.same_ends(chunk)) else {
             self.losses.unpaired += heads.len() as u64;
             return;
         };

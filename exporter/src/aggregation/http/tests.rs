@@ -157,11 +157,49 @@ fn both_ends_on_the_host_are_linked_in_either_order() {
         t.chunk(second, &mut out);
         t.chunk(&chunk(3, 11, true, b"HTTP/1.1 200 OK\r\n\r\n"), &mut out);
         let mut response = chunk(4, 10, false, b"HTTP/1.1 200 OK\r\n\r\n");
-        response.pid = 8;
+        (response.pid, response.local, response.peer) = (8, client.local, client.peer);
         t.chunk(&response, &mut out);
         let served = out.iter().find(|e| e.role == Role::Server).expect("server exchange");
         let sent = out.iter().find(|e| e.role == Role::Client).expect("client exchange");
         assert_eq!(served.parent, Some(sent.id), "server first: {server_first}");
         assert!(sent.linked && sent.parent.is_none());
     }
+}
+
+#[test]
+fn a_reused_socket_address_is_a_new_connection() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    // A request the server never answered, then a new client on the same kernel id.
+    t.chunk(&chunk(1, 9, false, b"GET /stale HTTP/1.1\r\n\r\n"), &mut out);
+    let mut fresh = chunk(40, 9, false, b"GET /fresh HTTP/1.1\r\n\r\n");
+    fresh.peer = Some("10.0.0.2:40001".parse().unwrap());
+    t.chunk(&fresh, &mut out);
+    let mut answer = chunk(41, 9, true, b"HTTP/1.1 200 OK\r\n\r\n");
+    answer.peer = fresh.peer;
+    t.chunk(&answer, &mut out);
+    let got: Vec<_> = out.iter().map(|e| (e.request.path.as_str(), e.response.map(|r| r.status), e.error)).collect();
+    assert_eq!(got, [("/stale", None, Some(HttpError::ConnectionReset)), ("/fresh", Some(200), None)]);
+    // The unanswered one ended by its last activity, not when the next client came.
+    assert_eq!((out[0].end_ns, out[1].start_ns, out[1].end_ns), (MS, 40 * MS, 41 * MS));
+    // A response from other ends than the request's is not its answer.
+    out.clear();
+    t.chunk(&chunk(50, 10, false, b"GET /x HTTP/1.1\r\n\r\n"), &mut out);
+    let mut stray = chunk(51, 10, true, b"HTTP/1.1 200 OK\r\n\r\n");
+    stray.peer = Some("10.0.0.3:1".parse().unwrap());
+    t.chunk(&stray, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(t.take_losses().unpaired, 1);
+}
+
+#[test]
+fn a_socket_torn_down_ends_what_it_left_unanswered() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.chunk(&chunk(1, 11, false, b"GET /stale HTTP/1.1\r\n\r\n"), &mut out);
+    let mut teardown = chunk(3, 11, false, b"");
+    (teardown.len, teardown.local, teardown.peer) = (0, None, None);
+    t.chunk(&teardown, &mut out);
+    assert_eq!((out.len(), out[0].error, out[0].end_ns), (1, Some(HttpError::ConnectionReset), 3 * MS));
+    assert_eq!(t.connections(), 0);
 }
