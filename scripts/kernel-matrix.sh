@@ -92,7 +92,9 @@ make_initramfs() {
 # Writes the guests' plan once: every test binary of the plan's test targets, with filters.
 write_plan() {
   local results=$1
-  cargo test --release --locked -p flowtel-e2e --no-run --message-format=json 2>/dev/null |
+  # The whole workspace, as scripts/test.sh builds it: with `-p` cargo would unify
+  # features differently and rebuild every test binary.
+  cargo test --release --locked --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys
 plan = {}

@@ -456,11 +456,11 @@ fn unanswered_requests_end_as_connection_reset_or_timeout() {
 /// unanswered request (every later pairing would shift by one).
 #[test]
 fn unanswered_requests_on_fresh_connections_do_not_shift_the_pairing() {
+    const REQUESTS: usize = 300;
+    const EVERY: usize = 20;
     if !privileged_or_skip("unanswered_requests_on_fresh_connections_do_not_shift_the_pairing") {
         return;
     }
-    const REQUESTS: usize = 300;
-    const EVERY: usize = 20;
     let receiver = Receiver::grpc("127.0.0.1:0");
     let endpoint = format!("http://{}", receiver.addr);
     let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("FLOWTEL_HTTP_TIMEOUT_MS", "60000")]);
@@ -469,7 +469,8 @@ fn unanswered_requests_on_fresh_connections_do_not_shift_the_pairing() {
     let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8084"]);
     server.wait_line("ready");
     let server_pid = server.pid().to_string();
-    let mut client = Traffic::spawn(&link.a, &["http-fresh-client", &server_ip, "8084", &REQUESTS.to_string(), &EVERY.to_string()]);
+    let mut client =
+        Traffic::spawn(&link.a, &["http-fresh-client", &server_ip, "8084", &REQUESTS.to_string(), &EVERY.to_string()]);
     client.wait_line("done");
     let client_pid = client.pid().to_string();
     let dropped = REQUESTS.div_ceil(EVERY);
@@ -500,7 +501,10 @@ fn unanswered_requests_on_fresh_connections_do_not_shift_the_pairing() {
     // The server's view of each answered request lasts about what the client's did (its
     // own work and the loopback), not an inherited wait from an earlier connection.
     let longest = |pid: &str| {
-        spans_matching(&got, &[("process.pid", pid)], &[("url.path", "/ok")]).iter().map(|s| s.duration_s()).fold(0.0, f64::max)
+        spans_matching(&got, &[("process.pid", pid)], &[("url.path", "/ok")])
+            .iter()
+            .map(|s| s.duration_s())
+            .fold(0.0, f64::max)
     };
     let (server_longest, client_longest) = (longest(&server_pid), longest(&client_pid));
     assert!(

@@ -7,7 +7,7 @@ use flowtel_e2e::{
     cgroups::PodCgroup,
     netns::Link,
     privileged_or_skip,
-    query::{matching, points},
+    query::{matching, points, total},
     traffic::{Traffic, eventually},
 };
 
@@ -220,4 +220,39 @@ fn a_new_process_that_reuses_an_exited_processs_pid_is_named_as_itself() {
         agent.log()
     );
     assert_eq!(transmit("python3", "9951"), 0.0, "the new process's bytes went under the old one's name");
+}
+
+/// More execs between two reads than the exec table holds (4,096): those beyond it are
+/// counted as lost (`exec_table_full`), not silently pushed out.
+#[test]
+fn an_exec_burst_beyond_the_exec_table_is_counted() {
+    const EXECS: u32 = 10_000;
+    const TABLE: u32 = 4_096;
+    if !privileged_or_skip("an_exec_burst_beyond_the_exec_table_is_counted") {
+        return;
+    }
+    let receiver = flowtel_e2e::receiver::Receiver::grpc("127.0.0.1:0");
+    // One read every 30 s: the burst below falls between two.
+    let agent = flowtel_e2e::agent::Agent::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr)),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
+    ]);
+    let burst = std::process::Command::new("bash")
+        .args(["-c", &format!("for i in $(seq {EXECS}); do /bin/true; done")])
+        .status()
+        .expect("bash");
+    assert!(burst.success());
+    let cause = [("flowtel.probe", "process"), ("flowtel.loss.cause", "exec_table_full")];
+    let lost = || total(&points(&receiver.received.snapshot(), "flowtel.agent.events.lost"), &[], &cause);
+    let counted = eventually(std::time::Duration::from_secs(45), || lost() > 0.0);
+    // A read may fall inside the burst (then two tables' worth went in); other
+    // processes on the host exec too.
+    let floor = f64::from(EXECS - 2 * TABLE);
+    assert!(
+        counted && lost() >= floor,
+        "exec_table_full = {} (want at least {floor})\nagent log:\n{}",
+        lost(),
+        agent.log()
+    );
+    assert!(lost() <= f64::from(EXECS), "exec_table_full = {} > {EXECS} execs", lost());
 }

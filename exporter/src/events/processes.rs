@@ -29,7 +29,7 @@ pub struct KernelProcess {
 }
 
 pub struct ProcessNames {
-    // LRU hashes in the kernel; aya reads them through the plain HashMap type.
+    // `seen` is an LRU hash in the kernel; aya reads both kinds through this type.
     seen: HashMap<MapData, u32, ProcessSeen>,
     execed: HashMap<MapData, u32, u8>,
     exited: HashMap<MapData, u32, u8>,

@@ -173,6 +173,16 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         let why = why.collect::<Vec<_>>().join("; ");
         return Err(ProbeError::NoByteCounter { why, reports });
     }
+    let datagram_hooks = reports.iter().any(|r| r.feature == Feature::UdpPeers && r.state == ProbeState::Attached);
+    if datagram_hooks {
+        // Only now is a datagram without a noted peer a loss (`lost::PEER_UNKNOWN`).
+        let control = ebpf.map_mut("CONTROL").ok_or_else(|| ProbeError::Load("no map CONTROL".into()))?;
+        let mut control: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(control).map_err(|err| ProbeError::Load(format!("map CONTROL: {err}")))?;
+        control
+            .set(flowtel_probes_abi::control::DATAGRAM_HOOKS, 1, 0)
+            .map_err(|err| ProbeError::Load(format!("map CONTROL: {err}")))?;
+    }
     Ok(Probes { ebpf, reports, tls })
 }
 

@@ -37,7 +37,7 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
     (lost::FLOW_TABLE_FULL, "netflow", "map_full"),
     (lost::SOCKET_TABLE_FULL, "netflow", "socket_table_full"),
     (lost::KERNEL_READ, "netflow", "kernel_read"),
-    (lost::PEER_TABLE_FULL, "netflow", "peer_table_full"),
+    (lost::PEER_UNKNOWN, "netflow", "peer_unknown"),
     (lost::DNS_RING_FULL, "dnsflow", "ring_buffer_full"),
     (lost::DNS_PACKET_READ, "dnsflow", "kernel_read"),
     (lost::EXEC_TABLE_FULL, "process", "exec_table_full"),
@@ -45,6 +45,9 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
     (lost::HTTP_READ, "httpflow", "user_read"),
     (lost::TLS_TABLE_FULL, "httpflow", "tls_table_full"),
     (lost::EXIT_TABLE_FULL, "process", "exit_table_full"),
+    (lost::SOCKET_BYTES_TABLE_FULL, "netflow", "socket_bytes_table_full"),
+    (lost::DNS_SCRATCH_BUSY, "dnsflow", "scratch_busy"),
+    (lost::HTTP_SCRATCH_BUSY, "httpflow", "scratch_busy"),
 ];
 
 /// Causes of loss found in user space, exported at 0 from the start like the rest.

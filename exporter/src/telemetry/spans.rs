@@ -193,12 +193,19 @@ impl SpanSink {
         Ok(Self { otlp, console: kind == SinkKind::Console, in_outage: false })
     }
 
-    /// Exports each workload's spans; returns how many spans could not be delivered
-    /// (spans are not kept through an outage: the metrics carry the counts).
+    /// Exports each workload's spans; returns the failed export requests and how many
+    /// spans could not be delivered (spans are not kept through an outage: the metrics
+    /// carry the counts). After the first failure the rest of this interval's spans are
+    /// counted lost without a try: a black-holed collector costs one timeout per
+    /// interval, not one per workload.
     pub async fn export(&mut self, batches: Vec<(Resource, Vec<SpanData>)>) -> (u64, u64) {
         let mut failed_exports = 0;
         let mut lost_spans = 0;
         for (resource, spans) in batches {
+            if failed_exports > 0 {
+                lost_spans += spans.len() as u64;
+                continue;
+            }
             let Some(exporter) = &mut self.otlp else {
                 if self.console {
                     print_spans(&spans);
@@ -214,6 +221,10 @@ impl SpanSink {
                     break;
                 }
                 let n = chunk.len() as u64;
+                if failed_exports > 0 {
+                    lost_spans += n;
+                    continue;
+                }
                 match exporter.export(chunk).await {
                     Ok(()) if self.in_outage => {
                         tracing::info!("span export recovered");

@@ -45,9 +45,10 @@ pub mod lost {
     pub const SOCKET_TABLE_FULL: u32 = 1;
     /// A read of kernel memory failed (a socket freed under us, say).
     pub const KERNEL_READ: u32 = 2;
-    /// A datagram peer could not be stashed: the bytes of an unconnected UDP socket are
+    /// An unconnected UDP send or receive found no peer noted by the cgroup sock_addr
+    /// hooks (pushed out of their per-thread LRU table, or never noted): its bytes are
     /// counted, but without their peer address.
-    pub const PEER_TABLE_FULL: u32 = 3;
+    pub const PEER_UNKNOWN: u32 = 3;
     /// A DNS packet could not be handed to user space: the DNS ring buffer was full.
     pub const DNS_RING_FULL: u32 = 4;
     /// A DNS packet's headers could not be read from the socket buffer.
@@ -58,19 +59,31 @@ pub mod lost {
     pub const HTTP_RING_FULL: u32 = 7;
     /// An HTTP payload's bytes could not be read from the process's memory.
     pub const HTTP_READ: u32 = 8;
-    /// A TLS call could not be tracked (the in-flight call table was full).
+    /// An OpenSSL call returned whose entry had been pushed out of the per-thread
+    /// in-flight table (an LRU) or never made it in: its plaintext is lost.
     pub const TLS_TABLE_FULL: u32 = 9;
     /// An exit could not be recorded: the process's workload is retired later (when
     /// /proc shows it gone) and a process reusing its pid may be taken for it meanwhile.
     pub const EXIT_TABLE_FULL: u32 = 10;
-    pub const COUNT: u32 = 11;
+    /// The active per-socket byte table was full: that socket's TCP bytes of the
+    /// interval are lost (`probes.socket_table_entries` sizes it).
+    pub const SOCKET_BYTES_TABLE_FULL: u32 = 11;
+    /// A DNS packet arrived while this CPU's scratch event was being filled by a
+    /// packet it interrupted (an ingress softirq inside an egress): it is not copied.
+    pub const DNS_SCRATCH_BUSY: u32 = 12;
+    /// Likewise an HTTP payload (a preempted uprobe or byte counter on the same CPU).
+    pub const HTTP_SCRATCH_BUSY: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Indexes into the `CONTROL` array that user space writes and the probes read.
 pub mod control {
     /// Which of the two flow tables (0 or 1) the probes write to now.
     pub const ACTIVE_TABLE: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// 1 once the cgroup sock_addr hooks that note datagram peers are attached: only
+    /// then is an unconnected datagram without a noted peer a loss.
+    pub const DATAGRAM_HOOKS: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Number of RTT histogram buckets: bucket `i` counts samples in `[2^i, 2^(i+1))` µs;

@@ -10,12 +10,12 @@
 //! Attached at the cgroup v2 root, so they see every process of the host.
 //! <https://elixir.bootlin.com/linux/v6.12/source/net/ipv4/udp.c#L1160> (>= 4.18 sendmsg, 5.2 recvmsg)
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::cgroup_sock_addr, programs::SockAddrContext};
-use flowtel_probes_abi::{DatagramPeer, FlowKey, direction, family, lost};
+use flowtel_probes_abi::{DatagramPeer, FlowKey, control, direction, family, lost};
 
 use crate::{
     config::config,
     dns_asked::{note_asked_send, write_ip6},
-    maps::{DATAGRAM_PEERS, SOCKET_OWNERS, count_lost},
+    maps::{CONTROL, DATAGRAM_PEERS, SOCKET_OWNERS, count_lost},
 };
 
 /// Lets the syscall proceed: these hooks only observe.
@@ -102,10 +102,9 @@ fn port_of(user_port: u32) -> u16 {
     u16::from_be(user_port as u16)
 }
 
+/// LRU, so an insert does not fail: a peer pushed out before its use is counted there.
 fn stash(peer: &DatagramPeer) {
-    if DATAGRAM_PEERS.insert(bpf_get_current_pid_tgid(), peer, 0).is_err() {
-        count_lost(lost::PEER_TABLE_FULL);
-    }
+    let _ = DATAGRAM_PEERS.insert(bpf_get_current_pid_tgid(), peer, 0);
 }
 
 /// Called from `sock_send_length`/`sock_recv_length` for an unconnected UDP socket:
@@ -114,7 +113,12 @@ fn stash(peer: &DatagramPeer) {
 pub fn take_peer(key: &mut FlowKey) {
     let tid = bpf_get_current_pid_tgid();
     // SAFETY: read-only copy of a map value.
-    let Some(peer) = (unsafe { DATAGRAM_PEERS.get(tid) }).copied() else { return };
+    let Some(peer) = (unsafe { DATAGRAM_PEERS.get(tid) }).copied() else {
+        if CONTROL.get(control::DATAGRAM_HOOKS) == Some(&1) {
+            count_lost(lost::PEER_UNKNOWN);
+        }
+        return;
+    };
     let _ = DATAGRAM_PEERS.remove(tid);
     match (key.family, peer.family) {
         (family::IPV4, family::IPV4) => key.peer_addr[..4].copy_from_slice(&peer.addr[..4]),

@@ -25,7 +25,7 @@ use flowtel_probes_abi::{DnsPacket, dns, family, lost, protocol};
 use crate::{
     config::config,
     dns_asked::{asked_server, sender_pid},
-    maps::{DNS_PACKETS, DNS_SCRATCH, count_lost, wakeup_flag},
+    maps::{DNS_PACKETS, DNS_SCRATCH, DnsScratch, count_lost, wakeup_flag},
 };
 
 /// Lets the packet through: the probe only observes.
@@ -183,6 +183,27 @@ fn emit(ctx: &SkBuffContext, packet: &mut DnsPacket, payload_offset: u32, wire_l
         return;
     }
     let Some(scratch) = DNS_SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: this CPU's slot; only programs on this CPU touch it.
+    unsafe {
+        if (*scratch).busy != 0 {
+            count_lost(lost::DNS_SCRATCH_BUSY);
+            return;
+        }
+        (*scratch).busy = 1;
+    }
+    emit_from_scratch(ctx, scratch, packet, payload_offset, wire_len);
+    // SAFETY: as above.
+    unsafe { (*scratch).busy = 0 };
+}
+
+#[inline(always)]
+fn emit_from_scratch(
+    ctx: &SkBuffContext,
+    scratch: *mut DnsScratch,
+    packet: &mut DnsPacket,
+    payload_offset: u32,
+    wire_len: u32,
+) {
     // `(len - 1) & mask + 1` keeps the length in [1, PAYLOAD_MAX] in a form the verifier
     // can bound; the `min` before it makes the value the true one.
     let len = ((wire_len.min(dns::PAYLOAD_MAX as u32) - 1) & (dns::PAYLOAD_MAX as u32 - 1)) + 1;

@@ -40,7 +40,7 @@ pub fn insert_socket_entry(key: &SocketKey, entry: &SocketTraffic) -> Option<()>
     if let Err(err) = table.insert(key, entry, BPF_NOEXIST)
         && i64::from(err) != -EEXIST
     {
-        count_lost(lost::FLOW_TABLE_FULL);
+        count_lost(lost::SOCKET_BYTES_TABLE_FULL);
         return None;
     }
     Some(())

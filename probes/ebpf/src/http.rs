@@ -21,7 +21,7 @@ use flowtel_probes_abi::{HttpChunk, ProbeConfig, SocketTraffic, http, http::verd
 
 use crate::{
     config::config,
-    maps::{HTTP_CHUNKS, HTTP_READER, HTTP_SCRATCH, SOCKETS, count_lost, wakeup_flag},
+    maps::{HTTP_CHUNKS, HTTP_READER, HTTP_SCRATCH, HttpScratch, SOCKETS, count_lost, wakeup_flag},
     socket::{read, socket_ends},
     tls,
 };
@@ -201,8 +201,24 @@ pub struct Source {
 /// big for the stack) and hands them to the ring buffer.
 #[inline(always)]
 pub fn emit(cfg: &ProbeConfig, source: Source) -> Option<()> {
-    let pid = (source.pid_tgid >> 32) as u32;
     let scratch = HTTP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; only programs on this CPU touch it.
+    unsafe {
+        if (*scratch).busy != 0 {
+            count_lost(lost::HTTP_SCRATCH_BUSY);
+            return None;
+        }
+        (*scratch).busy = 1;
+    }
+    let emitted = emit_from_scratch(cfg, scratch, &source);
+    // SAFETY: as above.
+    unsafe { (*scratch).busy = 0 };
+    emitted
+}
+
+#[inline(always)]
+fn emit_from_scratch(cfg: &ProbeConfig, scratch: *mut HttpScratch, source: &Source) -> Option<()> {
+    let pid = (source.pid_tgid >> 32) as u32;
     let want = source.available.min(u32::from(cfg.http_capture_bytes)).max(1);
     // `(n - 1) & mask + 1` keeps the length in [1, CAPTURE_MAX] in a form the verifier
     // can bound; the `min` before it makes it the true one.

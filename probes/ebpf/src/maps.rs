@@ -38,15 +38,16 @@ pub static SOCKETS: HashMap<u64, SocketInfo> = HashMap::with_max_entries(SOCKET_
 #[map]
 pub static PROCESSES_SEEN: LruHashMap<u32, ProcessSeen> = LruHashMap::with_max_entries(8_192, 0);
 
-/// Pids that exec'd since user space last looked: their identity is read afresh. LRU,
-/// so a burst of execs between two reads keeps the newest.
+/// Pids that exec'd since user space last looked: their identity is read afresh. A
+/// plain hash, emptied at each read: a burst beyond it fails to insert and is counted
+/// (`lost::EXEC_TABLE_FULL`), where an LRU would push out older entries uncounted.
 #[map]
-pub static EXECED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4_096, 0);
+pub static EXECED: HashMap<u32, u8> = HashMap::with_max_entries(4_096, 0);
 
-/// Pids of processes that made flows and exited since user space last looked. LRU, so
-/// a burst keeps the newest; an exit that falls out is found later through /proc.
+/// Pids of processes that made flows and exited since user space last looked; like
+/// `EXECED` (an exit that does not fit is counted, and found later through /proc).
 #[map]
-pub static EXITED: LruHashMap<u32, u8> = LruHashMap::with_max_entries(4_096, 0);
+pub static EXITED: HashMap<u32, u8> = HashMap::with_max_entries(4_096, 0);
 
 /// Peer of the datagram being sent or received on each thread (unconnected UDP). LRU,
 /// so entries of threads that exited make room by themselves.
@@ -92,6 +93,9 @@ pub static DNS_PACKETS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 pub struct DnsScratch {
     pub header: DnsPacket,
     pub payload: [u8; dns::PAYLOAD_MAX],
+    /// 1 while a program fills the slot: one that interrupts it on this CPU (a softirq,
+    /// a preempting task) must not overwrite it, and counts its loss instead.
+    pub busy: u32,
 }
 
 #[map]
@@ -111,6 +115,8 @@ pub static HTTP_READER: Array<u32> = Array::with_max_entries(1, 0);
 pub struct HttpScratch {
     pub header: HttpChunk,
     pub payload: [u8; http::CAPTURE_MAX],
+    /// As [`DnsScratch::busy`].
+    pub busy: u32,
 }
 
 #[map]

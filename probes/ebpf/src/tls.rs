@@ -52,8 +52,9 @@ fn enter(ctx: &ProbeContext, direction: u8, ex: bool) {
     let (Some(ssl), Some(buffer)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else { return };
     let len_out = if ex { ctx.arg::<u64>(3).unwrap_or(0) } else { 0 };
     let call = TlsCall { ssl, buffer, len_out, direction, _pad: [0; 7] };
+    // LRU: an entry pushed out (or, rarely, one that could not go in) is counted when
+    // its call returns.
     if TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, 0).is_err() {
-        count_lost(lost::TLS_TABLE_FULL);
         return;
     }
     adjust_in_flight(1);
@@ -71,7 +72,10 @@ fn adjust_in_flight(delta: i64) {
 fn try_return(ctx: &RetProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: a copy of the map value is taken before the entry is removed.
-    let call = unsafe { *TLS_CALLS.get(pid_tgid)? };
+    let Some(&call) = (unsafe { TLS_CALLS.get(pid_tgid) }) else {
+        count_lost(lost::TLS_TABLE_FULL);
+        return None;
+    };
     let _ = TLS_CALLS.remove(pid_tgid);
     adjust_in_flight(-1);
     let ret = ctx.ret::<i64>() as i32;
