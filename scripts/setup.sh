@@ -16,7 +16,8 @@ build_only=false
 # dnsperf: the DNS load generator of the benchmark; docker-compose (1.29, no engine
 # needed): checks the compose example; nginx, wrk and openssl: the HTTP(S) server, load
 # generator and certificate maker of the HTTP tests and benchmark.
-apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose nginx wrk openssl)
+# prometheus (2.42): parses every dashboard query.
+apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose nginx wrk openssl prometheus)
 if $build_only; then
   apt_packages=(curl)
 fi
@@ -35,6 +36,20 @@ fi
 if ! $build_only && ! command -v rotel-agent >/dev/null 2>&1 && ! python3 -c 'import rotel' >/dev/null 2>&1; then
   log "installing rotel from PyPI"
   python3 -m pip install -q rotel
+fi
+# kubernetes-validate: checks the manifests against the Kubernetes API schemas, offline.
+if ! $build_only && ! command -v kubernetes-validate >/dev/null 2>&1; then
+  log "installing kubernetes-validate from PyPI"
+  python3 -m pip install -q kubernetes-validate
+fi
+# @grafana/schema and TypeScript (npm): every dashboard is type-checked against
+# Grafana's own dashboard model.
+schema_dir=/var/cache/flowtel-test/grafana-schema
+if ! $build_only && [[ ! -x $schema_dir/node_modules/.bin/tsc ]]; then
+  log "installing @grafana/schema and typescript from npm"
+  mkdir -p "$schema_dir"
+  (cd "$schema_dir" && npm init -y >/dev/null &&
+    npm install --silent --no-audit --no-fund @grafana/schema@13.2.3 typescript@7.0.2)
 fi
 # dnslib: the tests' DNS server for SERVFAIL, slow and dropped answers.
 if ! $build_only && ! python3 -c 'import dnslib' >/dev/null 2>&1; then

@@ -133,9 +133,19 @@ pub mod metric {
         unit: "{export}",
         description: "Exports that failed, by signal.",
     };
+    pub const AGENT_WORKLOADS: MetricName = MetricName {
+        name: "flowtel.agent.workloads",
+        unit: "{workload}",
+        description: "Workload Resources held, by kind: a process's own, or processes folded past telemetry.max_workloads.",
+    };
+    pub const AGENT_WORKLOADS_FOLDED: MetricName = MetricName {
+        name: "flowtel.agent.workloads.folded",
+        unit: "{process}",
+        description: "Processes folded into their container's or pod's and executable's workload past telemetry.max_workloads.",
+    };
 
     /// Every metric flowtel can emit.
-    pub const ALL: [MetricName; 22] = [
+    pub const ALL: [MetricName; 24] = [
         NETWORK_IO,
         TCP_RETRANSMITS,
         TCP_RTT,
@@ -158,6 +168,8 @@ pub mod metric {
         AGENT_FLOWS_ACTIVE,
         AGENT_PROBES_ATTACHED,
         AGENT_EXPORT_FAILURES,
+        AGENT_WORKLOADS,
+        AGENT_WORKLOADS_FOLDED,
     ];
 }
 
@@ -207,6 +219,8 @@ pub mod attr {
     pub const AGENT_SIGNAL: &str = "flowtel.signal";
     /// The Kubernetes resource of an agent metric: `pods`, `services`, `endpointslices`, `replicasets`.
     pub const AGENT_K8S_RESOURCE: &str = "flowtel.k8s.resource";
+    /// `flowtel.agent.workloads`: `process` (one process's own) or `folded`.
+    pub const AGENT_WORKLOAD_KIND: &str = "flowtel.workload.kind";
 }
 
 pub mod resource {

@@ -20,6 +20,8 @@ http-fresh-client HOST PORT N EVERY
                                  N HTTP/1.1 GETs, each on a new connection: every EVERY-th
                                  for /drop (http_server.py closes it unanswered), the rest
                                  for /ok, each read to its end.
+sink-server PORT                 accept connections until stdin closes; answer each one's
+                                 first bytes with one byte, then read it to its end.
 Each prints "ready" (servers) or "done" once finished, so tests can sequence on it.
 """
 import socket
@@ -132,6 +134,36 @@ def hold_clients(host, port, n, cgroups):
         os.waitpid(pid, 0)
 
 
+def sink_server(port):
+    import threading
+
+    srv = listen(port)
+    srv.settimeout(0.2)
+
+    def drain(conn):
+        with conn:
+            first = True
+            while data := conn.recv(65536):
+                if first:
+                    conn.sendall(b"s")
+                    first = False
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    stop = threading.Event()
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    sys.stdin.read()
+    stop.set()
+    thread.join()
+
+
 def http_fresh_client(host, port, n, every):
     for i in range(n):
         path = "/drop" if i % every == 0 else "/ok"
@@ -157,6 +189,8 @@ if __name__ == "__main__":
         tcp_client(args[0], *map(int, args[1:]))
     elif cmd == "hold-clients":
         hold_clients(args[0], int(args[1]), int(args[2]), args[3:])
+    elif cmd == "sink-server":
+        sink_server(int(args[0]))
     elif cmd == "http-fresh-client":
         http_fresh_client(args[0], *map(int, args[1:]))
     elif cmd == "udp-server":

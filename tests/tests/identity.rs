@@ -256,3 +256,65 @@ fn an_exec_burst_beyond_the_exec_table_is_counted() {
     );
     assert!(lost() <= f64::from(EXECS), "exec_table_full = {} > {EXECS} execs", lost());
 }
+
+/// Past `telemetry.max_workloads`, a new process folds into its executable's workload
+/// (no `process.pid`): its bytes are still counted exactly, under who did it.
+#[test]
+fn processes_past_the_workload_cap_fold_and_keep_their_bytes() {
+    const CLIENTS: usize = 6;
+    const SEND: usize = 100;
+    if !privileged_or_skip("processes_past_the_workload_cap_fold_and_keep_their_bytes") {
+        return;
+    }
+    let receiver = flowtel_e2e::receiver::Receiver::grpc("127.0.0.1:0");
+    let agent = flowtel_e2e::agent::Agent::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr)),
+        ("FLOWTEL_TELEMETRY_MAX_WORKLOADS", "2"),
+    ]);
+    let link = Link::new("fold", 36);
+    let server = link.addr_a.to_string();
+    let mut listener = Traffic::spawn(&link.a, &["tcp-server", "9910", &CLIENTS.to_string(), &SEND.to_string(), "7"]);
+    listener.wait_line("ready");
+    for _ in 0..CLIENTS {
+        let mut client = Traffic::spawn(&link.b, &["tcp-client", &server, "9910", "1", &SEND.to_string(), "7"]);
+        client.wait_line("done");
+        client.finish();
+    }
+    listener.wait_line("done");
+    listener.finish();
+
+    let to_server = [("network.peer.port", "9910"), ("network.io.direction", "transmit")];
+    // python3.11 while alive, its `comm` python3 once gone.
+    let clients = |got: &[flowtel_e2e::query::Point]| -> Vec<flowtel_e2e::query::Point> {
+        matching(got, &[], &to_server)
+            .into_iter()
+            .filter(|p| p.resource.get("process.executable.name").is_some_and(|name| name.starts_with("python3")))
+            .cloned()
+            .collect()
+    };
+    let sent = |got: &[flowtel_e2e::query::Point]| clients(got).iter().map(|p| p.value).sum::<f64>();
+    let folded = |got: &[flowtel_e2e::query::Point]| -> f64 {
+        clients(got).iter().filter(|p| !p.resource.contains_key("process.pid")).map(|p| p.value).sum()
+    };
+    let delivered = eventually(std::time::Duration::from_secs(20), || {
+        let got = points(&receiver.received.snapshot(), "flowtel.network.io");
+        sent(&got) == (CLIENTS * SEND) as f64 && folded(&got) > 0.0
+    });
+    let got = points(&receiver.received.snapshot(), "flowtel.network.io");
+    assert!(
+        delivered,
+        "clients sent {} in all, {} folded (want {} in all, some folded): {:#?}\nagent log:\n{}",
+        sent(&got),
+        folded(&got),
+        CLIENTS * SEND,
+        clients(&got),
+        agent.log()
+    );
+    for point in clients(&got).into_iter().filter(|p| !p.resource.contains_key("process.pid")) {
+        assert!(point.resource["service.instance.id"].contains("/folded/host/python3"), "{point:?}");
+        assert!(!point.resource.contains_key("process.command"), "{point:?}");
+    }
+    let agent_points = receiver.received.snapshot();
+    let folds = total(&points(&agent_points, "flowtel.agent.workloads.folded"), &[], &[]);
+    assert!(folds >= 1.0, "flowtel.agent.workloads.folded = {folds}");
+}

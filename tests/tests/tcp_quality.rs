@@ -3,10 +3,7 @@
 #![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
 use std::{
     process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -112,19 +109,20 @@ fn rtt_is_a_distribution_over_the_connection_consistent_with_ss() {
     let mut server = Traffic::spawn(&link.a, &["tcp-server", "9300", "1", "100", "1500000"]);
     server.wait_line("ready");
 
-    // Watch the kernel's own view of the server's socket while the transfer runs.
+    // Watch the kernel's own view of the server's socket while the transfer runs: one
+    // shell in the namespace polls `ss` (a new `ip netns exec` per poll is too slow on
+    // an emulated matrix guest to catch a 3 s transfer more than once).
+    let mut watcher = Command::new("ip")
+        .args(["netns", "exec", &link.a, "sh", "-c", "while :; do ss -Htin state established; sleep 0.05; done"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the ss watcher");
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let running = Arc::new(AtomicBool::new(true));
-    let watcher = {
-        let (seen, running, ns) = (Arc::clone(&seen), Arc::clone(&running), link.a.clone());
+    let reader = {
+        let (seen, stdout) = (Arc::clone(&seen), watcher.stdout.take().expect("stdout"));
         std::thread::spawn(move || {
-            while running.load(Ordering::Relaxed) {
-                let out =
-                    Command::new("ip").args(["netns", "exec", &ns, "ss", "-Htin", "state", "established"]).output();
-                if let Ok(out) = out {
-                    seen.lock().unwrap().extend(ss_rtts(&String::from_utf8_lossy(&out.stdout)));
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                seen.lock().unwrap().extend(ss_rtts(&line));
             }
         })
     };
@@ -134,8 +132,9 @@ fn rtt_is_a_distribution_over_the_connection_consistent_with_ss() {
     client.finish();
     server.wait_line("done");
     server.finish();
-    running.store(false, Ordering::Relaxed);
-    watcher.join().unwrap();
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    reader.join().unwrap();
     let ss: Vec<f64> = seen.lock().unwrap().iter().map(|ms| ms / 1000.0).collect();
     assert!(ss.len() >= 3, "ss saw the connection too rarely: {ss:?}");
     let (ss_min, ss_max) = ss.iter().fold((f64::MAX, 0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));

@@ -304,11 +304,15 @@ pub struct TelemetryConfig {
     /// `process.command_line` (the whole command line, up to 256 characters) on each
     /// workload. Off: arguments often carry secrets; `process.command` is always there.
     pub process_command_line: bool,
+    /// Processes with a workload Resource of their own at once (each costs memory: see
+    /// docs/performance.md); past it, new processes fold into their container's or
+    /// pod's and executable's workload.
+    pub max_workloads: usize,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { cardinality_limit: 2_000, idle_intervals: 2, process_command_line: false }
+        Self { cardinality_limit: 2_000, idle_intervals: 2, process_command_line: false, max_workloads: 512 }
     }
 }
 
@@ -380,6 +384,7 @@ impl Config {
         range("kubernetes.max_objects", self.kubernetes.max_objects as u64, 16, 1 << 22)?;
         range("telemetry.cardinality_limit", self.telemetry.cardinality_limit as u64, 1, 1_000_000)?;
         range("telemetry.idle_intervals", self.telemetry.idle_intervals.into(), 0, 1_000)?;
+        range("telemetry.max_workloads", self.telemetry.max_workloads as u64, 1, 1 << 20)?;
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid {
                 key: "log.level",

@@ -154,6 +154,7 @@ fn telemetry_settings(config: &Config, otel: &OtelSettings, host: HostInfo) -> T
         idle_intervals: config.telemetry.idle_intervals,
         dns_question_name: config.dns.question_name,
         process_command_line: config.telemetry.process_command_line,
+        max_workloads: config.telemetry.max_workloads,
     }
 }
 

@@ -162,6 +162,7 @@ impl Recorder {
         self.workloads.retire_reused(exited);
         self.workloads.record(&records, &names, &mut self.peers);
         self.workloads.mark_exited(exited);
+        self.agent.record_workloads(self.workloads.counts(), self.workloads.take_folds());
         let domains = &mut self.peers.domains;
         domains.purge_expired(Instant::now());
         let evicted = domains.evicted();

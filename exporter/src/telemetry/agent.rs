@@ -30,6 +30,8 @@ pub struct AgentTelemetry {
     tls_libraries: Gauge<u64>,
     k8s_objects: Gauge<u64>,
     k8s_watch_errors: Counter<u64>,
+    workloads: Gauge<u64>,
+    workloads_folded: Counter<u64>,
 }
 
 /// (probe, cause) of each kernel loss counter.
@@ -101,6 +103,9 @@ impl AgentTelemetry {
         let tls_libraries = gauge(&meter, metric::AGENT_TLS_LIBRARIES);
         let k8s_objects = gauge(&meter, metric::AGENT_K8S_OBJECTS);
         let k8s_watch_errors = counter(&meter, metric::AGENT_K8S_WATCH_ERRORS);
+        let workloads = gauge(&meter, metric::AGENT_WORKLOADS);
+        let workloads_folded = counter(&meter, metric::AGENT_WORKLOADS_FOLDED);
+        workloads_folded.add(0, &[]);
         Self {
             _provider: provider,
             reader,
@@ -115,7 +120,16 @@ impl AgentTelemetry {
             tls_libraries,
             k8s_objects,
             k8s_watch_errors,
+            workloads,
+            workloads_folded,
         }
+    }
+
+    /// Workload Resources held now (own, folded) and processes folded since the last call.
+    pub fn record_workloads(&self, (own, folded): (usize, usize), newly_folded: u64) {
+        self.workloads.record(own as u64, &[KeyValue::new(attr::AGENT_WORKLOAD_KIND, "process")]);
+        self.workloads.record(folded as u64, &[KeyValue::new(attr::AGENT_WORKLOAD_KIND, "folded")]);
+        self.workloads_folded.add(newly_folded, &[]);
     }
 
     /// The cluster view's size by resource (`RESOURCES` order) and the watchers' failed

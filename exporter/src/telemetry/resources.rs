@@ -42,16 +42,48 @@ pub fn workload_resource(host: &HostInfo, process: Option<&ProcessInfo>, pod: Op
         if let Some(created) = &p.creation_time {
             attrs.push(KeyValue::new(resource::PROCESS_CREATION_TIME, created.clone()));
         }
-        if let Some(id) = &p.container.container_id {
-            attrs.push(KeyValue::new(resource::CONTAINER_ID, id.clone()));
-        }
-        if let Some(uid) = &p.container.pod_uid {
-            attrs.push(KeyValue::new(resource::K8S_POD_UID, uid.clone()));
-        }
-        if let Some(pod) = pod {
-            attrs.extend(pod_attributes(pod, p.container.container_id.as_deref()));
-        }
+        attrs.extend(placement(p, pod));
     }
+    resource_with(attrs)
+}
+
+/// Where a process runs: its container, its pod and the pod's names.
+fn placement(p: &ProcessInfo, pod: Option<&PodIdentity>) -> Vec<KeyValue> {
+    let mut attrs = Vec::new();
+    if let Some(id) = &p.container.container_id {
+        attrs.push(KeyValue::new(resource::CONTAINER_ID, id.clone()));
+    }
+    if let Some(uid) = &p.container.pod_uid {
+        attrs.push(KeyValue::new(resource::K8S_POD_UID, uid.clone()));
+    }
+    if let Some(pod) = pod {
+        attrs.extend(pod_attributes(pod, p.container.container_id.as_deref()));
+    }
+    attrs
+}
+
+/// The Resource of processes folded together (`telemetry.max_workloads`): who they
+/// are without which one (no `process.pid`, command or creation time), so every fold
+/// of the same container or pod and executable lands in one. `None`: the host's rest.
+pub fn folded_resource(host: &HostInfo, process: Option<&ProcessInfo>, pod: Option<&PodIdentity>) -> Resource {
+    let mut attrs: Vec<KeyValue> = Vec::new();
+    if let Some(pod) = pod {
+        attrs.push(KeyValue::new(resource::SERVICE_NAMESPACE, pod.namespace.to_string()));
+        attrs.extend(pod.resource_annotations.iter().map(|(k, v)| KeyValue::new(k.to_string(), v.to_string())));
+    }
+    attrs.extend(host.attributes());
+    let Some(p) = process else {
+        attrs.push(KeyValue::new(resource::SERVICE_INSTANCE_ID, format!("{}/folded", host.name)));
+        return resource_with(attrs);
+    };
+    let place = p.container.container_id.as_deref().or(p.container.pod_uid.as_deref()).unwrap_or("host");
+    attrs.push(KeyValue::new(resource::SERVICE_NAME, service_name(p, pod)));
+    attrs.push(KeyValue::new(
+        resource::SERVICE_INSTANCE_ID,
+        format!("{}/folded/{place}/{}", host.name, p.executable_name),
+    ));
+    attrs.push(KeyValue::new(resource::PROCESS_EXECUTABLE_NAME, p.executable_name.clone()));
+    attrs.extend(placement(p, pod));
     resource_with(attrs)
 }
 

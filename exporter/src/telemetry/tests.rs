@@ -21,6 +21,7 @@ use crate::{
         Direction, DnsLookup, Failure, FlowRecord, HttpError, HttpExchange, Outcome, RequestHead, Role, Transport,
     },
     enrichment::{DomainNames, HostInfo, Peers},
+    events::KernelProcess,
     kubernetes::{Change, PodRecord, ServiceRecord, Store, Update},
 };
 
@@ -38,6 +39,7 @@ fn settings(limit: usize) -> TelemetrySettings {
         idle_intervals: 2,
         dns_question_name: true,
         process_command_line: false,
+        max_workloads: 1_000,
     }
 }
 
@@ -341,4 +343,39 @@ fn an_exec_that_did_not_change_the_program_keeps_its_workload() {
     assert_eq!(workloads.collect().len(), 1);
     workloads.exec(4_000_000, None); // never seen: nothing to do
     assert_eq!(workloads.len(), 1);
+}
+
+#[test]
+fn past_the_workload_cap_processes_fold_by_executable_and_keep_their_bytes() {
+    let me = std::process::id();
+    let mut workloads = Workloads::new(TelemetrySettings { max_workloads: 1, ..settings(100) });
+    // Gone processes, named by the comm the probes recorded.
+    let curl = KernelProcess { name: "curl".into(), cgroup_id: 0 };
+    let gone: Vec<u32> = (4_000_001..4_000_006).collect();
+    let kernel: HashMap<u32, KernelProcess> = gone.iter().map(|&pid| (pid, curl.clone())).collect();
+    let mut flows = vec![flow(me, "192.0.2.7"), flow(0, "192.0.2.8")];
+    flows.extend(gone.iter().map(|&pid| flow(pid, "192.0.2.9")));
+    workloads.record(&flows, &kernel, &mut no_peers());
+    // Mine, the host's, and one for every curl.
+    assert_eq!(workloads.counts(), (2, 1));
+    assert_eq!(workloads.take_folds(), 5);
+    let batch = workloads.collect();
+    let folded = batch
+        .iter()
+        .find(|rm| resource_value(rm, resource::PROCESS_EXECUTABLE_NAME) == Some(Value::from("curl")))
+        .expect("the folded curl workload");
+    assert_eq!(resource_value(folded, resource::PROCESS_PID), None);
+    assert_eq!(resource_value(folded, resource::SERVICE_INSTANCE_ID), Some(Value::from("node-1/folded/host/curl")));
+    let sent: f64 = data_points(folded)
+        .iter()
+        .filter(|(name, _, attrs, _)| name == metric::NETWORK_IO.name && has(attrs, "network.io.direction", "transmit"))
+        .map(|(.., v)| v)
+        .sum();
+    assert_eq!(sent, 500.0);
+    // Idle past `idle_intervals`, the folded workload goes; a new fold makes it again.
+    for _ in 0..3 {
+        workloads.collect();
+    }
+    workloads.retire_delivered();
+    assert_eq!(workloads.counts().1, 0);
 }

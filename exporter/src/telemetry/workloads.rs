@@ -1,4 +1,11 @@
 //! One `MeterProvider` per workload Resource; the host's own flows under the host Resource.
+//!
+//! Memory is bounded by configuration, not by how many processes a node runs: at most
+//! `telemetry.max_workloads` processes get a Resource of their own. Past that, a new
+//! process folds into the workload of its container (or pod) and executable, a
+//! Resource without `process.pid`, so its data is still counted under who did it; at
+//! most as many folded workloads again, then one for the rest of the host. Every fold
+//! is counted (`flowtel.agent.workloads.folded`).
 use std::{collections::HashMap, sync::Arc};
 
 use flowtel_semconv::{metric, scope};
@@ -14,8 +21,11 @@ use opentelemetry_sdk::{
 use opentelemetry_sdk::trace::SpanData;
 
 use super::{
-    dns_instruments::DnsInstruments, flow_instruments::FlowInstruments, http_instruments::HttpInstruments,
-    reader::SharedReader, resources::workload_resource,
+    dns_instruments::DnsInstruments,
+    flow_instruments::FlowInstruments,
+    http_instruments::HttpInstruments,
+    reader::SharedReader,
+    resources::{folded_resource, workload_resource},
 };
 use crate::{
     aggregation::{DnsLookup, FlowRecord, HttpExchange},
@@ -35,6 +45,17 @@ pub struct TelemetrySettings {
     pub dns_question_name: bool,
     /// Whether workloads carry `process.command_line` (arguments may hold secrets).
     pub process_command_line: bool,
+    /// Processes with a workload of their own at once; past it, new ones fold.
+    pub max_workloads: usize,
+}
+
+/// The processes one folded workload stands for: same container or pod, same
+/// executable. All `None`/empty: the host's overflow, past the folded workloads' cap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct FoldKey {
+    container_id: Option<String>,
+    pod_uid: Option<String>,
+    executable: String,
 }
 
 struct Workload {
@@ -57,6 +78,31 @@ struct Workload {
     idle_intervals: u32,
 }
 
+impl Workload {
+    fn new(
+        settings: &TelemetrySettings,
+        resource: Resource,
+        pod_uid: Option<String>,
+        pod: Option<Arc<PodIdentity>>,
+    ) -> Self {
+        let (provider, reader) = provider(settings, resource.clone());
+        let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
+        Self {
+            resource,
+            provider,
+            reader,
+            flows,
+            dns: None,
+            http: None,
+            spans: Vec::new(),
+            pod_uid,
+            pod,
+            exited: false,
+            idle_intervals: 0,
+        }
+    }
+}
+
 /// Workloads of exited processes kept, undelivered, through a collector outage.
 const MAX_RETAINED_EXITED: usize = 4_096;
 
@@ -67,6 +113,12 @@ fn process_alive(pid: u32) -> bool {
 pub struct Workloads {
     settings: TelemetrySettings,
     by_pid: HashMap<u32, Workload>,
+    /// Processes past `max_workloads`, folded by container or pod and executable.
+    folded: HashMap<FoldKey, Workload>,
+    /// Which folded workload each folded pid's data goes to.
+    folded_pids: HashMap<u32, FoldKey>,
+    /// Processes folded since the last `take_folds`.
+    folds: u64,
     /// Workloads of processes that exec'd: exported once more, then dropped.
     replaced: Vec<Workload>,
     processes: ProcessCache,
@@ -119,6 +171,9 @@ impl Workloads {
             processes: ProcessCache::new(settings.process_command_line),
             settings,
             by_pid: HashMap::new(),
+            folded: HashMap::new(),
+            folded_pids: HashMap::new(),
+            folds: 0,
             replaced: Vec::new(),
             cgroups: CgroupPaths::new(),
             cluster: Arc::default(),
@@ -175,6 +230,7 @@ impl Workloads {
     pub fn take_spans(&mut self) -> Vec<(Resource, Vec<SpanData>)> {
         self.by_pid
             .values_mut()
+            .chain(self.folded.values_mut())
             .chain(&mut self.replaced)
             .filter(|w| !w.spans.is_empty())
             .map(|w| (w.resource.clone(), std::mem::take(&mut w.spans)))
@@ -182,6 +238,9 @@ impl Workloads {
     }
 
     fn workload(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> &mut Workload {
+        if self.folded_pids.contains_key(&pid) || (pid != 0 && !self.by_pid.contains_key(&pid) && self.at_capacity()) {
+            return self.folded_workload(pid, kernel);
+        }
         if self.by_pid.get(&pid).is_some_and(|w| w.exited && process_alive(pid))
             && let Some(old) = self.by_pid.remove(&pid)
         {
@@ -192,29 +251,67 @@ impl Workloads {
             let pod_uid = process.as_ref().and_then(|p| p.container.pod_uid.clone());
             let pod = pod_uid.as_deref().and_then(|uid| self.cluster.pod(uid)).cloned();
             let resource = workload_resource(&self.settings.host, process.as_ref(), pod.as_deref());
-            let (provider, reader) = provider(&self.settings, resource.clone());
-            let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
-            Workload {
-                resource,
-                provider,
-                reader,
-                flows,
-                dns: None,
-                http: None,
-                spans: Vec::new(),
-                pod_uid,
-                pod,
-                exited: false,
-                idle_intervals: 0,
-            }
+            Workload::new(&self.settings, resource, pod_uid, pod)
         });
         workload.idle_intervals = 0;
         workload
     }
 
+    /// Whether processes with workloads of their own (the host's aside) fill the cap.
+    fn at_capacity(&self) -> bool {
+        self.by_pid.len() - usize::from(self.by_pid.contains_key(&0)) >= self.settings.max_workloads
+    }
+
+    /// The folded workload of a process past the cap: its container's or pod's and
+    /// executable's, made on first use; past as many folded workloads, the host's rest.
+    fn folded_workload(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> &mut Workload {
+        let key = if let Some(key) = self.folded_pids.get(&pid) { key.clone() } else { self.fold(pid, kernel) };
+        let workload = self.folded.get_mut(&key).expect("made by fold or kept with its pids");
+        workload.idle_intervals = 0;
+        workload
+    }
+
+    /// Folds a process not seen before: notes its key and makes the workload if needed.
+    fn fold(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> FoldKey {
+        let process = self.processes.lookup(pid, kernel, &mut self.cgroups).clone();
+        let mut key = FoldKey {
+            container_id: process.container.container_id.clone(),
+            pod_uid: process.container.pod_uid.clone(),
+            executable: process.executable_name.clone(),
+        };
+        if !self.folded.contains_key(&key) && self.folded.len() >= self.settings.max_workloads {
+            key = FoldKey::default();
+        }
+        self.folds += 1;
+        self.folded_pids.insert(pid, key.clone());
+        if !self.folded.contains_key(&key) {
+            let pod = key.pod_uid.as_deref().and_then(|uid| self.cluster.pod(uid)).cloned();
+            let known = (key != FoldKey::default()).then_some(&process);
+            let resource = folded_resource(&self.settings.host, known, pod.as_deref());
+            let workload = Workload::new(&self.settings, resource, key.pod_uid.clone(), pod);
+            self.folded.insert(key.clone(), workload);
+        }
+        key
+    }
+
+    /// Processes folded since the last call.
+    pub fn take_folds(&mut self) -> u64 {
+        std::mem::take(&mut self.folds)
+    }
+
+    /// Workloads of single processes (the host's included) and folded ones.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.by_pid.len(), self.folded.len())
+    }
+
     /// A process exec'd. If it is another program now, its next data goes under a fresh
     /// Resource and what it did before stays under the old one, exported once more.
     pub fn exec(&mut self, pid: u32, kernel: Option<&KernelProcess>) {
+        if self.folded_pids.remove(&pid).is_some() {
+            // Folded as the old program: its next data folds as the new one.
+            self.processes.forget(pid);
+            return;
+        }
         if !self.by_pid.contains_key(&pid) {
             // No workload for it (yet, or no longer: a shim's exec chain, pyenv's bash
             // then python, replaced it at the first exec): its next lookup reads the
@@ -251,6 +348,8 @@ impl Workloads {
             if let Some(workload) = self.by_pid.get_mut(&pid) {
                 workload.exited = true;
             }
+            // The pid may come back as another program: its data is folded afresh.
+            self.folded_pids.remove(&pid);
             self.processes.forget(pid);
         }
     }
@@ -272,17 +371,29 @@ impl Workloads {
                 self.replaced.push(old);
             }
         }
+        let stale: Vec<FoldKey> = self
+            .folded
+            .iter()
+            .filter(|(_, w)| w.pod_uid.as_deref().and_then(|uid| cluster.pod(uid)) != w.pod.as_ref())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(old) = self.folded.remove(&key) {
+                self.replaced.push(old);
+            }
+            self.folded_pids.retain(|_, k| *k != key);
+        }
     }
 
     /// Whether this pid already has its workload (so its identity need not be looked up).
     pub fn knows(&self, pid: u32) -> bool {
-        self.by_pid.contains_key(&pid)
+        self.by_pid.contains_key(&pid) || self.folded_pids.contains_key(&pid)
     }
 
     /// Collects every workload's metrics for export.
     pub fn collect(&mut self) -> Vec<ResourceMetrics> {
-        let mut batch = Vec::with_capacity(self.by_pid.len() + self.replaced.len());
-        for workload in self.by_pid.values_mut().chain(&mut self.replaced) {
+        let mut batch = Vec::with_capacity(self.by_pid.len() + self.folded.len() + self.replaced.len());
+        for workload in self.by_pid.values_mut().chain(self.folded.values_mut()).chain(&mut self.replaced) {
             let mut rm = ResourceMetrics::default();
             if workload.reader.0.collect(&mut rm).is_ok() && rm.scope_metrics().next().is_some() {
                 batch.push(rm);
@@ -309,6 +420,16 @@ impl Workloads {
             }
             keep
         });
+        // A folded workload stands for processes that come and go: it goes once idle.
+        self.folded.retain(|_, w| {
+            let keep = w.idle_intervals <= limit;
+            if !keep {
+                let _ = w.provider.shutdown();
+            }
+            keep
+        });
+        let folded = &self.folded;
+        self.folded_pids.retain(|&pid, key| folded.contains_key(key) && process_alive(pid));
         self.processes.forget_exited();
     }
 
@@ -342,6 +463,6 @@ impl Workloads {
     }
 
     pub fn len(&self) -> usize {
-        self.by_pid.len()
+        self.by_pid.len() + self.folded.len()
     }
 }

@@ -6,7 +6,8 @@
 //! accounting (`kernel.bpf_stats_enabled`: `run_time_ns` / `run_cnt`), agent CPU and
 //! peak RSS from /proc, and what a real OTLP receiver got (counts, losses).
 //! `identity`: the Kubernetes watchers at 10,000 pods and 1,000 local processes
-//! (`BENCH_PROCESSES`, `BENCH_INTERVAL_S`, `BENCH_CARDINALITY_LIMIT`).
+//! (`BENCH_PROCESSES`, `BENCH_INTERVAL_S`, `BENCH_CARDINALITY_LIMIT`). `workloads`: peak
+//! RSS with 400 long-lived and 40 short-lived processes a second, per `max_workloads`.
 //! Environment: `BENCH_ROUNDS` (default 3), `BENCH_SECONDS` (default 5),
 //! `BENCH_NO_STATS=1` (measure without the kernel's per-program accounting).
 #![allow(
@@ -18,6 +19,7 @@ mod dns;
 mod flows;
 mod http;
 mod identity;
+mod workloads;
 
 use std::collections::BTreeMap;
 
@@ -109,6 +111,7 @@ fn main() {
         Some("dns") => dns::run(),
         Some("http") => http::run(),
         Some("identity") => identity::run(),
-        Some(other) => panic!("unknown benchmark {other:?}: flows, dns, http or identity"),
+        Some("workloads") => workloads::run(),
+        Some(other) => panic!("unknown benchmark {other:?}: flows, dns, http, identity or workloads"),
     }
 }
