@@ -120,7 +120,7 @@ boot() {
   cp "$out/plan" "$out/env" "$results/"
   log "$name: booting $(cat "$dir/ready")"
   local start=$SECONDS
-  timeout --signal=KILL "${KERNEL_MATRIX_TIMEOUT:-1500}" qemu-system-x86_64 \
+  timeout --signal=KILL "${KERNEL_MATRIX_TIMEOUT:-3000}" qemu-system-x86_64 \
     -machine pc -cpu max -smp "${KERNEL_MATRIX_SMP:-2}" -m 3072 -nographic -no-reboot -nic none \
     -kernel "$dir/vmlinuz" -initrd "$dir/initramfs.cpio" \
     -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 flowtel_results=$results flowtel_modules=$dir/modules flowtel_script=$root/tests/kernels/guest.sh" \

@@ -15,12 +15,12 @@ awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p 
      END { printf "flowtel: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"
 # The kernel matrix: Debian's 5.10, 6.1, 6.12 and newest kernels under qemu, each
-# running the end-to-end subset (docs/kernels.md). Always under CI; elsewhere it takes
-# long enough (see docs/kernels.md) that KERNEL_MATRIX=1 asks for it.
-if [[ ${CI:-} == true || ${KERNEL_MATRIX:-} == 1 ]]; then
-  # Two guests at once: they share the two cores, yet two take 17 min where one takes 9.5.
+# running the end-to-end subset (docs/kernels.md). Not yet part of every run: four
+# kernels take about 45 minutes with two guests at once (5.10 alone about 25), too much
+# of CI's 90 beside the host suite; KERNEL_MATRIX=1 runs it (docs/kernels.md).
+if [[ ${KERNEL_MATRIX:-} == 1 ]]; then
   KERNEL_MATRIX_JOBS=${KERNEL_MATRIX_JOBS:-2} bash scripts/kernel-matrix.sh || status=1
 else
-  echo "!!!!!!!! NOT RUN: the kernel matrix (KERNEL_MATRIX=1 runs it; CI always does) !!!!!!!!" >&2
+  echo "!!!!!!!! NOT RUN: the kernel matrix (KERNEL_MATRIX=1 runs it; see docs/kernels.md) !!!!!!!!" >&2
 fi
 exit "$status"

@@ -6,6 +6,9 @@ tcp-server PORT CONNS RECV SEND  accept CONNS connections (dual-stack socket); f
 tcp-sendfile-server PORT CONNS RECV SEND
                                  the same, answering with sendfile(2) from a file of SEND
                                  bytes (zero-copy: before Linux 6.5 it bypasses tcp_sendmsg).
+tcp-rtt-server PORT RECV SEND    accept one connection, read RECV bytes, send SEND bytes in
+                                 64 KiB pieces, after each printing "rtt SRTT RTTVAR" (µs)
+                                 from the socket's TCP_INFO, the kernel's own view.
 tcp-client HOST PORT CONNS SEND RECV
                                  open CONNS connections in turn; on each send SEND bytes,
                                  read until the server closes (expects RECV bytes).
@@ -18,8 +21,8 @@ hold-clients HOST PORT N CGROUP...
                                  and stays alive until stdin closes (many live workloads).
 http-fresh-client HOST PORT N EVERY
                                  N HTTP/1.1 GETs, each on a new connection: every EVERY-th
-                                 for /drop (http_server.py closes it unanswered), the rest
-                                 for /ok, each read to its end.
+                                 for /drop (http_server.py closes it unanswered; EVERY 0:
+                                 none), the rest for /ok, each read to its end.
 sink-server PORT                 accept connections until stdin closes; answer each one's
                                  first bytes with one byte, then read it to its end.
 Each prints "ready" (servers) or "done" once finished, so tests can sequence on it.
@@ -73,6 +76,25 @@ def tcp_sendfile_server(port, conns, recv, send):
             while offset < send:
                 offset += os.sendfile(conn.fileno(), payload.fileno(), offset, send - offset)
             conn.close()
+    print("done", flush=True)
+
+
+def tcp_rtt_server(port, recv, send):
+    import struct
+
+    srv = listen(port)
+    conn, _ = srv.accept()
+    recv_exact(conn, recv)
+    left = send
+    while left:
+        piece = min(left, 65536)
+        conn.sendall(b"s" * piece)
+        left -= piece
+        # struct tcp_info: tcpi_rtt and tcpi_rttvar (µs) at bytes 68 and 72.
+        info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        rtt, rttvar = struct.unpack_from("II", info, 68)
+        print(f"rtt {rtt} {rttvar}", flush=True)
+    conn.close()
     print("done", flush=True)
 
 
@@ -166,7 +188,7 @@ def sink_server(port):
 
 def http_fresh_client(host, port, n, every):
     for i in range(n):
-        path = "/drop" if i % every == 0 else "/ok"
+        path = "/drop" if every and i % every == 0 else "/ok"
         with socket.create_connection((host, port)) as s:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
             got = b""
@@ -185,6 +207,8 @@ if __name__ == "__main__":
         tcp_server(*map(int, args))
     elif cmd == "tcp-sendfile-server":
         tcp_sendfile_server(*map(int, args))
+    elif cmd == "tcp-rtt-server":
+        tcp_rtt_server(*map(int, args))
     elif cmd == "tcp-client":
         tcp_client(args[0], *map(int, args[1:]))
     elif cmd == "hold-clients":

@@ -68,6 +68,11 @@ impl Traffic {
         }
     }
 
+    /// The program's next line; `None` at its end.
+    pub fn next_line(&mut self) -> Option<String> {
+        self.lines.next().and_then(Result::ok)
+    }
+
     /// Waits for the program to finish successfully.
     pub fn finish(mut self) {
         let status = self.child.wait().expect("wait traffic.py");

@@ -1,7 +1,11 @@
 //! HTTP and HTTPS exchanges end to end: real servers (a Python HTTP/1.1 server, nginx)
 //! and real clients (curl, a raw socket for pipelining) in test hosts; the agent's spans
 //! and histograms as a real OTLP receiver decoded them.
-use std::{collections::BTreeMap, process::Stdio, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Stdio,
+    time::Duration,
+};
 
 use flowtel_e2e::{
     agent::{Agent, with_grpc_receiver},
@@ -510,5 +514,67 @@ fn unanswered_requests_on_fresh_connections_do_not_shift_the_pairing() {
     assert!(
         server_longest <= client_longest + 0.005,
         "longest /ok span: server {server_longest} s, client {client_longest} s"
+    );
+}
+
+/// `OTEL_TRACES_SAMPLER=traceidratio` keeps about its share of spans, the same traces at
+/// both ends, while the histograms still count every request.
+#[test]
+fn sampled_spans_leave_the_histograms_complete() {
+    const REQUESTS: usize = 200;
+    if !privileged_or_skip("sampled_spans_leave_the_histograms_complete") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let endpoint = format!("http://{}", receiver.addr);
+    let agent = Agent::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+    ]);
+    let link = Link::new("hsample", 58);
+    let server_ip = link.addr_b.to_string();
+    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8085"]);
+    server.wait_line("ready");
+    let server_pid = server.pid().to_string();
+    // Every request for /ok, each on a new connection.
+    let mut client = Traffic::spawn(&link.a, &["http-fresh-client", &server_ip, "8085", &REQUESTS.to_string(), "0"]);
+    client.wait_line("done");
+    let client_pid = client.pid().to_string();
+    let counted = |metric: &str, pid: &str| {
+        let got = receiver.received.snapshot();
+        flowtel_e2e::query::matching(&points(&got, metric), &[("process.pid", pid)], &[])
+            .iter()
+            .map(|p| p.count)
+            .sum::<u64>()
+    };
+    let complete = eventually(Duration::from_secs(30), || {
+        counted("http.server.request.duration", &server_pid) == REQUESTS as u64
+            && counted("http.client.request.duration", &client_pid) == REQUESTS as u64
+    });
+    assert!(
+        complete,
+        "histograms: server {} client {} (want {REQUESTS} each)\nagent log:\n{}",
+        counted("http.server.request.duration", &server_pid),
+        counted("http.client.request.duration", &client_pid),
+        agent.log()
+    );
+    // Spans are exported at most 1 s after their exchange; give them that and a margin.
+    std::thread::sleep(Duration::from_secs(3));
+    let got = spans(&receiver.traces.snapshot());
+    let served = spans_matching(&got, &[("process.pid", server_pid.as_str())], &[]);
+    let sent = spans_matching(&got, &[("process.pid", client_pid.as_str())], &[]);
+    // Binomial(200, 0.5): 60 and 140 are more than five standard deviations out.
+    for (side, rows) in [("server", &served), ("client", &sent)] {
+        assert!((60..=140).contains(&rows.len()), "{side}: {} of {REQUESTS} spans kept at ratio 0.5", rows.len());
+    }
+    // The decision goes by trace id: a SERVER span kept in a trace whose CLIENT span was
+    // left out would be an orphan.
+    let client_traces: BTreeSet<&str> = sent.iter().map(|s| s.trace_id.as_str()).collect();
+    let linked = served.iter().filter(|s| client_traces.contains(s.trace_id.as_str())).count();
+    assert!(
+        linked * 10 >= served.len() * 8,
+        "{linked} of {} kept SERVER spans share a kept CLIENT span's trace",
+        served.len()
     );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use opentelemetry_sdk::metrics::Temporality;
 
 use super::ConfigError;
-use crate::telemetry::SinkKind;
+use crate::telemetry::{SinkKind, SpanSampler};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtelSettings {
@@ -15,6 +15,8 @@ pub struct OtelSettings {
     pub traces_sink: SinkKind,
     pub temporality: Temporality,
     pub export_interval: Duration,
+    /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`: which exchanges get spans.
+    pub span_sampler: SpanSampler,
 }
 
 fn invalid(var: &str, value: &str, accepted: &str) -> ConfigError {
@@ -87,5 +89,8 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
             return Err(invalid(var, &other, "gzip, none"));
         }
     }
-    Ok(OtelSettings { sink, traces_sink, temporality, export_interval })
+    let span_sampler =
+        SpanSampler::parse(get("OTEL_TRACES_SAMPLER").as_deref(), get("OTEL_TRACES_SAMPLER_ARG").as_deref())
+            .map_err(|reason| ConfigError::Env { var: "OTEL_TRACES_SAMPLER".into(), reason })?;
+    Ok(OtelSettings { sink, traces_sink, temporality, export_interval, span_sampler })
 }

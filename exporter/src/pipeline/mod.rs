@@ -120,15 +120,21 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         .await?;
         reader = r;
         let flows = flows?;
-        let execed = recorder.flows(&flows, lost?, &exited);
-        if let Some(tls) = probes.tls.as_mut() {
-            // A process that just exec'd may not have mapped its libraries yet: look at
-            // it now and again next interval.
-            for &pid in recently_execed.iter().chain(&execed) {
-                tls.scan_process(&mut probes.ebpf, pid);
+        let lost = lost?;
+        // /proc reads (new workloads' identities) and uprobe attaches block: this worker
+        // hands its other tasks (the DNS and HTTP stages' readers) to the other one.
+        let execed = tokio::task::block_in_place(|| {
+            let execed = recorder.flows(&flows, lost, &exited);
+            if let Some(tls) = probes.tls.as_mut() {
+                // A process that just exec'd may not have mapped its libraries yet: look
+                // at it now and again next interval.
+                for &pid in recently_execed.iter().chain(&execed) {
+                    tls.scan_process(&mut probes.ebpf, pid);
+                }
+                recorder.agent.record_tls_libraries(tls.attached.len());
             }
-            recorder.agent.record_tls_libraries(tls.attached.len());
-        }
+            execed
+        });
         recently_execed = execed;
         let outcome = export(&mut recorder, &mut sink, &mut span_sink).await;
         tracing::debug!(flows = flows.len(), workloads = recorder.workloads.len(), ?outcome, "interval exported");
@@ -155,6 +161,7 @@ fn telemetry_settings(config: &Config, otel: &OtelSettings, host: HostInfo) -> T
         dns_question_name: config.dns.question_name,
         process_command_line: config.telemetry.process_command_line,
         max_workloads: config.telemetry.max_workloads,
+        span_sampler: otel.span_sampler,
     }
 }
 

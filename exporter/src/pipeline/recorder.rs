@@ -48,6 +48,7 @@ impl Recorder {
     ) -> anyhow::Result<Self> {
         let agent = AgentTelemetry::new(&settings);
         agent.record_probes(&probes.reports);
+        let sampler = settings.span_sampler;
         Ok(Self {
             agent,
             workloads: Workloads::new(settings),
@@ -60,7 +61,7 @@ impl Recorder {
             dns_evicted_reported: 0,
             dns_pending: 0,
             routes: Routes::new(&config.http.routes, config.http.route_heuristic),
-            spans: config.http.spans.then(|| SpanBuilder::new(config.http.query_string)),
+            spans: config.http.spans.then(|| SpanBuilder::new(config.http.query_string, sampler)),
             spans_held: 0,
             max_spans: config.http.max_spans,
             http_connections: 0,
@@ -84,8 +85,9 @@ impl Recorder {
                     None
                 }
                 Some(builder) => {
-                    self.spans_held += 1;
-                    Some(builder.span(exchange, route.as_deref(), boot_wall_ns))
+                    let span = builder.span(exchange, route.as_deref(), boot_wall_ns);
+                    self.spans_held += usize::from(span.is_some());
+                    span
                 }
                 None => None,
             };

@@ -13,11 +13,13 @@ mod http_instruments;
 mod instrument;
 mod reader;
 mod resources;
+mod sampler;
 mod sink;
 mod spans;
 mod workloads;
 
 pub use agent::AgentTelemetry;
+pub use sampler::SpanSampler;
 pub use sink::{ExportOutcome, MetricsSink, SinkKind};
 pub use spans::{SpanBuilder, SpanSink};
 pub use workloads::{TelemetrySettings, Workloads};

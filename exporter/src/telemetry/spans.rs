@@ -20,6 +20,7 @@ use opentelemetry_sdk::{
 
 use super::{
     http_instruments::{error_type, metric_attributes, server_end},
+    sampler::SpanSampler,
     sink::SinkKind,
 };
 use crate::aggregation::{HttpExchange, Role};
@@ -32,15 +33,16 @@ const MAX_EARLY_IDS: usize = 65_536;
 /// spans whose server span (same host) was built first.
 pub struct SpanBuilder {
     ids: RandomIdGenerator,
+    sampler: SpanSampler,
     scope: InstrumentationScope,
     query_string: bool,
     early: HashMap<u64, (TraceId, SpanId)>,
 }
 
 impl SpanBuilder {
-    pub fn new(query_string: bool) -> Self {
+    pub fn new(query_string: bool, sampler: SpanSampler) -> Self {
         let scope = InstrumentationScope::builder(scope::HTTP).with_version(env!("CARGO_PKG_VERSION")).build();
-        Self { ids: RandomIdGenerator::default(), scope, query_string, early: HashMap::new() }
+        Self { ids: RandomIdGenerator::default(), sampler, scope, query_string, early: HashMap::new() }
     }
 
     /// The ids of client exchange `id`, shared by its span and its server side's span:
@@ -61,8 +63,9 @@ impl SpanBuilder {
     /// `boot_wall_ns`: wall-clock time of `CLOCK_MONOTONIC` zero, to place the kernel's
     /// timestamps. A request served here that a process on this host sent becomes the
     /// child of that process's CLIENT span; otherwise a `traceparent` in the request
-    /// parents the span; otherwise it starts a trace.
-    pub fn span(&mut self, exchange: &HttpExchange, route: Option<&str>, boot_wall_ns: u64) -> SpanData {
+    /// parents the span; otherwise it starts a trace. `None`: the sampler leaves the
+    /// trace out (both ends on this host get the same answer: it goes by trace id).
+    pub fn span(&mut self, exchange: &HttpExchange, route: Option<&str>, boot_wall_ns: u64) -> Option<SpanData> {
         let request = &exchange.request;
         let parent = request.traceparent.as_deref().and_then(parse_traceparent);
         let remote_trace = parent.map(|(trace, _, _)| trace);
@@ -81,6 +84,10 @@ impl SpanBuilder {
             (_, _, Some((trace, span, flags))) => (trace, span, flags),
             (_, _, None) => (self.ids.new_trace_id(), SpanId::INVALID, TraceFlags::SAMPLED),
         };
+        if !self.sampler.sampled(trace_id, parent.map(|(_, _, flags)| flags)) {
+            return None;
+        }
+        let flags = flags | TraceFlags::SAMPLED;
         let span_id = span_id.unwrap_or_else(|| self.ids.new_span_id());
         let parent_is_remote = parent_span_id != SpanId::INVALID && exchange.parent.is_none() && parent.is_some();
         let mut attributes = metric_attributes(exchange, route);
@@ -118,7 +125,7 @@ impl SpanBuilder {
             None => Status::Unset,
         };
         let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(boot_wall_ns.saturating_add(ns));
-        SpanData {
+        Some(SpanData {
             span_context: SpanContext::new(trace_id, span_id, flags, false, TraceState::default()),
             parent_span_id,
             parent_span_is_remote: parent_is_remote,
@@ -138,7 +145,7 @@ impl SpanBuilder {
             links: SpanLinks::default(),
             status,
             instrumentation_scope: self.scope.clone(),
-        }
+        })
     }
 }
 

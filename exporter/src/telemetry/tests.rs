@@ -15,7 +15,7 @@ use opentelemetry_sdk::metrics::{
     data::{AggregatedMetrics, MetricData, ResourceMetrics},
 };
 
-use super::{SpanBuilder, TelemetrySettings, Workloads};
+use super::{SpanBuilder, SpanSampler, TelemetrySettings, Workloads};
 use crate::{
     aggregation::{
         Direction, DnsLookup, Failure, FlowRecord, HttpError, HttpExchange, Outcome, RequestHead, Role, Transport,
@@ -40,6 +40,7 @@ fn settings(limit: usize) -> TelemetrySettings {
         dns_question_name: true,
         process_command_line: false,
         max_workloads: 1_000,
+        span_sampler: SpanSampler::default(),
     }
 }
 
@@ -316,7 +317,7 @@ fn an_http_span_names_the_other_end_in_the_cluster() {
         local: Some("10.9.0.1:80".parse().unwrap()),
         peer: Some("10.9.0.7:40000".parse().unwrap()),
     };
-    let span = SpanBuilder::new(false).span(&exchange, None, 0);
+    let span = SpanBuilder::new(false, SpanSampler::default()).span(&exchange, None, 0).expect("sampled");
     workloads.record_http(&exchange, None, None, Some(span));
     let spans = workloads.take_spans();
     let attrs = &spans[0].1[0].attributes;

@@ -47,6 +47,8 @@ pub struct TelemetrySettings {
     pub process_command_line: bool,
     /// Processes with a workload of their own at once; past it, new ones fold.
     pub max_workloads: usize,
+    /// Which HTTP exchanges become spans (`OTEL_TRACES_SAMPLER`).
+    pub span_sampler: super::SpanSampler,
 }
 
 /// The processes one folded workload stands for: same container or pod, same

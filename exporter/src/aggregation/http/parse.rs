@@ -128,6 +128,8 @@ fn split_target(target: &str) -> (String, Option<String>) {
 /// next (pipelined) response; 1xx interim responses are left out.
 pub fn responses(bytes: &[u8]) -> Parsed<ResponseHead> {
     let mut heads = Vec::new();
+    // A 1xx alone parses to no head, yet is a response; `HTTP/1.1 abc` is neither.
+    let mut any_status = false;
     let mut rest = bytes;
     while !rest.is_empty() {
         let mut headers = [EMPTY_HEADER; MAX_HEADERS];
@@ -141,6 +143,7 @@ pub fn responses(bytes: &[u8]) -> Parsed<ResponseHead> {
         if !(100..=599).contains(&status) {
             break;
         }
+        any_status = true;
         if status >= 200 {
             heads.push(ResponseHead { status, version: version_name(response.version) });
         }
@@ -150,5 +153,5 @@ pub fn responses(bytes: &[u8]) -> Parsed<ResponseHead> {
         let body = if status < 200 || status == 204 || status == 304 { 0 } else { content_length(response.headers) };
         rest = rest.get(consumed.saturating_add(body)..).unwrap_or_default();
     }
-    if heads.is_empty() && !bytes.starts_with(b"HTTP/1.") { Parsed::Garbage } else { Parsed::Heads(heads) }
+    if any_status { Parsed::Heads(heads) } else { Parsed::Garbage }
 }

@@ -80,8 +80,10 @@ fn garbage_and_oversized_heads() {
     let mut t = tracker();
     let mut out = Vec::new();
     t.chunk(&chunk(0, 5, false, b"GET \x00\x01\x02 garbage\xff\xfe"), &mut out);
+    // A status line without a status is not a response: counted, not dropped silently.
     t.chunk(&chunk(0, 5, true, b"HTTP/1.1 abc\r\n"), &mut out);
-    assert_eq!(t.take_losses().parse, 1);
+    assert_eq!(t.take_losses().parse, 2);
+    assert_eq!(responses(b"HTTP/1.1 100 Continue\r\n\r\n"), Parsed::Heads(Vec::new()));
     // A 64 KiB header cut by the capture: the request line survives, marked truncated.
     let mut big = b"GET /big HTTP/1.1\r\nX-Big: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 2_000));
