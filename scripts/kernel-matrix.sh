@@ -18,6 +18,10 @@ root=$PWD
 cache=${KERNEL_MATRIX_CACHE:-/var/cache/flowtel/kernels}
 out=${KERNEL_MATRIX_OUT:-$root/target/kernel-matrix}
 log() { printf '[kernel-matrix] %s\n' "$*" >&2; }
+# The guest mounts its own tmpfs on these: a results share beneath them would vanish.
+case $out in
+  /tmp/* | /run/* | /var/log/* | /dev/shm/*) log "KERNEL_MATRIX_OUT=$out: the guest hides that place; choose another" && exit 2 ;;
+esac
 
 # Downloads and unpacks one suite's kernel into $cache/NAME: vmlinuz, modules/<release>/.
 fetch_kernel() {
