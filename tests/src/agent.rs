@@ -105,7 +105,15 @@ pub fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String) 
 
 /// The usual arrangement: a gRPC receiver and an agent exporting to it every second.
 pub fn with_grpc_receiver() -> (crate::receiver::Receiver, Agent) {
+    with_grpc_receiver_and(&[])
+}
+
+/// [`with_grpc_receiver`], with `env` added to the agent's environment.
+pub fn with_grpc_receiver_and(env: &[(&str, &str)]) -> (crate::receiver::Receiver, Agent) {
     let receiver = crate::receiver::Receiver::grpc("127.0.0.1:0");
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr))]);
+    let endpoint = format!("http://{}", receiver.addr);
+    let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())];
+    all.extend_from_slice(env);
+    let agent = Agent::start(&all);
     (receiver, agent)
 }

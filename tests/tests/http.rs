@@ -8,7 +8,7 @@ use std::{
 };
 
 use flowtel_e2e::{
-    agent::{Agent, with_grpc_receiver},
+    agent::{Agent, with_grpc_receiver, with_grpc_receiver_and},
     netns::Link,
     privileged_or_skip,
     query::{SpanRow, points, spans, spans_matching, total},
@@ -465,9 +465,7 @@ fn unanswered_requests_on_fresh_connections_do_not_shift_the_pairing() {
     if !privileged_or_skip("unanswered_requests_on_fresh_connections_do_not_shift_the_pairing") {
         return;
     }
-    let receiver = Receiver::grpc("127.0.0.1:0");
-    let endpoint = format!("http://{}", receiver.addr);
-    let agent = Agent::start(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint), ("FLOWTEL_HTTP_TIMEOUT_MS", "60000")]);
+    let (receiver, agent) = with_grpc_receiver_and(&[("FLOWTEL_HTTP_TIMEOUT_MS", "60000")]);
     let link = Link::new("hfresh", 57);
     let server_ip = link.addr_b.to_string();
     let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8084"]);
@@ -525,13 +523,8 @@ fn sampled_spans_leave_the_histograms_complete() {
     if !privileged_or_skip("sampled_spans_leave_the_histograms_complete") {
         return;
     }
-    let receiver = Receiver::grpc("127.0.0.1:0");
-    let endpoint = format!("http://{}", receiver.addr);
-    let agent = Agent::start(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-        ("OTEL_TRACES_SAMPLER", "traceidratio"),
-        ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
-    ]);
+    let (receiver, agent) =
+        with_grpc_receiver_and(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")]);
     let link = Link::new("hsample", 58);
     let server_ip = link.addr_b.to_string();
     let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8085"]);

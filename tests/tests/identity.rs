@@ -3,7 +3,7 @@
 //! process that execs becomes the new program.
 #![allow(clippy::float_cmp, reason = "byte totals are integers carried as f64, compared exactly on purpose")]
 use flowtel_e2e::{
-    agent::with_grpc_receiver,
+    agent::{with_grpc_receiver, with_grpc_receiver_and},
     cgroups::PodCgroup,
     netns::Link,
     privileged_or_skip,
@@ -231,12 +231,8 @@ fn an_exec_burst_beyond_the_exec_table_is_counted() {
     if !privileged_or_skip("an_exec_burst_beyond_the_exec_table_is_counted") {
         return;
     }
-    let receiver = flowtel_e2e::receiver::Receiver::grpc("127.0.0.1:0");
     // One read every 30 s: the burst below falls between two.
-    let agent = flowtel_e2e::agent::Agent::start(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr)),
-        ("OTEL_METRIC_EXPORT_INTERVAL", "30000"),
-    ]);
+    let (receiver, agent) = with_grpc_receiver_and(&[("OTEL_METRIC_EXPORT_INTERVAL", "30000")]);
     let burst = std::process::Command::new("bash")
         .args(["-c", &format!("for i in $(seq {EXECS}); do /bin/true; done")])
         .status()
@@ -266,11 +262,7 @@ fn processes_past_the_workload_cap_fold_and_keep_their_bytes() {
     if !privileged_or_skip("processes_past_the_workload_cap_fold_and_keep_their_bytes") {
         return;
     }
-    let receiver = flowtel_e2e::receiver::Receiver::grpc("127.0.0.1:0");
-    let agent = flowtel_e2e::agent::Agent::start(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr)),
-        ("FLOWTEL_TELEMETRY_MAX_WORKLOADS", "2"),
-    ]);
+    let (receiver, agent) = with_grpc_receiver_and(&[("FLOWTEL_TELEMETRY_MAX_WORKLOADS", "2")]);
     let link = Link::new("fold", 36);
     let server = link.addr_a.to_string();
     let mut listener = Traffic::spawn(&link.a, &["tcp-server", "9910", &CLIENTS.to_string(), &SEND.to_string(), "7"]);

@@ -74,7 +74,7 @@ struct Measured {
 
 /// `count` live processes, each with one connection to `127.0.0.1:port`, in `cgroups`.
 /// On the host's loopback: `ip netns exec` would hide the cgroup tree (it remounts /sys).
-fn hold_clients(port: &str, count: u32, cgroups: &[String]) -> Child {
+pub fn hold_clients(port: &str, count: u32, cgroups: &[String]) -> Child {
     let mut child = Command::new("python3")
         .arg(script_path())
         .args(["hold-clients", "127.0.0.1", port, &count.to_string()])

@@ -47,16 +47,7 @@ fn measure(max_workloads: &str, live: u64, churn_per_s: u64, seconds: u64) -> Me
         .expect("spawn the sink server");
     let mut lines = BufReader::new(sink.stdout.take().expect("stdout")).lines();
     assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
-    let mut holders = Command::new("python3")
-        .arg(script_path())
-        .args(["hold-clients", "127.0.0.1", PORT, &live.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn hold-clients");
-    let mut line = String::new();
-    BufReader::new(holders.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
-    assert_eq!(line.trim(), "done", "hold-clients");
+    let mut holders = super::identity::hold_clients(PORT, u32::try_from(live).expect("a process count"), &[]);
 
     // Each short-lived process: a forked bash that sends 16 bytes over /dev/tcp.
     let gap = 1.0 / churn_per_s as f64;
