@@ -8,6 +8,11 @@
 #
 #   scripts/kernel-matrix.sh [NAME ...]      the named kernels (default: all)
 #
+# KERNEL_MATRIX_JOBS guests at once (default 1), KERNEL_MATRIX_SMP vCPUs each (2),
+# KERNEL_MATRIX_TIMEOUT seconds per guest (3000), KERNEL_MATRIX_BUDGET seconds for the
+# whole run (none): a guest still running at either limit is killed and fails, one not
+# yet booted fails unbooted. KERNEL_MATRIX_OUT: the results (target/kernel-matrix).
+#
 # Kernels are fetched once through apt from Debian's registry into $KERNEL_MATRIX_CACHE
 # (default /var/cache/flowtel/kernels), with an apt state of their own: the host's
 # sources are never touched. Needs root; installs what it boots with (qemu-system-x86,
@@ -17,6 +22,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 cache=${KERNEL_MATRIX_CACHE:-/var/cache/flowtel/kernels}
 out=${KERNEL_MATRIX_OUT:-$root/target/kernel-matrix}
+# The whole run's seconds, fetching included (CI gives it what its 90 minutes leave).
+deadline=${KERNEL_MATRIX_BUDGET:=86400}
 log() { printf '[kernel-matrix] %s\n' "$*" >&2; }
 # The guest mounts its own tmpfs on these: a results share beneath them would vanish.
 case $out in
@@ -93,14 +100,18 @@ make_initramfs() {
   rm -rf "$stage"
 }
 
-# Writes the guests' plan once: every test binary of the plan's test targets, with filters.
+# Writes the guests' plan once: every test binary of the plan's test targets, with
+# filters. The guests run copies of the binaries (in $results/target): a rebuild on the
+# host while guests run does not change what they test.
 write_plan() {
   local results=$1
+  rm -rf "$results/target" && mkdir -p "$results/target/release/tests"
+  cp target/release/flowtel "$results/target/release/flowtel"
   # The whole workspace, as scripts/test.sh builds it: with `-p` cargo would unify
   # features differently and rebuild every test binary.
   cargo test --release --locked --no-run --message-format=json 2>/dev/null |
     python3 -c '
-import json, sys
+import json, os, shutil, sys
 plan = {}
 for line in open(sys.argv[1]):
     line = line.split("#")[0].split()
@@ -109,11 +120,15 @@ for line in open(sys.argv[1]):
 for message in map(json.loads, sys.stdin):
     target = message.get("target", {}).get("name")
     if message.get("executable") and target in plan and message.get("profile", {}).get("test"):
-        print(message["executable"], "--exact", *plan[target])
-' tests/kernels/plan >"$results/plan"
+        copy = os.path.join(sys.argv[2], os.path.basename(message["executable"]))
+        shutil.copy2(message["executable"], copy)
+        print(copy, "--exact", *plan[target])
+' tests/kernels/plan "$results/target/release/tests" >"$results/plan"
   {
     echo "export CI=true HOME=$HOME PATH='$PATH'"
-    echo "export flowtel_agent=$root/target/release/flowtel"
+    # The tests find the agent under CARGO_TARGET_DIR (tests/src/agent.rs).
+    echo "export CARGO_TARGET_DIR=$results/target"
+    echo "export flowtel_agent=$results/target/release/flowtel"
   } >"$results/env"
 }
 
@@ -122,12 +137,26 @@ boot() {
   local name=$1 dir=$cache/$1 results=$out/$1
   rm -rf "$results" && mkdir -p "$results"
   cp "$out/plan" "$out/env" "$results/"
-  log "$name: booting $(cat "$dir/ready")"
+  # Each guest gets KERNEL_MATRIX_TIMEOUT, but never beyond the matrix's budget
+  # (KERNEL_MATRIX_BUDGET seconds from the start): a guest cut short fails, loudly.
+  local limit=${KERNEL_MATRIX_TIMEOUT:-3000} left=$((deadline - SECONDS))
+  ((left < limit)) && limit=$left
+  if ((limit <= 0)); then
+    log "$name: not booted: the matrix's budget of ${KERNEL_MATRIX_BUDGET} s is spent"
+    echo 0 >"$results/seconds"
+    return
+  fi
+  echo "$limit" >"$results/limit"
+  log "$name: booting $(cat "$dir/ready") (at most $limit s)"
   local start=$SECONDS
-  timeout --signal=KILL "${KERNEL_MATRIX_TIMEOUT:-3000}" qemu-system-x86_64 \
+  # tsc=reliable: under emulation the kernel may distrust the TSC and fall back to the
+  # HPET, whose every read is an emulated device access (5.10 did: clock reads 3x
+  # slower, in every probe's bpf_ktime_get_ns). mitigations=off: nothing to protect in
+  # a test guest, and each mitigation costs emulated instructions.
+  timeout --signal=KILL "$limit" qemu-system-x86_64 \
     -machine pc -cpu max -smp "${KERNEL_MATRIX_SMP:-2}" -m 3072 -nographic -no-reboot -nic none \
     -kernel "$dir/vmlinuz" -initrd "$dir/initramfs.cpio" \
-    -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 flowtel_results=$results flowtel_modules=$dir/modules flowtel_script=$root/tests/kernels/guest.sh" \
+    -append "console=ttyS0 rdinit=/init panic=-1 loglevel=4 tsc=reliable mitigations=off flowtel_results=$results flowtel_modules=$dir/modules flowtel_script=$root/tests/kernels/guest.sh" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=passthrough,readonly=on,multidevs=remap" \
     -virtfs "local,path=$results,mount_tag=results,security_model=passthrough" \
     >"$results/console.log" 2>&1 || true
@@ -142,10 +171,12 @@ report() {
   failed=$(awk '/^test result:/ { f += $6 } END { print f + 0 }' "$results/tests.log" 2>/dev/null || echo 0)
   log "$name ($(cat "$results/uname" 2>/dev/null || echo '?')): $passed passed, $failed failed in $(cat "$results/seconds") s"
   sed 's/^/    /' "$results/status.txt" 2>/dev/null >&2 || true
+  sed 's/^/    /' "$results/seconds-per-binary" 2>/dev/null >&2 || true
   if [[ $(cat "$results/tests.rc" 2>/dev/null) != 0 || $(cat "$results/status.rc" 2>/dev/null) != 0 ]]; then
     log "$name: FAILED; console and test output follow"
-    tail -n 60 "$results/console.log" >&2
-    grep -vE '^test .* ok$' "$results/tests.log" 2>/dev/null | tail -n 200 >&2
+    [[ -f $results/tests.rc ]] || log "$name: the guest did not finish (killed after $(cat "$results/limit" 2>/dev/null || echo 0) s, or not booted)"
+    tail -n 60 "$results/console.log" >&2 2>/dev/null
+    grep -vE '^test .* ok( <[0-9.]+s>)?$' "$results/tests.log" 2>/dev/null | tail -n 200 >&2
     return 1
   fi
 }

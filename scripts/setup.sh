@@ -16,8 +16,9 @@ build_only=false
 # dnsperf: the DNS load generator of the benchmark; docker-compose (1.29, no engine
 # needed): checks the compose example; nginx, wrk and openssl: the HTTP(S) server, load
 # generator and certificate maker of the HTTP tests and benchmark.
-# prometheus (2.42): parses every dashboard query.
-apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose nginx wrk openssl prometheus)
+# prometheus (2.42): parses every dashboard query. docker.io (the engine, 20.10) and
+# debootstrap (local base images): the container and compose tests.
+apt_packages=(iproute2 iptables iperf3 procps curl util-linux dnsmasq-base bind9-dnsutils dnsperf docker-compose nginx wrk openssl prometheus docker.io debootstrap)
 if $build_only; then
   apt_packages=(curl)
 fi

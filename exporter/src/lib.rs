@@ -56,7 +56,9 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
             .block_on(pipeline::run(config, otel)),
         cli::Command::Status => {
             // Load first: it mounts tracefs where needed, which the facts then reflect.
-            let probes = probes::load_and_attach(&pipeline::probe_settings(&config));
+            // Every program, the variants standing by too: the verifier's word on each.
+            let settings = probes::ProbeSettings { verify_standby: true, ..pipeline::probe_settings(&config) };
+            let probes = probes::load_and_attach(&settings);
             let mut out = status::render_facts();
             // The table is printed even when the agent could not run, with the reasons.
             let reports = match &probes {

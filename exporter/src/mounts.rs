@@ -12,7 +12,15 @@ static CGROUP_ROOT_OVERRIDE: OnceLock<PathBuf> = OnceLock::new();
 /// host's `/sys/fs/cgroup` elsewhere (say `/host/sys/fs/cgroup`) is the host's root,
 /// where the cgroup probes must attach to see every process.
 pub fn set_cgroup_root(path: &Path) {
-    let _ = CGROUP_ROOT_OVERRIDE.set(path.to_owned());
+    let _ = CGROUP_ROOT_OVERRIDE.set(cgroup2_dir(path).unwrap_or_else(|| path.to_owned()));
+}
+
+/// `path` when it is a cgroup v2 directory, else its `unified` child when that is one:
+/// a hybrid host's whole `/sys/fs/cgroup` (v1 controllers, v2 beneath) mounted as the
+/// compose example mounts it. None when neither is.
+pub fn cgroup2_dir(path: &Path) -> Option<PathBuf> {
+    let is_cgroup2 = |dir: &Path| dir.join("cgroup.controllers").is_file();
+    [path.to_owned(), path.join("unified")].into_iter().find(|dir| is_cgroup2(dir))
 }
 
 /// The cgroup v2 hierarchy: the configured path, else the first cgroup2 mount in the

@@ -38,6 +38,11 @@ while read -r binary words; do
   done
   # Only --exact is left when every named test needs what the kernel lacks.
   ((${#tests[@]} > 1)) || continue
-  "$binary" --test-threads=1 "${tests[@]}" >>"$results/tests.log" 2>&1 || status=1
+  start=$(date +%s)
+  # --report-time (libtest's, unstable: RUSTC_BOOTSTRAP lets a stable build take it)
+  # puts each test's seconds in the log.
+  RUSTC_BOOTSTRAP=1 "$binary" --test-threads=1 -Zunstable-options --report-time "${tests[@]}" \
+    >>"$results/tests.log" 2>&1 || status=1
+  echo "$(($(date +%s) - start)) s: $(basename "$binary") ${tests[*]:1}" >>"$results/seconds-per-binary"
 done <"$results/plan"
 echo "$status" >"$results/tests.rc"

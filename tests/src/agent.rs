@@ -51,7 +51,9 @@ impl Agent {
             }
         });
         let mut agent = Self { child, log };
-        agent.wait_for_log("flowtel is observing", Duration::from_secs(30));
+        // Half a second on the host; in an emulated matrix guest sharing the cores with
+        // another, loading the probes has taken over 30 s.
+        agent.wait_for_log("flowtel is observing", Duration::from_mins(2));
         agent
     }
 

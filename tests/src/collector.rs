@@ -4,7 +4,8 @@ use std::{net::TcpListener, process::Command, time::Duration};
 
 use crate::{servers::Background, traffic::eventually};
 
-fn rotel_binary() -> String {
+/// The rotel-agent binary pip installed (glibc only: it also runs on the local bookworm base).
+pub fn rotel_binary() -> String {
     let out = Command::new("python3")
         .args(["-c", "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))"])
         .output()

@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod cgroups;
 pub mod collector;
+pub mod docker;
 pub mod kube_api;
 pub mod netns;
 pub mod query;

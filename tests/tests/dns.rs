@@ -186,12 +186,16 @@ fn slow_failed_and_unanswered_lookups() {
         "SERVFAIL"
     );
 
-    // The injected 300 ms delay, measured by the kernel's timestamps, agrees with dig.
+    // The injected 300 ms delay, measured between the query leaving and the answer
+    // arriving: at least the delay, and within dig's own measurement, which also holds
+    // dig's send and receive calls, give or take dig's clock, which is coarse (the agent
+    // was 2.5 ms above dig on the host; 10 ms allows a 100 Hz tick). How far below dig
+    // depends on scheduling: 56 ms in an emulated guest with the host busy.
     let slow_point =
         matching(&points(&got, DURATION), &[], &[to_server, ("dns.question.name", "slow.test")])[0].clone();
     assert_eq!(slow_point.count, 1);
-    assert!(slow_point.value >= 0.3 && slow_point.value < 0.6, "slow.test took {} s", slow_point.value);
-    assert!((slow_point.value * 1e3 - slow_ms).abs() < 20.0, "agent {} s vs dig {slow_ms} ms", slow_point.value);
+    assert!(slow_point.value >= 0.3, "slow.test took {} s", slow_point.value);
+    assert!(slow_point.value * 1e3 <= slow_ms + 10.0, "agent {} s vs dig {slow_ms} ms", slow_point.value);
     // No duration for a lookup that never got an answer.
     assert!(matching(&points(&got, DURATION), &[], &[to_server, ("flowtel.dns.rcode", "TIMEOUT")]).is_empty());
 }

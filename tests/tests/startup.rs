@@ -144,3 +144,21 @@ fn status_reports_attached_probes_and_verifies_the_kprobe_fallback() {
         assert!(forced.contains("flow_send_tcp_kprobe") && forced.contains("failed: "), "{forced}");
     }
 }
+
+/// `flowtel run` loads only the variants it attaches: the others are listed as standing
+/// by, not loaded, so the agent spends no verifier time or kernel memory on them
+/// (`flowtel status` verifies them, above).
+#[test]
+fn run_loads_only_the_variants_it_attaches() {
+    if !privileged_or_skip("run_loads_only_the_variants_it_attaches") {
+        return;
+    }
+    let (_receiver, agent) = flowtel_e2e::agent::with_grpc_receiver();
+    let log = agent.log();
+    let probe =
+        |program: &str| log.lines().find(|l| l.contains(&format!(" probe {program} "))).unwrap_or_default().to_owned();
+    assert!(probe("flow_state").ends_with("attached"), "{log}");
+    let spare = log.lines().filter(|l| l.contains(" probe ") && l.contains("standby, not loaded")).count();
+    assert!(spare > 0, "no variant stood by unloaded:\n{log}");
+    assert!(!log.contains("verified, standby"), "run verified a variant it does not attach:\n{log}");
+}

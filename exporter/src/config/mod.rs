@@ -392,15 +392,14 @@ impl Config {
                 reason: err.to_string(),
             });
         }
-        if let Some(root) = &self.probes.cgroup_root {
-            let is_cgroup2 = std::fs::read_to_string(root.join("cgroup.controllers")).is_ok();
-            if !is_cgroup2 {
-                return Err(ConfigError::Invalid {
-                    key: "probes.cgroup_root",
-                    value: root.display().to_string(),
-                    reason: "not a cgroup v2 directory (no cgroup.controllers there)".into(),
-                });
-            }
+        if let Some(root) = &self.probes.cgroup_root
+            && crate::mounts::cgroup2_dir(root).is_none()
+        {
+            return Err(ConfigError::Invalid {
+                key: "probes.cgroup_root",
+                value: root.display().to_string(),
+                reason: "not a cgroup v2 directory (no cgroup.controllers there or in unified/)".into(),
+            });
         }
         if let Some(database) = &self.geo.database
             && let Err(err) = std::fs::File::open(database)

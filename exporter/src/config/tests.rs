@@ -186,6 +186,20 @@ fn cgroup_root_must_be_a_cgroup2_directory() {
 }
 
 #[test]
+fn a_hybrid_hosts_cgroup_directory_means_its_unified_child() {
+    let hybrid = std::env::temp_dir().join(format!("flowtel-hybrid-{}", std::process::id()));
+    std::fs::create_dir_all(hybrid.join("unified")).unwrap();
+    assert_eq!(crate::mounts::cgroup2_dir(&hybrid), None);
+    std::fs::write(hybrid.join("unified/cgroup.controllers"), "cpu memory\n").unwrap();
+    assert_eq!(crate::mounts::cgroup2_dir(&hybrid), Some(hybrid.join("unified")));
+    let config = Config::load(None, &vars(&[("FLOWTEL_PROBES_CGROUP_ROOT", hybrid.to_str().unwrap())]));
+    assert!(config.is_ok(), "a hybrid host's /sys/fs/cgroup is accepted");
+    std::fs::write(hybrid.join("cgroup.controllers"), "").unwrap();
+    assert_eq!(crate::mounts::cgroup2_dir(&hybrid), Some(hybrid.clone()), "the directory itself comes first");
+    std::fs::remove_dir_all(&hybrid).unwrap();
+}
+
+#[test]
 fn http_settings_from_env_and_yaml() {
     let config = Config::load(
         None,

@@ -38,6 +38,7 @@ pub fn probe_settings(config: &Config) -> ProbeSettings {
         http_capture_bytes: config.http.capture_bytes,
         tls: config.http.tls,
         http_ring_bytes: config.http.ring_buffer_kib * 1024,
+        verify_standby: false,
     }
 }
 

@@ -1,8 +1,11 @@
 //! What flowtel observes, feature by feature, and the ways each can be hooked, best
 //! first. A feature takes the first variant whose hooks exist, whose layout needs the
-//! kernel meets, and whose programs all pass the verifier and attach; the others stay
-//! loaded (verified) as standby or are reported with the kernel's reason. One feature
-//! failing never takes another down: only the byte counters are indispensable.
+//! kernel meets, and whose programs all pass the verifier and attach; the others stand
+//! by (verified too where `flowtel status` asks) or are reported with the kernel's
+//! reason. One feature failing never takes another down: only the byte counters are
+//! indispensable.
+use std::collections::HashMap;
+
 use aya::{Ebpf, programs::CgroupSkbAttachType};
 
 use super::{
@@ -149,13 +152,31 @@ pub static DNS_PACKETS: [Variant; 3] = [
     variant("cgroup_skb, lookups under the host", &DNS, &[]),
 ];
 
-/// Every program of every variant, to load them all: the verifier checks even those
-/// that will stay on standby.
-pub fn every_hook() -> impl Iterator<Item = &'static Hook> {
-    [&CONNECTIONS[..], &PROCESS_EVENTS, &RETRANSMITS, &RTT_SAMPLES, &BYTES, &UDP_PEERS, &DNS_PACKETS]
-        .into_iter()
-        .flatten()
-        .flat_map(|v| v.hooks)
+/// Each program's verdict from the verifier, loaded when first needed: a program in
+/// several variants is loaded once. The programs of variants not chosen are loaded only
+/// when `verify_standby` asks (`flowtel status`): `flowtel run` does not spend the
+/// verifier's time and the kernel's memory on programs it will not attach.
+pub struct Verdicts {
+    loaded: HashMap<&'static str, Result<(), String>>,
+    verify_standby: bool,
+}
+
+impl Verdicts {
+    pub fn new(verify_standby: bool) -> Self {
+        Self { loaded: HashMap::new(), verify_standby }
+    }
+
+    fn of(&mut self, ebpf: &mut Ebpf, hook: &Hook) -> Result<(), String> {
+        self.loaded.entry(hook.program).or_insert_with(|| hook.load(ebpf)).clone()
+    }
+
+    /// The state of a program whose variant was not chosen.
+    fn standby(&mut self, ebpf: &mut Ebpf, hook: &Hook) -> ProbeState {
+        if !self.verify_standby && !self.loaded.contains_key(hook.program) {
+            return ProbeState::Spare;
+        }
+        self.of(ebpf, hook).map_or_else(ProbeState::Failed, |()| ProbeState::Standby)
+    }
 }
 
 /// The outcome of one feature: the variant attached, or why none could be.
@@ -165,13 +186,13 @@ pub struct Outcome {
 }
 
 /// Attaches the first usable variant of `variants` (those `allowed` lets through);
-/// `verified` says whether each program passed the verifier, with the reason if not.
+/// `verdicts` loads each program tried and says whether it passed the verifier.
 pub fn attach(
     ebpf: &mut Ebpf,
     feature: Feature,
     variants: &'static [Variant],
     layout: &Layout,
-    verified: &dyn Fn(&str) -> Result<(), String>,
+    verdicts: &mut Verdicts,
     allowed: &dyn Fn(&Variant) -> Result<(), String>,
 ) -> Outcome {
     let mut attached = None;
@@ -185,14 +206,14 @@ pub fn attach(
             state,
         };
         if attached.is_some() {
-            // A better variant is attached: this one stands by, verified or not.
+            // A better variant is attached: this one stands by.
             for hook in variant.hooks {
-                let state = verified(hook.program).map_or_else(ProbeState::Failed, |()| ProbeState::Standby);
+                let state = verdicts.standby(ebpf, hook);
                 reports.push(report(hook, state));
             }
             continue;
         }
-        match try_variant(ebpf, variant, layout, verified, allowed) {
+        match try_variant(ebpf, variant, layout, verdicts, allowed) {
             Ok(states) => {
                 attached = Some(variant.name);
                 reports.extend(variant.hooks.iter().zip(states).map(|(hook, state)| report(hook, state)));
@@ -204,11 +225,12 @@ pub fn attach(
 }
 
 /// A program in several variants is reported once: attached if any variant attached
-/// it, else standby if verified, else its first failure.
+/// it, else standby if verified, else spare, else its first failure.
 fn one_per_program(reports: Vec<ProbeReport>) -> Vec<ProbeReport> {
     let rank = |state: &ProbeState| match state {
-        ProbeState::Attached => 2,
-        ProbeState::Standby => 1,
+        ProbeState::Attached => 3,
+        ProbeState::Standby => 2,
+        ProbeState::Spare => 1,
         ProbeState::Failed(_) => 0,
     };
     let mut out: Vec<ProbeReport> = Vec::with_capacity(reports.len());
@@ -226,7 +248,7 @@ fn try_variant(
     ebpf: &mut Ebpf,
     variant: &Variant,
     layout: &Layout,
-    verified: &dyn Fn(&str) -> Result<(), String>,
+    verdicts: &mut Verdicts,
     allowed: &dyn Fn(&Variant) -> Result<(), String>,
 ) -> Result<Vec<ProbeState>, String> {
     allowed(variant)?;
@@ -235,7 +257,7 @@ fn try_variant(
     }
     let mut states = Vec::with_capacity(variant.hooks.len());
     for hook in variant.hooks {
-        let usable = hook.missing().map_or_else(|| verified(hook.program), Err);
+        let usable = hook.missing().map_or_else(|| verdicts.of(ebpf, hook), Err);
         match usable {
             Ok(()) => states.push(ProbeState::Attached),
             Err(why) if hook.optional => states.push(ProbeState::Failed(format!("optional, not used: {why}"))),

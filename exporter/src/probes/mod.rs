@@ -12,8 +12,6 @@ mod support;
 mod tls;
 mod tracefs;
 
-use std::collections::HashMap;
-
 use aya::{Ebpf, EbpfLoader};
 pub use features::Feature;
 use features::Variant;
@@ -66,6 +64,8 @@ pub struct ProbeSettings {
     pub tls: bool,
     /// Size of the HTTP ring buffer (a power of two, a multiple of the page size).
     pub http_ring_bytes: u32,
+    /// Whether to load (and so verify) the programs of variants not attached.
+    pub verify_standby: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +73,9 @@ pub enum ProbeState {
     Attached,
     /// Loaded and verified but not attached, because another hook serves its purpose.
     Standby,
+    /// Not loaded, because another hook serves its purpose (`flowtel run`; `flowtel
+    /// status` verifies these).
+    Spare,
     /// Could not attach; the reason is kept for the log and `flowtel status`.
     Failed(String),
 }
@@ -94,8 +97,8 @@ pub struct Probes {
     pub tls: Option<TlsAttacher>,
 }
 
-/// Loads every program (so the verifier checks even the ones that stand by) and attaches
-/// each feature's best variant. Fails only when the BPF object cannot be loaded at all,
+/// Attaches each feature's best variant (loading the programs of the others too when
+/// `verify_standby` asks, so that the verifier checks the ones that stand by). Fails only when the BPF object cannot be loaded at all,
 /// the socket layout is unknown, or no byte counter can run.
 pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
     tracefs::ensure_mounted()?;
@@ -128,17 +131,10 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
         .load(OBJECT)
         .map_err(|err| ProbeError::Load(hooks::with_sources(&err)))?;
 
-    // A program in several variants is loaded once.
-    let mut verdicts: HashMap<&'static str, Result<(), String>> = HashMap::new();
-    for hook in features::every_hook() {
-        if !verdicts.contains_key(hook.program) {
-            verdicts.insert(hook.program, hook.load(&mut ebpf));
-        }
-    }
-    let verified = |program: &str| verdicts.get(program).cloned().unwrap_or_else(|| Err("not loaded".into()));
+    let mut verdicts = features::Verdicts::new(settings.verify_standby);
     let everything = |_: &Variant| Ok(());
     let mut attach = |feature, variants, allowed: &dyn Fn(&Variant) -> Result<(), String>| {
-        features::attach(&mut ebpf, feature, variants, &layout, &verified, allowed)
+        features::attach(&mut ebpf, feature, variants, &layout, &mut verdicts, allowed)
     };
 
     let bytes = attach(Feature::Bytes, &features::BYTES, &|v| attach_mode_allows(settings.attach_mode, v));
@@ -200,6 +196,7 @@ pub fn state_text(state: &ProbeState) -> String {
     match state {
         ProbeState::Attached => "attached".to_owned(),
         ProbeState::Standby => "verified, standby (a better hook is attached)".to_owned(),
+        ProbeState::Spare => "standby, not loaded (a better hook is attached; flowtel status verifies it)".to_owned(),
         ProbeState::Failed(why) => format!("failed: {why}"),
     }
 }

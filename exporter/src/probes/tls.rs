@@ -14,7 +14,10 @@ use aya::{
     programs::{UProbe, uprobe::UProbeScope},
 };
 
-use super::{Feature, ProbeReport, ProbeState, hooks::refusal};
+use super::{
+    Feature, ProbeReport, ProbeState,
+    hooks::{refusal, with_sources},
+};
 
 /// Entry programs and the functions they watch; `tls_return` watches all four.
 const ENTRIES: [(&str, &str); 4] = [
@@ -103,6 +106,11 @@ impl TlsAttacher {
                 tracing::info!(file = %shown.display(), "OpenSSL uprobes attached");
                 self.attached.push(shown);
             }
+            // Through /proc/<pid>/root: a process that exited since its maps were read
+            // takes its files with it (a short-lived curl); nothing was missed.
+            Err(err) if !executable && !path.exists() => {
+                tracing::debug!(file = %path.display(), error = %err, "OpenSSL user exited before the attach");
+            }
             Err(err) if !executable => {
                 tracing::warn!(file = %path.display(), error = %err, "OpenSSL found but not attached");
             }
@@ -140,11 +148,11 @@ fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<(), String> {
         let entry: &mut UProbe = program_of(ebpf, program)?;
         match entry.attach(function, path, UProbeScope::AllProcesses) {
             Ok(_) => attached += 1,
-            Err(err) if function == "SSL_write" => return Err(err.to_string()),
+            Err(err) if function == "SSL_write" => return Err(with_sources(&err)),
             Err(_) => continue,
         }
         let exit: &mut UProbe = program_of(ebpf, RETURN)?;
-        exit.attach(function, path, UProbeScope::AllProcesses).map_err(|e| e.to_string())?;
+        exit.attach(function, path, UProbeScope::AllProcesses).map_err(|e| with_sources(&e))?;
     }
     if attached == 0 { Err("no OpenSSL functions".into()) } else { Ok(()) }
 }

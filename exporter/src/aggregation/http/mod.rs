@@ -24,6 +24,11 @@ use crate::events::HttpChunk;
 
 /// Requests waiting for their responses on one connection, at most (a deep pipeline).
 const MAX_PENDING_PER_CONNECTION: usize = 64;
+/// How long a connection's end waits for responses still in flight before its unanswered
+/// requests end. The kernel's teardown of a socket can be seen before its last response:
+/// on loopback or a veth the peer's reset (it read what it wanted and closed) arrives in
+/// the softirq of that very send, before the send returns and is reported.
+const CLOSE_GRACE_NS: u64 = 500_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -107,6 +112,9 @@ struct Connection {
     peer: Option<SocketAddr>,
     pending: VecDeque<Pending>,
     last_ns: u64,
+    /// When its end (EOF, reset or the socket's teardown) was seen: responses may still
+    /// arrive for `CLOSE_GRACE_NS`, requests never.
+    closed_ns: Option<u64>,
 }
 
 impl Connection {
@@ -118,6 +126,7 @@ impl Connection {
             peer: first.peer,
             pending: VecDeque::new(),
             last_ns: first.at_ns,
+            closed_ns: None,
         }
     }
 
@@ -181,8 +190,11 @@ impl HttpTracker {
         }
         let key = (chunk.pid, chunk.connection);
         if chunk.is_close() {
-            if let Some(connection) = self.connections.remove(&key) {
-                give_up(key.0, connection, chunk.at_ns, HttpError::ConnectionReset, out);
+            // Nothing in flight: forget it now; else give its responses a grace (expire).
+            match self.connections.get_mut(&key) {
+                Some(connection) if connection.pending.is_empty() => drop(self.connections.remove(&key)),
+                Some(connection) => connection.closed_ns = Some(connection.closed_ns.unwrap_or(chunk.at_ns)),
+                None => {}
             }
             return;
         }
@@ -203,12 +215,13 @@ impl HttpTracker {
             self.evict_oldest();
         }
         let connection = self.connections.entry(key).or_insert_with(|| Connection::new(role, chunk));
-        if connection.role != role || !connection.same_ends(chunk) {
-            // Another connection under the same kernel id: requests the other way, or
-            // other ends (a socket's memory reused before its teardown was seen). The
-            // old one ended unanswered, by the time it was last active at the latest.
+        if connection.role != role || !connection.same_ends(chunk) || connection.closed_ns.is_some() {
+            // Another connection under the same kernel id: requests the other way, other
+            // ends (a socket's memory reused before its teardown was seen), or after its
+            // end. The old one ended unanswered, when its end was seen or by the time it
+            // was last active at the latest.
             let old = std::mem::replace(connection, Connection::new(role, chunk));
-            let ended = old.last_ns;
+            let ended = old.closed_ns.unwrap_or(old.last_ns);
             give_up(key.0, old, ended, HttpError::ConnectionReset, out);
         }
         let connection = self.connections.get_mut(&key).expect("inserted above");
@@ -278,8 +291,20 @@ impl HttpTracker {
         }
     }
 
-    /// Ends requests that waited longer than the timeout; forgets idle connections.
+    /// Ends requests that waited longer than the timeout, and those of connections whose
+    /// end is older than the grace; forgets idle connections.
     pub fn expire(&mut self, now_ns: u64, out: &mut Vec<HttpExchange>) {
+        let ended: Vec<(u32, u64)> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.closed_ns.is_some_and(|at| now_ns.saturating_sub(at) >= CLOSE_GRACE_NS))
+            .map(|(key, _)| *key)
+            .collect();
+        for key in ended {
+            let connection = self.connections.remove(&key).expect("listed above");
+            let at = connection.closed_ns.expect("listed above");
+            give_up(key.0, connection, at, HttpError::ConnectionReset, out);
+        }
         let timeout = self.settings.timeout_ns;
         for (&(pid, _), connection) in &mut self.connections {
             while connection.pending.front().is_some_and(|p| now_ns.saturating_sub(p.at_ns) >= timeout) {

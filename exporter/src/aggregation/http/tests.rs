@@ -72,7 +72,35 @@ fn timeouts_resets_and_interim_responses() {
     let mut close = chunk(5, 4, false, b"");
     close.len = 0;
     t.chunk(&close, &mut out);
+    t.expire(5 * MS + super::CLOSE_GRACE_NS - 1, &mut out);
+    assert!(out.is_empty(), "a response may still be in flight");
+    t.expire(5 * MS + super::CLOSE_GRACE_NS, &mut out);
     assert_eq!((out[0].error, out[0].end_ns), (Some(HttpError::ConnectionReset), 5 * MS));
+}
+
+/// The peer read its last response and reset the connection so fast (loopback) that the
+/// socket's teardown is reported before the send of that response: it still pairs.
+#[test]
+fn a_teardown_seen_before_the_last_response_does_not_end_its_request() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    let two = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n";
+    t.chunk(&chunk(1, 6, false, two), &mut out);
+    t.chunk(&chunk(2, 6, true, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), &mut out);
+    let mut teardown = chunk(3, 6, false, b"");
+    teardown.len = 0;
+    t.chunk(&teardown, &mut out);
+    t.chunk(&chunk(4, 6, true, b"HTTP/1.1 404 Not Found\r\n\r\n"), &mut out);
+    t.expire(10 * MS + super::CLOSE_GRACE_NS, &mut out);
+    let got: Vec<(&str, Option<u16>)> =
+        out.iter().map(|e| (e.request.path.as_str(), e.response.map(|r| r.status))).collect();
+    assert_eq!(got, [("/1", Some(200)), ("/2", Some(404))]);
+    assert_eq!(t.take_losses(), super::HttpLosses::default());
+    // After its end, a request under the same id is another connection's (socket reuse).
+    t.chunk(&chunk(20, 6, false, b"GET /3 HTTP/1.1\r\n\r\n"), &mut out);
+    t.chunk(&teardown, &mut out);
+    t.chunk(&chunk(21, 6, false, b"GET /4 HTTP/1.1\r\n\r\n"), &mut out);
+    assert_eq!((out[2].request.path.as_str(), out[2].error), ("/3", Some(HttpError::ConnectionReset)));
 }
 
 #[test]
@@ -202,6 +230,7 @@ fn a_socket_torn_down_ends_what_it_left_unanswered() {
     let mut teardown = chunk(3, 11, false, b"");
     (teardown.len, teardown.local, teardown.peer) = (0, None, None);
     t.chunk(&teardown, &mut out);
+    t.expire(3 * MS + super::CLOSE_GRACE_NS, &mut out);
     assert_eq!((out.len(), out[0].error, out[0].end_ns), (1, Some(HttpError::ConnectionReset), 3 * MS));
     assert_eq!(t.connections(), 0);
 }
