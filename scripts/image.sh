@@ -35,8 +35,8 @@ local_base() {
     command -v debootstrap >/dev/null || { log "debootstrap is missing (apt-get install debootstrap)"; exit 2; }
     log "making a bookworm base with debootstrap (once; cached in $cache)"
     local tree
-    tree=$(mktemp -d "$cache/rootfs.XXXX")
     mkdir -p "$cache"
+    tree=$(mktemp -d "$cache/rootfs.XXXX")
     debootstrap --variant=minbase --include=ca-certificates bookworm "$tree" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
       { log "debootstrap failed; see $cache/debootstrap.log"; exit 1; }
     # apt's lists and the package cache are not part of a base image.
