@@ -48,19 +48,32 @@ local_base() {
 }
 
 # The local build base: the local base with what scripts/setup.sh --build-only expects
-# of the rust image (gcc, curl, rustup with the stable toolchain on PATH).
+# of the rust image (gcc, curl, rustup with the stable toolchain on PATH). rustup-init
+# comes straight from static.rust-lang.org (sh.rustup.rs does not resolve everywhere
+# the registries do).
 local_build_base() {
   docker image inspect flowtel-build-base:bookworm >/dev/null 2>&1 && return 0
   local_base
   log "making flowtel-build-base:bookworm (gcc, curl, Rust 1.95 from rustup)"
-  docker build --network host -t flowtel-build-base:bookworm - <<'EOF'
+  # The host's CA bundle: where the network passes through a TLS-inspecting proxy
+  # (this kind of machine does), the host trusts its CA and the build must too.
+  local context
+  context=$(mktemp -d)
+  cp /etc/ssl/certs/ca-certificates.crt "$context/"
+  cat >"$context/Dockerfile" <<'EOF'
 FROM flowtel-base:bookworm
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev curl git pkg-config >/dev/null \
- && curl -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal --default-toolchain 1.95 \
+ && curl -sSf -o /tmp/rustup-init https://static.rust-lang.org/rustup/dist/x86_64-unknown-linux-gnu/rustup-init \
+ && chmod +x /tmp/rustup-init && /tmp/rustup-init -y -q --profile minimal --default-toolchain 1.95 && rm /tmp/rustup-init \
  && rm -rf /var/lib/apt/lists/*
 EOF
+  local status=0
+  docker build --network host -t flowtel-build-base:bookworm "$context" || status=$?
+  rm -rf "$context"
+  return "$status"
 }
 
 # The public image when it can be pulled, else the local one `make` builds.
@@ -70,7 +83,7 @@ pick() {
     echo "$wanted"
   else
     log "$wanted cannot be pulled: using $local_name, made from Debian's packages"
-    "$make" >&2
+    "$make" >&2 || { log "could not make $local_name"; return 1; }
     echo "$local_name"
   fi
 }
