@@ -115,8 +115,8 @@ fn in_its_image_it_names_containers_by_dockers_ids_and_decodes_their_own_libssl(
     let command = readme_run_command(&name, &format!("http://{}", receiver.addr));
     let words: Vec<&str> = command.iter().map(String::as_str).collect();
     let _ = docker_output(&["rm", "-f", &name]);
-    let agent = Container::run(&words[1..]);
     assert_eq!(words[0], "-d", "the README's command runs detached");
+    let agent = Container::run(&words[1..]);
     let observing = eventually(Duration::from_mins(1), || agent.logs().contains("flowtel is observing"));
     assert!(observing, "flowtel did not start in its container:\n{}", agent.logs());
 

@@ -98,8 +98,9 @@ pub struct Probes {
 }
 
 /// Attaches each feature's best variant (loading the programs of the others too when
-/// `verify_standby` asks, so that the verifier checks the ones that stand by). Fails only when the BPF object cannot be loaded at all,
-/// the socket layout is unknown, or no byte counter can run.
+/// `verify_standby` asks, so that the verifier checks the ones that stand by). Fails
+/// only when the BPF object cannot be loaded at all, the socket layout is unknown, or
+/// no byte counter can run.
 pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
     tracefs::ensure_mounted()?;
     let mut layout =

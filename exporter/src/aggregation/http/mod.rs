@@ -193,7 +193,9 @@ impl HttpTracker {
             // Nothing in flight: forget it now; else give its responses a grace (expire).
             match self.connections.get_mut(&key) {
                 Some(connection) if connection.pending.is_empty() => drop(self.connections.remove(&key)),
-                Some(connection) => connection.closed_ns = Some(connection.closed_ns.unwrap_or(chunk.at_ns)),
+                Some(connection) => {
+                    connection.closed_ns.get_or_insert(chunk.at_ns);
+                }
                 None => {}
             }
             return;
