@@ -70,22 +70,28 @@ if ! $build_only && [[ ! -s $geoip_db ]]; then
   rm -rf "$tmp"
 fi
 
-if ! rustup toolchain list | grep -q '^nightly'; then
-  log "installing the nightly toolchain"
-  rustup toolchain install nightly --profile minimal
+# The kernel programs are built with one dated nightly (probes/ebpf/nightly-toolchain):
+# another nightly's LLVM emits different BPF, which an older kernel's verifier may
+# refuse (2026-10-29's failed the DNS egress program on 6.18). About 20 s to download.
+nightly=$(tr -d '[:space:]' <"$(dirname "$0")/../probes/ebpf/nightly-toolchain")
+if ! rustup run "$nightly" rustc -V >/dev/null 2>&1; then
+  log "installing $nightly"
+  rustup toolchain install "$nightly" --profile minimal --component rust-src
 fi
-if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
-  log "adding rust-src to nightly"
-  rustup component add rust-src --toolchain nightly
+if [[ ! -d $(rustc "+$nightly" --print sysroot)/lib/rustlib/src/rust/library ]]; then
+  log "adding rust-src to $nightly"
+  rustup component add rust-src --toolchain "$nightly"
 fi
 
-if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version >/dev/null 2>&1; then
-  sysroot=$(rustc +nightly --print sysroot)
-  llvm_major=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-  libllvm=$(basename "$(ls "$sysroot"/lib/libLLVM.so.* | head -n 1)")
+sysroot=$(rustc "+$nightly" --print sysroot)
+libllvm=$(basename "$(ls "$sysroot"/lib/libLLVM.so.* | head -n 1)")
+# A bpf-linker built against another nightly's LLVM cannot read this one's bitcode.
+if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version >/dev/null 2>&1 ||
+  ! ldd "$(command -v bpf-linker)" | grep -qF "$libllvm"; then
+  llvm_major=$(rustc "+$nightly" -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
   log "building bpf-linker against $libllvm (LLVM $llvm_major)"
   RUSTFLAGS="-C link-arg=-L$sysroot/lib -C link-arg=-l:$libllvm -C link-arg=-Wl,-rpath,$sysroot/lib" \
-    cargo +nightly install --locked bpf-linker --no-default-features \
+    cargo "+$nightly" install --locked bpf-linker --no-default-features \
       --features "llvm-$llvm_major,no-llvm-linking"
 fi
 log "ready: $(bpf-linker --version)"
