@@ -37,6 +37,7 @@ pub fn probe_settings(config: &Config) -> ProbeSettings {
         dns_ring_bytes: config.dns.ring_buffer_kib * 1024,
         http_capture_bytes: config.http.capture_bytes,
         tls: config.http.tls,
+        tls_emulated_probes: config.http.tls_emulated_probes,
         http_ring_bytes: config.http.ring_buffer_kib * 1024,
         verify_standby: false,
     }

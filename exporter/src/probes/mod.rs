@@ -10,6 +10,7 @@ mod layout;
 mod stack;
 mod support;
 mod tls;
+mod tls_points;
 mod tracefs;
 
 use aya::{Ebpf, EbpfLoader};
@@ -62,6 +63,8 @@ pub struct ProbeSettings {
     pub http_capture_bytes: u16,
     /// Whether to attach the OpenSSL uprobes.
     pub tls: bool,
+    /// Whether they go on emulated instructions (`tls_points.rs`) or the classic places.
+    pub tls_emulated_probes: bool,
     /// Size of the HTTP ring buffer (a power of two, a multiple of the page size).
     pub http_ring_bytes: u32,
     /// Whether to load (and so verify) the programs of variants not attached.
@@ -153,7 +156,7 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
     reports.extend(dns);
     reports.push(http_report(&layout, settings, byte_counter, support.task_regs.as_deref()));
     let tls = settings.tls.then(|| {
-        let mut attacher = TlsAttacher::default();
+        let mut attacher = TlsAttacher::new(settings.tls_emulated_probes);
         match tls::load(&mut ebpf) {
             Ok(()) => attacher.scan_all(&mut ebpf),
             Err(why) => attacher.refused = Some(why),

@@ -11,32 +11,40 @@ use std::{
 
 use aya::{
     Ebpf,
-    programs::{UProbe, uprobe::UProbeScope},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 
 use super::{
     Feature, ProbeReport, ProbeState,
     hooks::{refusal, with_sources},
+    tls_points,
 };
 
-/// Entry programs and the functions they watch; `tls_return` watches all four.
-const ENTRIES: [(&str, &str); 4] = [
-    ("tls_write", "SSL_write"),
-    ("tls_write_ex", "SSL_write_ex"),
-    ("tls_read", "SSL_read"),
-    ("tls_read_ex", "SSL_read_ex"),
+/// Entry programs, the functions they watch, and whether `tls_return` watches the
+/// function's return too: reads only (a write's plaintext is its arguments; one trap
+/// per call instead of two).
+const ENTRIES: [(&str, &str, bool); 4] = [
+    ("tls_write", "SSL_write", false),
+    ("tls_write_ex", "SSL_write_ex", false),
+    ("tls_read", "SSL_read", true),
+    ("tls_read_ex", "SSL_read_ex", true),
 ];
 const RETURN: &str = "tls_return";
+/// A read's return as a plain uprobe before its `ret` (`tls_points.rs`).
+const READ_DONE: &str = "tls_read_done";
 
 /// Where distributions put the system OpenSSL, so that a process started after the
 /// agent is covered from its first call.
 const SYSTEM_LIBRARY_DIRS: [&str; 5] =
     ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib64"];
 
-/// Loads the five programs (the verifier checks them even when TLS is off); the
+/// Loads the six programs (the verifier checks them even when TLS is off); the
 /// kernel's reason when one is refused.
 pub fn load(ebpf: &mut Ebpf) -> Result<(), String> {
-    for program in ENTRIES.iter().map(|(p, _)| *p).chain([RETURN]) {
+    for program in ENTRIES.iter().map(|(p, _, _)| *p).chain([RETURN, READ_DONE]) {
         program_of(ebpf, program)?.load().map_err(|err| format!("{program}: {}", refusal(&err)))?;
     }
     Ok(())
@@ -51,9 +59,15 @@ pub struct TlsAttacher {
     pub attached: Vec<PathBuf>,
     /// Why the kernel refused the uprobe programs, if it did: then nothing is attached.
     pub refused: Option<String>,
+    /// `http.tls_emulated_probes`.
+    pub emulated_probes: bool,
 }
 
 impl TlsAttacher {
+    pub fn new(emulated_probes: bool) -> Self {
+        Self { emulated_probes, ..Self::default() }
+    }
+
     /// The system libraries and every process running now.
     pub fn scan_all(&mut self, ebpf: &mut Ebpf) {
         if self.refused.is_some() {
@@ -100,10 +114,10 @@ impl TlsAttacher {
             return;
         }
         // An executable without OpenSSL symbols is the common case: nothing to say.
-        match attach_file(ebpf, path) {
-            Ok(()) => {
+        match attach_file(ebpf, path, self.emulated_probes) {
+            Ok(placed) => {
                 let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-                tracing::info!(file = %shown.display(), "OpenSSL uprobes attached");
+                tracing::info!(file = %shown.display(), at = %placed.join(" "), "OpenSSL uprobes attached");
                 self.attached.push(shown);
             }
             // Through /proc/<pid>/root: a process that exited since its maps were read
@@ -140,21 +154,39 @@ fn is_libssl(file_name: &str) -> bool {
     file_name.starts_with("libssl.so")
 }
 
-/// Attaches the entry probes and the return probe to every function the file has.
-/// `SSL_write` must be there; the `_ex` forms are OpenSSL 1.1.1 and later.
-fn attach_file(ebpf: &mut Ebpf, path: &Path) -> Result<(), String> {
-    let mut attached = 0;
-    for (program, function) in ENTRIES {
+/// Attaches the entry probes, and the return probes to the reads, for every function
+/// the file has, each at its cheapest place (`tls_points.rs`). `SSL_write` must be
+/// there; the `_ex` forms are OpenSSL 1.1.1 and later. Returns where they went.
+fn attach_file(ebpf: &mut Ebpf, path: &Path, emulated: bool) -> Result<Vec<String>, String> {
+    let mut placed = Vec::new();
+    for (program, function, returns) in ENTRIES {
+        let points = if emulated { tls_points::find(path, function) } else { tls_points::CLASSIC };
         let entry: &mut UProbe = program_of(ebpf, program)?;
-        match entry.attach(function, path, UProbeScope::AllProcesses) {
-            Ok(_) => attached += 1,
+        match entry.attach(UProbeAttachLocation::SymbolOffset(function, points.entry), path, UProbeScope::AllProcesses)
+        {
+            Ok(_) => {}
             Err(err) if function == "SSL_write" => return Err(with_sources(&err)),
             Err(_) => continue,
         }
-        let exit: &mut UProbe = program_of(ebpf, RETURN)?;
-        exit.attach(function, path, UProbeScope::AllProcesses).map_err(|e| with_sources(&e))?;
+        if !returns {
+            placed.push(format!("{function}+{:#x}", points.entry));
+            continue;
+        }
+        let done = if let Some(offsets) = &points.returns {
+            let done: &mut UProbe = program_of(ebpf, READ_DONE)?;
+            for &offset in offsets {
+                done.attach(UProbeAttachLocation::SymbolOffset(function, offset), path, UProbeScope::AllProcesses)
+                    .map_err(|e| with_sources(&e))?;
+            }
+            offsets.iter().map(|o| format!("+{o:#x}")).collect::<Vec<_>>().join(",")
+        } else {
+            let exit: &mut UProbe = program_of(ebpf, RETURN)?;
+            exit.attach(function, path, UProbeScope::AllProcesses).map_err(|e| with_sources(&e))?;
+            "uretprobe".to_owned()
+        };
+        placed.push(format!("{function}+{:#x}/{done}", points.entry));
     }
-    if attached == 0 { Err("no OpenSSL functions".into()) } else { Ok(()) }
+    if placed.is_empty() { Err("no OpenSSL functions".into()) } else { Ok(placed) }
 }
 
 fn program_of<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, String> {

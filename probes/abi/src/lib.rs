@@ -419,18 +419,35 @@ pub struct HttpChunk {
 }
 const _: () = assert!(size_of::<HttpChunk>() == 72);
 
-/// An OpenSSL call in flight on one thread, from its uprobe to its uretprobe.
+/// An OpenSSL call in flight on one thread: a read from its uprobe to its uretprobe,
+/// or a write whose socket was not known at its uprobe, until its ciphertext's send.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TlsCall {
     pub ssl: u64,
     pub buffer: u64,
-    /// `SSL_read_ex`/`SSL_write_ex`: where the byte count goes; 0 for `SSL_read`/`SSL_write`.
+    /// `SSL_read_ex`: where the byte count goes; 0 for `SSL_read`.
     pub len_out: u64,
+    /// When the call began (`bpf_ktime_get_ns`): a pending write older than
+    /// `tls::PENDING_WRITE_NS` never reached a socket and is dropped, not sent.
+    pub started_ns: u64,
+    /// A pending write's plaintext length.
+    pub len: u32,
     pub direction: u8,
-    pub _pad: [u8; 7],
+    /// 1 for a write waiting for its socket.
+    pub pending_write: u8,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<TlsCall>() == 32);
+const _: () = assert!(size_of::<TlsCall>() == 40);
+
+/// The OpenSSL probes' shared constants.
+pub mod tls {
+    /// How long a write may wait for its ciphertext's send. OpenSSL sends inside the
+    /// call (microseconds, milliseconds under emulation); a write that failed before
+    /// sending is superseded by its retry, and one left this long is dropped rather
+    /// than tied to a later, unrelated send of the thread.
+    pub const PENDING_WRITE_NS: u64 = 1_000_000_000;
+}
 
 #[cfg(feature = "user")]
 mod pod {

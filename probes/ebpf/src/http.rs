@@ -33,8 +33,8 @@ const ECONNRESET: i32 = 104;
 #[inline(always)]
 pub fn socket_call(cfg: &ProbeConfig, sk: u64, entry: *mut SocketTraffic, moved: u32, sent: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if cfg.tls_enabled != 0 && tls::note_socket(pid_tgid, sk) {
-        // Ciphertext inside an OpenSSL call: the uretprobe reports the plaintext.
+    if cfg.tls_enabled != 0 && tls::note_socket(pid_tgid, sk, sent) {
+        // Ciphertext inside an OpenSSL call: its probes report the plaintext.
         return;
     }
     // SAFETY: `entry` points into a live map value.

@@ -5,6 +5,8 @@
 //! test host. `http`: wrk against nginx on a test host's loopback, spans on. Both report per-probe nanoseconds per event from the kernel's own
 //! accounting (`kernel.bpf_stats_enabled`: `run_time_ns` / `run_cnt`), agent CPU and
 //! peak RSS from /proc, and what a real OTLP receiver got (counts, losses).
+//! `http-cost`: CPU µs per request inside nginx, wrk and the agent, and uprobe traps
+//! per request, with a bare trap's cost measured in the same run (`http_cost.rs`).
 //! `identity`: the Kubernetes watchers at 10,000 pods and 1,000 local processes
 //! (`BENCH_PROCESSES`, `BENCH_INTERVAL_S`, `BENCH_CARDINALITY_LIMIT`). `workloads`: peak
 //! RSS with 400 long-lived and 40 short-lived processes a second, per `max_workloads`.
@@ -18,6 +20,7 @@
 mod dns;
 mod flows;
 mod http;
+mod http_cost;
 mod identity;
 mod workloads;
 
@@ -110,8 +113,9 @@ fn main() {
         None | Some("flows") => flows::run(),
         Some("dns") => dns::run(),
         Some("http") => http::run(),
+        Some("http-cost") => http_cost::run(),
         Some("identity") => identity::run(),
         Some("workloads") => workloads::run(),
-        Some(other) => panic!("unknown benchmark {other:?}: flows, dns, http, identity or workloads"),
+        Some(other) => panic!("unknown benchmark {other:?}: flows, dns, http, http-cost, identity or workloads"),
     }
 }
