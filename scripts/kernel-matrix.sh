@@ -109,7 +109,8 @@ write_plan() {
   cp target/release/flowtel "$results/target/release/flowtel"
   # The whole workspace, as scripts/test.sh builds it: with `-p` cargo would unify
   # features differently and rebuild every test binary.
-  cargo test --release --locked --no-run --message-format=json 2>/dev/null |
+  local build_log=$results/build.log
+  cargo test --release --locked --no-run --message-format=json 2>"$build_log" |
     python3 -c '
 import json, os, shutil, sys
 plan = {}
@@ -123,7 +124,8 @@ for message in map(json.loads, sys.stdin):
         copy = os.path.join(sys.argv[2], os.path.basename(message["executable"]))
         shutil.copy2(message["executable"], copy)
         print(copy, "--exact", *plan[target])
-' tests/kernels/plan "$results/target/release/tests" >"$results/plan"
+' tests/kernels/plan "$results/target/release/tests" >"$results/plan" ||
+    { tail -n 40 "$build_log" >&2; log "building the test binaries failed (above; whole log: $build_log)"; exit 1; }
   {
     echo "export CI=true HOME=$HOME PATH='$PATH'"
     # The tests find the agent under CARGO_TARGET_DIR (tests/src/agent.rs).

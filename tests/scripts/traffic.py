@@ -15,6 +15,10 @@ tcp-client HOST PORT CONNS SEND RECV
 udp-server PORT COUNT SIZE       receive COUNT datagrams (recvfrom), echo each back (sendto).
 udp-client HOST PORT COUNT SIZE  connected UDP socket: send COUNT datagrams of SIZE bytes,
                                  read each echo.
+udp-failed-send PORT             unconnected UDP socket: a sendto that fails (a broadcast
+                                 without SO_BROADCAST, after the sendmsg hook), then one recv without an address;
+                                 prints "done N" with the bytes received.
+udp-send HOST PORT SIZE          one datagram of SIZE bytes.
 hold-clients HOST PORT N CGROUP...
                                  fork N processes, child i first moving into CGROUP[i % len];
                                  each opens one connection, sends 1 byte, reads the reply,
@@ -134,6 +138,23 @@ def udp_client(host, port, count, size):
     print("done", flush=True)
 
 
+def udp_failed_send(port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    try:
+        sock.sendto(b"x", ("255.255.255.255", 9))
+        raise SystemExit("the broadcast was sent")
+    except OSError:  # EACCES, or ENETUNREACH where no route covers it: after the hook
+        pass
+    print("ready", flush=True)
+    print("done", len(sock.recv(65536)), flush=True)
+
+
+def udp_send(host, port, size):
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"y" * size, (host, port))
+    print("done", flush=True)
+
+
 def hold_clients(host, port, n, cgroups):
     import os
     children = []
@@ -221,5 +242,9 @@ if __name__ == "__main__":
         udp_server(*map(int, args))
     elif cmd == "udp-client":
         udp_client(args[0], *map(int, args[1:]))
+    elif cmd == "udp-failed-send":
+        udp_failed_send(int(args[0]))
+    elif cmd == "udp-send":
+        udp_send(args[0], *map(int, args[1:]))
     else:
         raise SystemExit(f"unknown command {cmd}")

@@ -183,6 +183,45 @@ fn udp_bytes_are_exact_at_both_ends_with_unconnected_server() {
     drop(agent);
 }
 
+/// A sendto that fails after the sendmsg hook noted its destination (a broadcast
+/// without `SO_BROADCAST`) leaves no peer behind: the thread's next receive without an
+/// address is counted exactly, under no peer, and `peer_unknown` says so, instead of
+/// under the failed send's destination.
+#[test]
+fn a_failed_sendto_leaves_no_peer_for_the_next_receive() {
+    if !privileged_or_skip("a_failed_sendto_leaves_no_peer_for_the_next_receive") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("udpfail", 59);
+    let server_ip = link.addr_a.to_string();
+    let mut server = Traffic::spawn(&link.a, &["udp-failed-send", "9210"]);
+    server.wait_line("ready");
+    Traffic::spawn(&link.b, &["udp-send", &server_ip, "9210", "300"]).wait_line("done");
+    server.wait_line("done 300");
+    let server_pid = server.pid().to_string();
+    server.finish();
+
+    let res = [("process.pid", server_pid.as_str())];
+    let received = [("network.transport", "udp"), ("network.io.direction", "receive")];
+    let arrived = eventually(Duration::from_secs(20), || {
+        let got = receiver.received.snapshot();
+        total(&points(&got, IO), &res, &received) == 300.0
+            && points(&got, "flowtel.agent.events.lost")
+                .iter()
+                .any(|p| p.attrs["flowtel.loss.cause"] == "peer_unknown" && p.value >= 1.0)
+    });
+    let got = receiver.received.snapshot();
+    let all_io = points(&got, IO);
+    let io = matching(&all_io, &res, &[("network.transport", "udp")]);
+    assert!(arrived, "io: {io:#?}\nlost: {:#?}\nlog:\n{}", points(&got, "flowtel.agent.events.lost"), agent.log());
+    assert!(
+        io.iter().all(|p| p.attrs.get("network.peer.address").map(String::as_str) != Some("255.255.255.255")),
+        "the failed send's destination named the received bytes: {io:#?}"
+    );
+    drop(agent);
+}
+
 #[test]
 fn tcp_over_ipv6_is_exact_and_names_ipv6() {
     if !privileged_or_skip("tcp_over_ipv6_is_exact_and_names_ipv6") {

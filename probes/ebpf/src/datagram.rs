@@ -107,6 +107,14 @@ fn stash(peer: &DatagramPeer) {
     let _ = DATAGRAM_PEERS.insert(bpf_get_current_pid_tgid(), peer, 0);
 }
 
+/// A send that failed (`ret <= 0`) after the sendmsg hook stashed its destination (a
+/// broadcast without `SO_BROADCAST`, no route): no byte counter takes that peer, so it
+/// goes now, before the thread's next receive without an address could take it.
+#[inline(always)]
+pub fn forget_peer() {
+    let _ = DATAGRAM_PEERS.remove(bpf_get_current_pid_tgid());
+}
+
 /// Called from `sock_send_length`/`sock_recv_length` for an unconnected UDP socket:
 /// takes this thread's stashed peer (and removes it, so it is never reused).
 #[inline(always)]

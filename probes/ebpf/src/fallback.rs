@@ -15,7 +15,7 @@ use flowtel_probes_abi::protocol;
 
 use crate::{
     config::config,
-    http,
+    datagram, http,
     maps::{RECEIVING, SENDING},
     traffic::account,
 };
@@ -167,6 +167,9 @@ fn take_sending() -> Option<u64> {
 
 #[inline(always)]
 fn sent(sk: u64, proto: u8, ret: i32) -> Option<()> {
+    if ret <= 0 && proto == protocol::UDP {
+        datagram::forget_peer();
+    }
     moved(sk, proto, ret, true)
 }
 

@@ -59,7 +59,9 @@ fn try_raw_length(ctx: &RawTracePointContext, sent: bool) -> Option<()> {
         return None;
     }
     if ret <= 0 {
-        if !sent && cfg.http_wanted() {
+        if sent {
+            datagram::forget_peer();
+        } else if cfg.http_wanted() {
             http::connection_end(cfg, sk, ret);
         }
         return None;
@@ -86,6 +88,9 @@ fn try_flow_length(ctx: &TracePointContext, sent: bool) -> Option<()> {
             ctx.read_at(cfg.length_sk.into()).ok()?,
         )
     };
+    if ret <= 0 && sent {
+        datagram::forget_peer();
+    }
     if ret <= 0 || (!sent && flags & MSG_PEEK != 0) {
         return None;
     }
