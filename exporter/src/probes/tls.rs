@@ -159,8 +159,10 @@ fn is_libssl(file_name: &str) -> bool {
 /// there; the `_ex` forms are OpenSSL 1.1.1 and later. Returns where they went.
 fn attach_file(ebpf: &mut Ebpf, path: &Path, emulated: bool) -> Result<Vec<String>, String> {
     let mut placed = Vec::new();
+    // Read once for the four functions' code.
+    let file = if emulated { std::fs::read(path).ok() } else { None };
     for (program, function, returns) in ENTRIES {
-        let points = if emulated { tls_points::find(path, function) } else { tls_points::CLASSIC };
+        let points = if emulated { tls_points::find(file.as_deref(), function) } else { tls_points::CLASSIC };
         let entry: &mut UProbe = program_of(ebpf, program)?;
         match entry.attach(UProbeAttachLocation::SymbolOffset(function, points.entry), path, UProbeScope::AllProcesses)
         {

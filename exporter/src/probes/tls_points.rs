@@ -15,8 +15,6 @@
 //! instruction in front of each `ret` that every return passes exactly once, with the
 //! return value already in rax. Where the code offers no such places, the classic
 //! ones: the first instruction and a uretprobe.
-use std::path::Path;
-
 use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess, Register};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
@@ -35,16 +33,13 @@ pub const CLASSIC: Points = Points { entry: 0, returns: None };
 /// is the fourth).
 const ARGUMENTS: [Register; 4] = [Register::RDI, Register::RSI, Register::RDX, Register::RCX];
 
-/// The points for `symbol` in the ELF file at `path`; the classic ones when the file
-/// or the function cannot be read as x86-64 code.
-pub fn find(path: &Path, symbol: &str) -> Points {
+/// The points for `symbol` in `file` (an ELF file's bytes, `None` if unreadable); the
+/// classic ones when the function cannot be read as x86-64 code.
+pub fn find(file: Option<&[u8]>, symbol: &str) -> Points {
     if !cfg!(target_arch = "x86_64") {
         return CLASSIC;
     }
-    std::fs::read(path)
-        .ok()
-        .and_then(|data| function_code(&data, symbol).map(|code| points_in(&code)))
-        .unwrap_or(CLASSIC)
+    file.and_then(|data| function_code(data, symbol)).map_or(CLASSIC, |code| points_in(&code))
 }
 
 fn function_code(data: &[u8], symbol: &str) -> Option<Vec<u8>> {
@@ -183,6 +178,8 @@ fn writes_any(info: &mut InstructionInfoFactory, instruction: &Instruction, regi
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     /// `SSL_read` of Debian 12's libssl3 (OpenSSL 3.0), as objdump shows it: `sub`
@@ -231,10 +228,11 @@ mod tests {
             eprintln!("SKIPPED: no system libssl.so.3");
             return;
         };
+        let file = std::fs::read(path).ok();
         for function in ["SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"] {
-            assert_ne!(find(path, function).entry, 0, "{function}");
+            assert_ne!(find(file.as_deref(), function).entry, 0, "{function}");
         }
         // SSL_read_ex ends in a `cmovs` into eax just before its `ret`: a uretprobe there.
-        assert!(find(path, "SSL_read").returns.is_some());
+        assert!(find(file.as_deref(), "SSL_read").returns.is_some());
     }
 }
