@@ -9,7 +9,7 @@ use flowtel_e2e::{
     netns::Link,
     query::{points, spans, spans_matching},
     receiver::Receiver,
-    servers::{nginx, self_signed},
+    servers::{Background, nginx, self_signed},
     traffic::wrk,
 };
 
@@ -24,14 +24,7 @@ pub fn run() {
     let connections = u32::try_from(env_or("BENCH_HTTP_CONNECTIONS", 16)).unwrap_or(16);
     let stats = BpfStats::enable();
     let link = Link::new("bhttp", 61);
-    let dir = std::env::temp_dir().join("flowtel-bench-nginx");
-    let (cert, key) = self_signed(&dir);
-    let block = format!(
-        "server {{ listen 127.0.0.1:{PORT}; location = /ok {{ return 200 'ok'; }} }}\n\
-         server {{ listen 127.0.0.1:{TLS_PORT} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n\
-           location = /ok {{ return 200 'ok'; }} }}"
-    );
-    let _nginx = nginx(&link.a, &block, &dir);
+    let _nginx = nginx_ok(&link.a, "flowtel-bench-nginx", PORT, TLS_PORT);
     let http = format!("http://127.0.0.1:{PORT}/ok");
     let https = format!("https://127.0.0.1:{TLS_PORT}/ok");
     println!("## flowtel HTTP benchmark (wrk -> nginx on a test host's loopback, spans on, {seconds} s per run)\n");
@@ -98,4 +91,17 @@ pub fn run() {
     probe_totals.retain(|name, (_, count)| *count > 0 && (name.starts_with("flow_") || name.starts_with("tls_")));
     print_probe_table(&probe_totals);
     drop(stats);
+}
+
+/// nginx in `ns` answering `/ok` with 200 on loopback: clear text on `port`, TLS (a
+/// throwaway certificate) on `tls_port`; its files under the temp dir's `dir_name`.
+pub fn nginx_ok(ns: &str, dir_name: &str, port: u16, tls_port: u16) -> Background {
+    let dir = std::env::temp_dir().join(dir_name);
+    let (cert, key) = self_signed(&dir);
+    let block = format!(
+        "server {{ listen 127.0.0.1:{port}; location = /ok {{ return 200 'ok'; }} }}\n\
+         server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n\
+           location = /ok {{ return 200 'ok'; }} }}"
+    );
+    nginx(ns, &block, &dir)
 }

@@ -10,15 +10,9 @@
 //! measured in the same run on an empty function, turns the trap count into time.
 use std::{collections::BTreeMap, path::Path, process::Command, time::Instant};
 
-use flowtel_e2e::{
-    agent::Agent,
-    netns::Link,
-    receiver::Receiver,
-    servers::{nginx, self_signed},
-    traffic::wrk,
-};
+use flowtel_e2e::{agent::Agent, netns::Link, receiver::Receiver, traffic::wrk};
 
-use super::{BpfStats, cpu_ticks, env_or, program_stats};
+use super::{BpfStats, cpu_ticks, env_or, http::nginx_ok, program_stats};
 
 const PORT: u16 = 8091;
 const TLS_PORT: u16 = 8454;
@@ -41,14 +35,7 @@ pub fn run() {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     let link = Link::new("bcost", 62);
-    let dir = std::env::temp_dir().join("flowtel-bench-cost-nginx");
-    let (cert, key) = self_signed(&dir);
-    let block = format!(
-        "server {{ listen 127.0.0.1:{PORT}; location = /ok {{ return 200 'ok'; }} }}\n\
-         server {{ listen 127.0.0.1:{TLS_PORT} ssl; ssl_certificate {cert}; ssl_certificate_key {key};\n\
-           location = /ok {{ return 200 'ok'; }} }}"
-    );
-    let server = nginx(&link.a, &block, &dir);
+    let server = nginx_ok(&link.a, "flowtel-bench-cost-nginx", PORT, TLS_PORT);
     pin(server.0.id(), 1);
     let (http, https) = (format!("http://127.0.0.1:{PORT}/ok"), format!("https://127.0.0.1:{TLS_PORT}/ok"));
     // HTTPS twice: the uprobes on emulated instructions (the default), then at the
