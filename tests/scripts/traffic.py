@@ -12,6 +12,12 @@ tcp-rtt-server PORT RECV SEND    accept one connection, read RECV bytes, send SE
 tcp-client HOST PORT CONNS SEND RECV
                                  open CONNS connections in turn; on each send SEND bytes,
                                  read until the server closes (expects RECV bytes).
+tcp-shared-client HOST PORT1 PORT2 ROUNDS
+                                 per round: connect to PORT1, send 100 bytes, fork; the child
+                                 sends 200 more on that socket, reads to the end and closes it
+                                 last (the parent closed its copy at once); then the parent
+                                 sends 300 bytes on a new connection to PORT2, which the kernel
+                                 often puts at the freed socket's address.
 udp-server PORT COUNT SIZE       receive COUNT datagrams (recvfrom), echo each back (sendto).
 udp-client HOST PORT COUNT SIZE  connected UDP socket: send COUNT datagrams of SIZE bytes,
                                  read each echo.
@@ -115,6 +121,34 @@ def tcp_client(host, port, conns, send, recv):
         if got != recv:
             raise SystemExit(f"expected {recv} bytes, got {got}")
         conn.close()
+    print("done", flush=True)
+
+
+def read_to_end(sock):
+    while sock.recv(65536):
+        pass
+
+
+def tcp_shared_client(host, port1, port2, rounds):
+    import os
+    import time
+    for _ in range(rounds):
+        shared = socket.create_connection((host, port1))
+        shared.sendall(b"p" * 100)
+        child = os.fork()
+        if child == 0:
+            shared.sendall(b"c" * 200)
+            read_to_end(shared)
+            shared.close()
+            os._exit(0)
+        shared.close()
+        os.waitpid(child, 0)
+        # The shared socket is freed once the server has acknowledged its last FIN.
+        time.sleep(0.005)
+        fresh = socket.create_connection((host, port2))
+        fresh.sendall(b"f" * 300)
+        read_to_end(fresh)
+        fresh.close()
     print("done", flush=True)
 
 
@@ -232,6 +266,8 @@ if __name__ == "__main__":
         tcp_rtt_server(*map(int, args))
     elif cmd == "tcp-client":
         tcp_client(args[0], *map(int, args[1:]))
+    elif cmd == "tcp-shared-client":
+        tcp_shared_client(args[0], *map(int, args[1:]))
     elif cmd == "hold-clients":
         hold_clients(args[0], int(args[1]), int(args[2]), args[3:])
     elif cmd == "sink-server":

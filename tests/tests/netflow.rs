@@ -222,6 +222,65 @@ fn a_failed_sendto_leaves_no_peer_for_the_next_receive() {
     drop(agent);
 }
 
+/// A socket two processes send on, closed by the one that did not send first, then a
+/// new connection of the first process at (often) the freed socket's address: each
+/// byte stays with the connection it went over.
+#[test]
+fn a_shared_socket_hands_no_bytes_to_the_next_socket_at_its_address() {
+    const ROUNDS: u64 = 40;
+    if !privileged_or_skip("a_shared_socket_hands_no_bytes_to_the_next_socket_at_its_address") {
+        return;
+    }
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("tcpshare", 63);
+    let server_ip = link.addr_a.to_string();
+    let rounds = ROUNDS.to_string();
+    let mut servers: Vec<Traffic> = ["9720", "9721"]
+        .iter()
+        .map(|port| Traffic::spawn(&link.a, &["tcp-server", port, &rounds, "300", "0"]))
+        .collect();
+    for server in &mut servers {
+        server.wait_line("ready");
+    }
+    let mut client = Traffic::spawn(&link.b, &["tcp-shared-client", &server_ip, "9720", "9721", &rounds]);
+    client.wait_line("done");
+    let client_pid = client.pid().to_string();
+    client.finish();
+    for mut server in servers {
+        server.wait_line("done");
+        server.finish();
+    }
+
+    let sent_to = |port: &'static str| {
+        [
+            ("network.peer.address", server_ip.as_str()),
+            ("network.peer.port", port),
+            ("network.io.direction", "transmit"),
+        ]
+    };
+    let expected = (300 * ROUNDS) as f64;
+    let arrived = eventually(Duration::from_secs(20), || {
+        let io = points(&receiver.received.snapshot(), IO);
+        total(&io, &[], &sent_to("9720")) == expected && total(&io, &[], &sent_to("9721")) == expected
+    });
+    let io = points(&receiver.received.snapshot(), IO);
+    assert!(
+        arrived,
+        "to 9720: {} and to 9721: {} bytes, {expected} each expected; {:#?}\nlog:\n{}",
+        total(&io, &[], &sent_to("9720")),
+        total(&io, &[], &sent_to("9721")),
+        matching(&io, &[], &[("network.io.direction", "transmit")])
+            .iter()
+            .map(|p| (p.resource.get("process.pid"), p.attrs.get("network.peer.port"), p.value))
+            .collect::<Vec<_>>(),
+        agent.log()
+    );
+    let parent = [("process.pid", client_pid.as_str())];
+    assert_eq!(total(&io, &parent, &sent_to("9720")), (100 * ROUNDS) as f64, "the parent's own share");
+    assert_eq!(total(&io, &parent, &sent_to("9721")), expected);
+    drop(agent);
+}
+
 #[test]
 fn tcp_over_ipv6_is_exact_and_names_ipv6() {
     if !privileged_or_skip("tcp_over_ipv6_is_exact_and_names_ipv6") {

@@ -6,6 +6,8 @@ use aya::{
 };
 use flowtel_probes_abi::{FlowKey, FlowStats, SocketKey, SocketTraffic, control, lost};
 
+use super::barrier::ProgramBarrier;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("the BPF object has no map {0}")]
@@ -31,10 +33,14 @@ pub struct FlowReader {
     lost: PerCpuArray<MapData, u64>,
     active: u32,
     lost_seen: [u64; lost::COUNT as usize],
+    /// Waits out the programs still writing to the retiring tables (`barrier.rs`);
+    /// `None` where the kernel refused its map, then the swap sleeps `GRACE` instead.
+    barrier: Option<ProgramBarrier>,
 }
 
-/// How long programs that read the old table index may still be writing to it. BPF
-/// programs on tracepoints run to completion in microseconds; this is generous.
+/// Only without the barrier: how long programs that read the old table index may
+/// still be writing to it. They run to completion in microseconds; this is generous,
+/// but not a guarantee.
 const GRACE: Duration = Duration::from_millis(5);
 
 pub(super) fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ReadError>
@@ -54,10 +60,29 @@ impl FlowReader {
             lost: take(ebpf, "LOST")?,
             active: 0,
             lost_seen: [0; lost::COUNT as usize],
+            barrier: ProgramBarrier::new()
+                .inspect_err(|err| {
+                    tracing::warn!(%err, "no BPF map of maps for the table swap: it waits 5 ms instead of a grace period");
+                })
+                .ok(),
         })
     }
 
-    /// Everything counted since the last drain. Blocking (a short sleep and one
+    /// Returns when no program can still be writing to the retiring tables.
+    fn settle(&mut self) {
+        if let Some(barrier) = &self.barrier {
+            match barrier.wait() {
+                Ok(()) => return,
+                Err(err) => {
+                    tracing::warn!(%err, "the table swap's grace period failed: waiting 5 ms from now on");
+                    self.barrier = None;
+                }
+            }
+        }
+        std::thread::sleep(GRACE);
+    }
+
+    /// Everything counted since the last drain. Blocking (an RCU grace period and one
     /// syscall per flow): call it from a blocking thread.
     pub fn drain(&mut self) -> Result<Vec<KernelFlow>, ReadError> {
         let retiring = self.active;
@@ -65,7 +90,7 @@ impl FlowReader {
         self.control
             .set(control::ACTIVE_TABLE, self.active, 0)
             .map_err(|cause| ReadError::Map { map: "CONTROL", cause })?;
-        std::thread::sleep(GRACE);
+        self.settle();
         // Per-socket TCP bytes fold into their flows here, with the per-flow entries.
         let mut by_flow: StdHashMap<FlowKey, FlowStats> = StdHashMap::new();
         let flows = &mut self.tables[retiring as usize];

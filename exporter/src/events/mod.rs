@@ -4,7 +4,9 @@
 //!
 //! Guarantee: every count the kernel added to a table is read exactly once. The probes
 //! write into the active table; `drain` makes the other one active, waits for programs
-//! still running on the old one to finish, then reads and empties it.
+//! still running on the old one to finish (an RCU grace period, `barrier.rs`), then
+//! reads and empties it.
+mod barrier;
 mod dns;
 mod flows;
 mod http;

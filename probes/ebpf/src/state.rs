@@ -143,9 +143,17 @@ fn forget(sk: u64) {
 }
 
 /// A process-context transition: the current process owns the socket from now on.
+/// The previous owner's bytes of this interval move to its flow now, so a socket has
+/// at most one per-socket entry (its owner's), which `close` folds: an entry left
+/// under another pid would hand its old flow to whatever socket reuses the address.
 pub fn claim(sk: u64, pid: u32) {
     let Some(info) = SOCKETS.get_ptr_mut(sk) else { return };
     // SAFETY: `info` points into a live map value.
+    let previous = unsafe { (*info).key.pid };
+    if previous != pid {
+        fold_previous_owner(sk, previous);
+    }
+    // SAFETY: as above.
     unsafe {
         (*info).key.pid = pid;
         if (*info).open_pending == 1 {
@@ -154,6 +162,12 @@ pub fn claim(sk: u64, pid: u32) {
             count(&key, |s| &raw mut (*s).opened);
         }
     }
+}
+
+/// Its own frame: it runs beside `adopt_socket` under `new_tcp_entry`, never inside it.
+#[inline(never)]
+fn fold_previous_owner(sk: u64, pid: u32) {
+    fold_socket_bytes(&SocketKey { sk, pid, _pad: 0 });
 }
 
 #[inline(never)]
