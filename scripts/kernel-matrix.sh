@@ -8,6 +8,7 @@
 #
 #   scripts/kernel-matrix.sh [NAME ...]      the named kernels (default: all)
 #
+# KERNEL_MATRIX_PLAN another plan (default tests/kernels/plan), for a partial run by hand.
 # KERNEL_MATRIX_JOBS guests at once (default 1), KERNEL_MATRIX_SMP vCPUs each (2),
 # KERNEL_MATRIX_TIMEOUT seconds per guest (3000), KERNEL_MATRIX_BUDGET seconds for the
 # whole run (none): a guest still running at either limit is killed and fails, one not
@@ -101,7 +102,7 @@ make_initramfs() {
 }
 
 # Writes the guests' plan once: every test binary of the plan's test targets, with
-# filters. The guests run copies of the binaries (in $results/target): a rebuild on the
+# filters. KERNEL_MATRIX_PLAN names another plan file (a partial run, by hand). The guests run copies of the binaries (in $results/target): a rebuild on the
 # host while guests run does not change what they test.
 write_plan() {
   local results=$1
@@ -117,14 +118,16 @@ plan = {}
 for line in open(sys.argv[1]):
     line = line.split("#")[0].split()
     if line:
-        plan[line[0]] = line[1:]
+        plan.setdefault(line[0], []).append(line[1:])
 for message in map(json.loads, sys.stdin):
     target = message.get("target", {}).get("name")
     if message.get("executable") and target in plan and message.get("profile", {}).get("test"):
         copy = os.path.join(sys.argv[2], os.path.basename(message["executable"]))
         shutil.copy2(message["executable"], copy)
-        print(copy, "--exact", *plan[target])
-' tests/kernels/plan "$results/target/release/tests" >"$results/plan" ||
+        for words in plan[target]:
+            settings = [w for w in words if "=" in w]
+            print(copy, *settings, "--exact", *[w for w in words if "=" not in w])
+' "${KERNEL_MATRIX_PLAN:-tests/kernels/plan}" "$results/target/release/tests" >"$results/plan" ||
     { tail -n 40 "$build_log" >&2; log "building the test binaries failed (above; whole log: $build_log)"; exit 1; }
   {
     echo "export CI=true HOME=$HOME PATH='$PATH'"

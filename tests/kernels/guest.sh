@@ -27,8 +27,13 @@ features=$(sed -n '/^features:/,/^probes:/p' "$results/status.txt")
 status=0
 while read -r binary words; do
   [[ -z $binary || $binary == \#* ]] && continue
-  tests=()
+  tests=() settings=()
   for word in $words; do
+    # VAR=VALUE: a setting for every agent this line's tests start (tests/src/agent.rs).
+    if [[ $word == *=* ]]; then
+      settings+=("$word")
+      continue
+    fi
     name=${word%%:*} needs=${word#*:}
     if [[ $word == *:* ]] && ! grep -qE "^  $needs +attached" <<<"$features"; then
       echo "not run: $name (needs $needs, which this kernel lacks)" >>"$results/tests.log"
@@ -41,8 +46,9 @@ while read -r binary words; do
   start=$(date +%s)
   # --report-time (libtest's, unstable: RUSTC_BOOTSTRAP lets a stable build take it)
   # puts each test's seconds in the log.
-  RUSTC_BOOTSTRAP=1 "$binary" --test-threads=1 -Zunstable-options --report-time "${tests[@]}" \
+  [[ ${#settings[@]} -gt 0 ]] && echo "with ${settings[*]}:" >>"$results/tests.log"
+  FLOWTEL_E2E_AGENT_ENV="${settings[*]}" RUSTC_BOOTSTRAP=1 "$binary" --test-threads=1 -Zunstable-options --report-time "${tests[@]}" \
     >>"$results/tests.log" 2>&1 || status=1
-  echo "$(($(date +%s) - start)) s: $(basename "$binary") ${tests[*]:1}" >>"$results/seconds-per-binary"
+  echo "$(($(date +%s) - start)) s: $(basename "$binary") ${settings[*]} ${tests[*]:1}" >>"$results/seconds-per-binary"
 done <"$results/plan"
 echo "$status" >"$results/tests.rc"

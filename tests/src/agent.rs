@@ -21,7 +21,19 @@ pub struct Agent {
     log: Arc<Mutex<String>>,
 }
 
-/// The environment every test agent starts from: fast export, no inherited OTEL_* noise.
+/// Settings every test agent of this run gets (`VAR=VALUE ...`): the kernel matrix runs
+/// some tests again with, say, the kprobe fallback forced (tests/kernels/plan).
+pub const AGENT_ENV: &str = "FLOWTEL_E2E_AGENT_ENV";
+
+/// The `AGENT_ENV` settings, as pairs.
+pub fn run_settings() -> Vec<(String, String)> {
+    let settings = std::env::var(AGENT_ENV).unwrap_or_default();
+    let pairs = settings.split_whitespace().filter_map(|word| word.split_once('='));
+    pairs.map(|(key, value)| (key.to_owned(), value.to_owned())).collect()
+}
+
+/// The environment every test agent starts from: fast export, no inherited OTEL_* noise,
+/// then the run's own settings.
 fn base_command() -> Command {
     let mut cmd = Command::new(binary());
     for (key, _) in std::env::vars() {
@@ -30,6 +42,7 @@ fn base_command() -> Command {
         }
     }
     cmd.env("OTEL_METRIC_EXPORT_INTERVAL", "1000").env("RUST_LOG", "");
+    cmd.envs(run_settings());
     cmd
 }
 

@@ -108,6 +108,12 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
         .map(|probe| total(&attached, &agent_res, &[("flowtel.probe", probe)]))
         .sum();
     assert_eq!(send_hooks, 1.0, "exactly one byte-counting hook for TCP sends: {attached:#?}");
+    // The kernel matrix runs this test again with the kprobe fallback forced.
+    let forced = flowtel_e2e::agent::run_settings();
+    if forced.iter().any(|(key, value)| key == "FLOWTEL_PROBES_ATTACH_MODE" && value == "kprobes") {
+        let kprobe = total(&attached, &agent_res, &[("flowtel.probe", "flow_send_tcp_kprobe")]);
+        assert_eq!(kprobe, 1.0, "the forced kprobe fallback counted these bytes: {attached:#?}");
+    }
 
     let (status, log) = agent.stop();
     assert!(status.success(), "agent exit {status}; log:\n{log}");

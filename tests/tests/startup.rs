@@ -133,15 +133,21 @@ fn status_reports_attached_probes_and_verifies_the_kprobe_fallback() {
         assert!(bytes.contains("fexit tcp_sendmsg") || bytes.contains("kretprobe tcp_sendmsg"), "{out}");
     }
 
-    // Forcing the fallback: attaches where kprobes or fentry exist, a clear error where not.
-    let (status, forced) = run_to_exit(&["status"], &[("FLOWTEL_PROBES_ATTACH_MODE", "kprobes")]);
-    let fallback = self::features(&forced).into_iter().find(|(n, _)| n == "bytes").map(|(_, s)| s).unwrap_or_default();
-    if fallback.starts_with("attached") {
-        assert!(status.success(), "{forced}");
-        assert!(fallback.contains("tcp_sendmsg") && !fallback.contains("sock_send_length"), "{forced}");
-    } else {
-        assert!(!status.success() && forced.contains("no way to count bytes"), "{forced}");
-        assert!(forced.contains("flow_send_tcp_kprobe") && forced.contains("failed: "), "{forced}");
+    // Forcing each fallback: it alone attaches where the kernel offers it, a clear error
+    // naming its programs where not.
+    for (mode, hook, program) in [
+        ("fentry", "fexit tcp_sendmsg", "flow_send_tcp_fexit"),
+        ("kprobes", "kretprobe tcp_sendmsg", "flow_send_tcp_kprobe"),
+    ] {
+        let (status, forced) = run_to_exit(&["status"], &[("FLOWTEL_PROBES_ATTACH_MODE", mode)]);
+        let bytes = self::features(&forced).into_iter().find(|(n, _)| n == "bytes").map(|(_, s)| s).unwrap_or_default();
+        if bytes.starts_with("attached") {
+            assert!(status.success(), "{mode}: {forced}");
+            assert!(bytes.contains(hook) && !bytes.contains("sock_send_length"), "{mode}: {forced}");
+        } else {
+            assert!(!status.success() && forced.contains("no way to count bytes"), "{mode}: {forced}");
+            assert!(forced.contains(program) && forced.contains("failed: "), "{mode}: {forced}");
+        }
     }
 }
 

@@ -43,7 +43,7 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
-    /// `auto` (tracepoints, kprobes where they are missing), `tracepoints`, `kprobes`.
+    /// `auto` (tracepoints, else fentry, else kprobes), `tracepoints`, `fentry`, `kprobes`.
     pub attach_mode: AttachMode,
     /// Distinct flows (process × endpoints × direction) the kernel holds per interval.
     pub flow_table_entries: u32,

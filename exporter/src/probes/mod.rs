@@ -40,11 +40,14 @@ pub enum ProbeError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachMode {
-    /// Tracepoints where the kernel has them, kprobes otherwise.
+    /// Tracepoints where the kernel has them, else fentry/fexit, else kprobes.
     Auto,
     /// Tracepoints only; fail if they are missing.
     Tracepoints,
-    /// The kprobe fallback even where tracepoints exist.
+    /// The socket functions as fentry/fexit even where tracepoints exist.
+    Fentry,
+    /// The socket functions as kprobes/kretprobes even where better hooks exist: the last
+    /// resort of kernels without tracepoints or fentry, chosen by hand to prove it there.
     Kprobes,
 }
 
@@ -189,9 +192,8 @@ pub fn load_and_attach(settings: &ProbeSettings) -> Result<Probes, ProbeError> {
 fn attach_mode_allows(mode: AttachMode, variant: &Variant) -> Result<(), String> {
     match (mode, variant.name) {
         (AttachMode::Tracepoints, "kprobes" | "fentry") => Err("probes.attach_mode is tracepoints".into()),
-        (AttachMode::Kprobes, name) if name != "kprobes" && name != "fentry" => {
-            Err("probes.attach_mode is kprobes".into())
-        }
+        (AttachMode::Fentry, name) if name != "fentry" => Err("probes.attach_mode is fentry".into()),
+        (AttachMode::Kprobes, name) if name != "kprobes" => Err("probes.attach_mode is kprobes".into()),
         _ => Ok(()),
     }
 }
