@@ -18,6 +18,10 @@ tcp-shared-client HOST PORT1 PORT2 ROUNDS
                                  last (the parent closed its copy at once); then the parent
                                  sends 300 bytes on a new connection to PORT2, which the kernel
                                  often puts at the freed socket's address.
+tcp-fanout HOST PORT N           fork N processes, each opening one connection, sending 10
+                                 bytes and reading 10; all stay open until every one has
+                                 (then "done"), then close ("closed"). More sockets and flows
+                                 at once than small tables hold.
 udp-server PORT COUNT SIZE       receive COUNT datagrams (recvfrom), echo each back (sendto).
 udp-client HOST PORT COUNT SIZE  connected UDP socket: send COUNT datagrams of SIZE bytes,
                                  read each echo.
@@ -152,6 +156,33 @@ def tcp_shared_client(host, port1, port2, rounds):
     print("done", flush=True)
 
 
+def tcp_fanout(host, port, n):
+    import os
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    children = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os.close(go_w)
+            conn = socket.create_connection((host, port))
+            conn.sendall(b"c" * 10)
+            recv_exact(conn, 10)
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)  # returns at EOF, when the parent closes its end
+            conn.close()
+            os._exit(0)
+        children.append(pid)
+    os.close(go_r)
+    for _ in range(n):
+        os.read(ready_r, 1)
+    print("done", flush=True)
+    os.close(go_w)
+    for pid in children:
+        os.waitpid(pid, 0)
+    print("closed", flush=True)
+
+
 def udp_server(port, count, size):
     srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     srv.bind(("0.0.0.0", port))
@@ -268,6 +299,8 @@ if __name__ == "__main__":
         tcp_client(args[0], *map(int, args[1:]))
     elif cmd == "tcp-shared-client":
         tcp_shared_client(args[0], *map(int, args[1:]))
+    elif cmd == "tcp-fanout":
+        tcp_fanout(args[0], *map(int, args[1:]))
     elif cmd == "hold-clients":
         hold_clients(args[0], int(args[1]), int(args[2]), args[3:])
     elif cmd == "sink-server":

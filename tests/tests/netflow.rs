@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flowtel_e2e::{
-    agent::with_grpc_receiver,
+    agent::{with_grpc_receiver, with_grpc_receiver_and},
     netns::Link,
     privileged_or_skip,
     query::{matching, points, total},
@@ -285,6 +285,49 @@ fn a_shared_socket_hands_no_bytes_to_the_next_socket_at_its_address() {
     assert_eq!(total(&io, &parent, &sent_to("9720")), (100 * ROUNDS) as f64, "the parent's own share");
     assert_eq!(total(&io, &parent, &sent_to("9721")), expected);
     drop(agent);
+}
+
+/// Tables at their smallest setting and more connections, processes and flows at once
+/// than they hold: each table's loss is counted under its own cause, and no byte is
+/// counted twice.
+#[test]
+fn full_tables_count_their_losses_under_their_own_causes() {
+    const CLIENTS: u32 = 120;
+    if !privileged_or_skip("full_tables_count_their_losses_under_their_own_causes") {
+        return;
+    }
+    let small = [("FLOWTEL_PROBES_FLOW_TABLE_ENTRIES", "64"), ("FLOWTEL_PROBES_SOCKET_TABLE_ENTRIES", "64")];
+    let (receiver, agent) = with_grpc_receiver_and(&small);
+    let link = Link::new("tcpfull", 64);
+    let server_ip = link.addr_a.to_string();
+    let clients = CLIENTS.to_string();
+    let mut server = Traffic::spawn(&link.a, &["tcp-server", "9730", &clients, "10", "10"]);
+    server.wait_line("ready");
+    let mut fanout = Traffic::spawn(&link.b, &["tcp-fanout", &server_ip, "9730", &clients]);
+    fanout.wait_line("done");
+    fanout.wait_line("closed");
+    fanout.finish();
+    server.wait_line("done");
+    server.finish();
+
+    let lost = |cause: &str| {
+        let got = receiver.received.snapshot();
+        total(
+            &points(&got, "flowtel.agent.events.lost"),
+            &[],
+            &[("flowtel.probe", "netflow"), ("flowtel.loss.cause", cause)],
+        )
+    };
+    let causes = ["map_full", "socket_table_full", "socket_bytes_table_full"];
+    let fired = eventually(Duration::from_secs(20), || causes.iter().all(|cause| lost(cause) >= 1.0));
+    let counts: Vec<_> = causes.iter().map(|cause| (*cause, lost(cause))).collect();
+    assert!(fired, "every table's loss: {counts:?}\nlog:\n{}", agent.log());
+    let io = points(&receiver.received.snapshot(), IO);
+    let to_server = [("network.peer.address", server_ip.as_str()), ("network.peer.port", "9730")];
+    let counted = total(&io, &[], &to_server);
+    assert!(counted <= f64::from(CLIENTS * 20), "{counted} bytes counted of {} exchanged", CLIENTS * 20);
+    let (status, log) = agent.stop();
+    assert!(status.success(), "the agent did not run to a clean stop: {status}\n{log}");
 }
 
 #[test]
