@@ -2,6 +2,7 @@
 //! that benchmarks can drive its parts directly; only `kubernetes` is public (the
 //! identity-cache benchmark builds a cluster view of 10,000 pods with it).
 mod aggregation;
+mod allocator;
 mod cli;
 mod config;
 #[cfg(test)]
@@ -34,6 +35,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    allocator::keep_large_blocks_apart();
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let config = config::Config::load(cli.config.as_deref(), &vars)?;
     let otel = config::otel_from_env(|name| std::env::var(name).ok())?;

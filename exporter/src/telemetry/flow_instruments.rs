@@ -1,6 +1,6 @@
 //! The netflow instruments of one workload, and how a flow record lands in them.
 use flowtel_semconv::{attr, metric, value};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use opentelemetry::{
     KeyValue, StringValue, Value,
@@ -14,29 +14,49 @@ use crate::{
     kubernetes::PeerIdentity,
 };
 
+/// Each instrument is made on its first measurement: the SDK sizes an instrument's series
+/// map for the cardinality limit when it is made (about 130 KiB at 2000), and most
+/// processes never retransmit, fail a connection or (UDP only) sample an RTT, so a
+/// short-lived client holds two or three maps instead of seven.
 pub struct FlowInstruments {
-    io: Counter<u64>,
-    retransmits: Counter<u64>,
-    rtt: Histogram<f64>,
-    rttvar: Gauge<f64>,
-    opened: Counter<u64>,
-    closed: Counter<u64>,
-    failed: Counter<u64>,
+    meter: Meter,
+    io: OnceLock<Counter<u64>>,
+    retransmits: OnceLock<Counter<u64>>,
+    rtt: OnceLock<Histogram<f64>>,
+    rttvar: OnceLock<Gauge<f64>>,
+    opened: OnceLock<Counter<u64>>,
+    closed: OnceLock<Counter<u64>>,
+    failed: OnceLock<Counter<u64>>,
 }
 
 impl FlowInstruments {
-    pub fn new(meter: &Meter) -> Self {
-        let rtt = metric::TCP_RTT;
-        let rttvar = metric::TCP_RTTVAR;
+    pub fn new(meter: Meter) -> Self {
         Self {
-            io: counter(meter, metric::NETWORK_IO),
-            retransmits: counter(meter, metric::TCP_RETRANSMITS),
-            rtt: meter.f64_histogram(rtt.name).with_unit(rtt.unit).with_description(rtt.description).build(),
-            rttvar: meter.f64_gauge(rttvar.name).with_unit(rttvar.unit).with_description(rttvar.description).build(),
-            opened: counter(meter, metric::TCP_CONNECTIONS_OPENED),
-            closed: counter(meter, metric::TCP_CONNECTIONS_CLOSED),
-            failed: counter(meter, metric::TCP_CONNECTIONS_FAILED),
+            meter,
+            io: OnceLock::new(),
+            retransmits: OnceLock::new(),
+            rtt: OnceLock::new(),
+            rttvar: OnceLock::new(),
+            opened: OnceLock::new(),
+            closed: OnceLock::new(),
+            failed: OnceLock::new(),
         }
+    }
+
+    fn counter<'a>(&'a self, cell: &'a OnceLock<Counter<u64>>, m: flowtel_semconv::MetricName) -> &'a Counter<u64> {
+        cell.get_or_init(|| counter(&self.meter, m))
+    }
+
+    fn rtt(&self) -> &Histogram<f64> {
+        let m = metric::TCP_RTT;
+        self.rtt
+            .get_or_init(|| self.meter.f64_histogram(m.name).with_unit(m.unit).with_description(m.description).build())
+    }
+
+    fn rttvar(&self) -> &Gauge<f64> {
+        let m = metric::TCP_RTTVAR;
+        self.rttvar
+            .get_or_init(|| self.meter.f64_gauge(m.name).with_unit(m.unit).with_description(m.description).build())
     }
 
     pub fn record(&self, flow: &FlowRecord, peer: &PeerInfo) {
@@ -64,33 +84,35 @@ impl FlowInstruments {
             a
         };
         if flow.bytes_sent > 0 {
-            self.io.add(flow.bytes_sent, &with(attr::NETWORK_IO_DIRECTION, value::TRANSMIT));
+            self.counter(&self.io, metric::NETWORK_IO)
+                .add(flow.bytes_sent, &with(attr::NETWORK_IO_DIRECTION, value::TRANSMIT));
         }
         if flow.bytes_received > 0 {
-            self.io.add(flow.bytes_received, &with(attr::NETWORK_IO_DIRECTION, value::RECEIVE));
+            self.counter(&self.io, metric::NETWORK_IO)
+                .add(flow.bytes_received, &with(attr::NETWORK_IO_DIRECTION, value::RECEIVE));
         }
         if flow.transport != Transport::Tcp {
             return;
         }
         if flow.retransmits > 0 {
-            self.retransmits.add(flow.retransmits, &attrs);
+            self.counter(&self.retransmits, metric::TCP_RETRANSMITS).add(flow.retransmits, &attrs);
         }
         if flow.opened > 0 {
-            self.opened.add(flow.opened, &attrs);
+            self.counter(&self.opened, metric::TCP_CONNECTIONS_OPENED).add(flow.opened, &attrs);
         }
         if flow.closed > 0 {
-            self.closed.add(flow.closed, &attrs);
+            self.counter(&self.closed, metric::TCP_CONNECTIONS_CLOSED).add(flow.closed, &attrs);
         }
         for &(cause, n) in &flow.failed {
-            self.failed.add(n, &with(attr::ERROR_TYPE, cause.as_str()));
+            self.counter(&self.failed, metric::TCP_CONNECTIONS_FAILED).add(n, &with(attr::ERROR_TYPE, cause.as_str()));
         }
         for &(seconds, n) in &flow.rtt_samples {
             for _ in 0..n {
-                self.rtt.record(seconds, &attrs);
+                self.rtt().record(seconds, &attrs);
             }
         }
         if let Some(rttvar) = flow.rttvar {
-            self.rttvar.record(rttvar, &attrs);
+            self.rttvar().record(rttvar, &attrs);
         }
     }
 }

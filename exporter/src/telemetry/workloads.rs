@@ -88,7 +88,7 @@ impl Workload {
         pod: Option<Arc<PodIdentity>>,
     ) -> Self {
         let (provider, reader) = provider(settings, resource.clone());
-        let flows = FlowInstruments::new(&provider.meter_with_scope(netflow_scope()));
+        let flows = FlowInstruments::new(provider.meter_with_scope(netflow_scope()));
         Self {
             resource,
             provider,

@@ -2,7 +2,8 @@
 //! at its default and effectively unbounded, in one run: `BENCH_PROCESSES` (400)
 //! long-lived processes with one TCP connection each, plus `BENCH_CHURN` (40) short-lived
 //! processes a second (each a forked shell that opens a connection, sends 16 bytes and
-//! exits) for `BENCH_SECONDS` (75), exporting every 5 s. Reports the agent's peak RSS,
+//! exits) for `BENCH_SECONDS` (75), exporting every 5 s; `BENCH_MAX_WORKLOADS` the caps
+//! to run (`512,1048576`). Reports the agent's peak RSS,
 //! the workloads it held, the folds, and whether the short-lived bytes arrived exactly.
 use std::{
     io::{BufRead as _, BufReader},
@@ -104,7 +105,8 @@ pub fn run() {
         "| telemetry.max_workloads | agent peak RSS | own workloads (max) | folded workloads (max) | folds | short-lived bytes (want) |"
     );
     println!("|---|---|---|---|---|---|");
-    for max in ["512", "1048576"] {
+    let caps = std::env::var("BENCH_MAX_WORKLOADS").unwrap_or_else(|_| "512,1048576".to_owned());
+    for max in caps.split(',') {
         let m = measure(max, live, churn, seconds);
         println!(
             "| {max} | {:.1} MiB | {} | {} | {} | {} ({}) |",
