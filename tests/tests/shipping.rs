@@ -202,10 +202,26 @@ fn collector_configs_wire_receivers_to_exporters() {
     check_collector("examples/kubernetes/otel-collector.yaml", &config);
 }
 
+/// Each metric's instrument, from the README's telemetry table (`| `name` | Counter |`).
+fn instruments() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let rows = readme.lines().filter_map(|line| {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+        let instrument = cells.get(2)?;
+        let known = ["Counter", "Histogram", "Gauge"].iter().any(|kind| instrument.starts_with(kind));
+        known.then(|| (name.to_owned(), (*instrument).to_owned()))
+    });
+    rows.collect()
+}
+
 /// Prometheus names of every semconv metric, as the collector's Prometheus exporters
 /// write them: dots to underscores, the unit as a suffix (`By` bytes, `s` seconds,
-/// `{...}` nothing), `_total` on counters, `_bucket`/`_sum`/`_count` on histograms.
+/// `{...}` nothing), then by instrument: `_total` on counters, nothing on gauges,
+/// `_bucket`/`_sum`/`_count` on explicit-bucket histograms, the bare name (a native
+/// histogram) with `_sum`/`_count` on exponential ones.
 fn prometheus_names() -> BTreeSet<String> {
+    let instruments = instruments();
     let mut names = BTreeSet::new();
     for m in flowtel_semconv::metric::ALL {
         let unit = match m.unit {
@@ -214,9 +230,15 @@ fn prometheus_names() -> BTreeSet<String> {
             _ => "",
         };
         let base = format!("{}{unit}", m.name.replace('.', "_"));
-        for suffix in ["", "_total", "_bucket", "_sum", "_count"] {
-            names.insert(format!("{base}{suffix}"));
-        }
+        let instrument = instruments.iter().find(|(name, _)| name == m.name).map(|(_, kind)| kind.as_str());
+        let suffixes: &[&str] = match instrument {
+            Some("Counter") => &["_total"],
+            Some("Gauge") => &[""],
+            Some(kind) if kind.contains("exponential") => &["", "_sum", "_count"],
+            Some(kind) if kind.starts_with("Histogram") => &["_bucket", "_sum", "_count"],
+            _ => panic!("{} is not in the README's telemetry table with its instrument", m.name),
+        };
+        names.extend(suffixes.iter().map(|suffix| format!("{base}{suffix}")));
     }
     names
 }
