@@ -536,3 +536,51 @@ fn queries_rewritten_by_nat_pair_with_their_answers() {
     assert_eq!(total(&lookups, &[("process.pid", python_pid.as_str())], &asked(service_ip)), 1.0);
     assert_eq!(total(&lookups, &[("process.pid", embedded_python_pid.as_str())], &asked(embedded)), 1.0);
 }
+
+/// More unanswered queries at once than `dns.max_pending` holds: the ones past it are
+/// counted lost as `pending_full` (a counter that must move), the held ones end as
+/// TIMEOUT lookups, and none is silently gone.
+#[test]
+fn unanswered_queries_past_the_pending_cap_are_counted() {
+    const QUERIES: u64 = 40;
+    const CAP: u64 = 16;
+    if !privileged_or_skip("unanswered_queries_past_the_pending_cap_are_counted") {
+        return;
+    }
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let cap = CAP.to_string();
+    let agent = agent_with(&receiver, &[("FLOWTEL_DNS_MAX_PENDING", &cap), ("FLOWTEL_DNS_TIMEOUT_MS", "1000")]);
+    let link = Link::new("dnsfull", 49);
+    let server = link.addr_b.to_string();
+    let mut dns_server = Traffic::spawn_script(&link.b, "dns_server.py", &[&server, "0"]);
+    dns_server.wait_line("ready");
+    // Forty queries for drop.test from one socket, each its own id: none is answered.
+    let script = format!(
+        "import socket, struct\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for i in range({QUERIES}):\n    \
+             s.sendto(struct.pack('>6H', i + 1, 0x0100, 1, 0, 0, 0) + b'\\x04drop\\x04test\\x00' + struct.pack('>2H', 1, 1), ('{server}', 53))\n"
+    );
+    python(&link.a, &script);
+
+    let pending_full = || {
+        let lost = points(&receiver.received.snapshot(), "flowtel.agent.events.lost");
+        total(&lost, &[], &[("flowtel.probe", "dnsflow"), ("flowtel.loss.cause", "pending_full")])
+    };
+    let timed_out = || {
+        let lookups = points(&receiver.received.snapshot(), LOOKUPS);
+        total(&lookups, &[], &[("network.peer.address", server.as_str()), ("flowtel.dns.rcode", "TIMEOUT")])
+    };
+    // Other tests' queries may hold slots of this agent's table too: then fewer of
+    // these time out and more are counted, never fewer in all.
+    let accounted = eventually(Duration::from_secs(20), || {
+        pending_full() >= (QUERIES - CAP) as f64 && timed_out() + pending_full() >= QUERIES as f64
+    });
+    assert!(
+        accounted && timed_out() <= CAP as f64,
+        "{QUERIES} unanswered queries past a table of {CAP}: {} timed out, {} counted pending_full\n{}",
+        timed_out(),
+        pending_full(),
+        agent.log()
+    );
+}
