@@ -117,17 +117,12 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         let flows;
         (reader, flows, recently_execed) = record_flows(reader, &mut recorder, &mut probes, &recently_execed).await?;
         if last {
-            // The last interval goes out whatever is on its way: wait for that first,
-            // and for the last spans, so that their losses are in the last metrics.
-            if let Some((failures, lost)) = span_courier.settle(LAST_EXPORT_GRACE).await {
-                recorder.agent.record_span_export(failures, lost);
-            }
-            send_spans(&mut recorder, &mut span_courier);
-            if let Some((failures, lost)) = span_courier.settle(LAST_EXPORT_GRACE).await {
-                recorder.agent.record_span_export(failures, lost);
-            }
+            // The last interval goes out whatever is on its way: wait for that first.
             if let Some(outcome) = metrics_courier.settle(LAST_EXPORT_GRACE).await {
                 settle_metrics(&mut recorder, outcome);
+            }
+            if let Some((failures, lost)) = span_courier.settle(LAST_EXPORT_GRACE).await {
+                recorder.agent.record_span_export(failures, lost);
             }
         }
         send_spans(&mut recorder, &mut span_courier);
