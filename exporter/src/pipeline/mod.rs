@@ -1,11 +1,8 @@
 //! The agent's one loop: each export interval, drain the kernel's flow tables, turn
 //! them into flow records, name their peers from DNS answers, record them under their
-//! workloads, and hand them to the export courier (its own task: the loop never waits
-//! for the network). Between ticks it takes DNS lookups and HTTP exchanges from their
-//! stages as they finish, and the couriers' outcomes. SIGTERM or SIGINT runs one last
-//! interval (flows and lookups up to the signal are delivered), then returns so that
-//! dropping the probes detaches everything.
-mod courier;
+//! workloads, and export. Between ticks it takes DNS lookups from the DNS stage as they
+//! finish. SIGTERM or SIGINT runs one last interval (flows and lookups up to the signal
+//! are delivered), then returns so that dropping the probes detaches everything.
 mod dns;
 mod http;
 mod recorder;
@@ -16,7 +13,6 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
 use self::{
-    courier::Courier,
     recorder::Recorder,
     stage::{Batch, Pairing, Stage},
 };
@@ -50,10 +46,23 @@ pub fn probe_settings(config: &Config) -> ProbeSettings {
 pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
-    let sink = MetricsSink::new(otel.sink, otel.temporality)?;
-    let span_sink = SpanSink::new(otel.traces_sink)?;
+    let mut sink = MetricsSink::new(otel.sink, otel.temporality)?;
+    let mut span_sink = SpanSink::new(otel.traces_sink)?;
     let mut probes: Probes = probes::load_and_attach(&probe_settings(&config)).context("loading the probes")?;
-    log_reports(&probes.reports);
+    let table = status::render_reports(&probes.reports);
+    let (features, programs) = table.split_once("probes:\n").unwrap_or((&table, ""));
+    for line in features.lines().skip(1).map(str::trim) {
+        // A feature the kernel refused is worth a warning: the agent runs without it.
+        // (A program of a variant not chosen failing is only information.)
+        if line.contains(" failed: ") {
+            tracing::warn!("feature {line}");
+        } else {
+            tracing::info!("feature {line}");
+        }
+    }
+    for line in programs.lines().map(str::trim) {
+        tracing::info!("probe {line}");
+    }
     let mut reader = FlowReader::new(&mut probes.ebpf)?;
     let (mut dns_stage, mut http_stage) = spawn_stages(&config, &mut probes)?;
 
@@ -76,8 +85,6 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     let mut span_ticker = tokio::time::interval(SPAN_FLUSH);
     span_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(interval = ?otel.export_interval, sink = ?otel.sink, "flowtel is observing");
-    let mut metrics_courier = Courier::spawn(sink);
-    let mut span_courier = Courier::spawn(span_sink);
 
     loop {
         let last = tokio::select! {
@@ -91,20 +98,12 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
             Some(batch) = next_batch(http_stage.as_mut()) => {
                 recorder.http(&batch);
                 if recorder.spans_held >= SPANS_PER_FLUSH {
-                    send_spans(&mut recorder, &mut span_courier);
+                    export_spans(&mut recorder, &mut span_sink).await;
                 }
                 continue;
             }
             _ = span_ticker.tick() => {
-                send_spans(&mut recorder, &mut span_courier);
-                continue;
-            }
-            outcome = metrics_courier.outcome() => {
-                settle_metrics(&mut recorder, outcome);
-                continue;
-            }
-            (failures, lost) = span_courier.outcome() => {
-                recorder.agent.record_span_export(failures, lost);
+                export_spans(&mut recorder, &mut span_sink).await;
                 continue;
             }
         };
@@ -114,35 +113,40 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         for batch in http_stage.as_mut().map(Stage::ready_batches).unwrap_or_default() {
             recorder.http(&batch);
         }
-        let flows;
-        (reader, flows, recently_execed) = record_flows(reader, &mut recorder, &mut probes, &recently_execed).await?;
+        let exited = recorder.exited_processes();
+        let (r, flows, lost) = tokio::task::spawn_blocking(move || {
+            let flows = reader.drain();
+            let lost = reader.lost_since_last();
+            (reader, flows, lost)
+        })
+        .await?;
+        reader = r;
+        let flows = flows?;
+        let lost = lost?;
+        // /proc reads (new workloads' identities) and uprobe attaches block: this worker
+        // hands its other tasks (the DNS and HTTP stages' readers) to the other one.
+        let execed = tokio::task::block_in_place(|| {
+            let execed = recorder.flows(&flows, lost, &exited);
+            if let Some(tls) = probes.tls.as_mut() {
+                // A process that just exec'd may not have mapped its libraries yet: look
+                // at it now and again next interval.
+                for &pid in recently_execed.iter().chain(&execed) {
+                    tls.scan_process(&mut probes.ebpf, pid);
+                }
+                recorder.agent.record_tls_libraries(tls.attached.len());
+            }
+            execed
+        });
+        recently_execed = execed;
+        let outcome = export(&mut recorder, &mut sink, &mut span_sink).await;
+        tracing::debug!(flows = flows.len(), workloads = recorder.workloads.len(), ?outcome, "interval exported");
         if last {
-            // The last interval goes out whatever is on its way: wait for that first.
-            if let Some(outcome) = metrics_courier.settle(LAST_EXPORT_GRACE).await {
-                settle_metrics(&mut recorder, outcome);
-            }
-            if let Some((failures, lost)) = span_courier.settle(LAST_EXPORT_GRACE).await {
-                recorder.agent.record_span_export(failures, lost);
-            }
-        }
-        send_spans(&mut recorder, &mut span_courier);
-        if metrics_courier.is_idle() {
-            send_metrics(&mut recorder, &mut metrics_courier);
-            tracing::debug!(flows, workloads = recorder.workloads.len(), "interval handed to export");
-        } else {
-            // The SDK keeps the totals: the next interval's export carries them.
-            tracing::debug!("the last interval's export is still on its way: this one goes with the next");
-        }
-        if last {
-            if let Some(outcome) = metrics_courier.settle(LAST_EXPORT_GRACE).await {
-                settle_metrics(&mut recorder, outcome);
-            }
             break;
         }
     }
     tracing::info!("shutting down: last interval exported, detaching probes");
-    metrics_courier.close(LAST_EXPORT_GRACE).await;
-    span_courier.close(LAST_EXPORT_GRACE).await;
+    sink.shutdown();
+    span_sink.shutdown();
     drop(dns_stage);
     drop(http_stage);
     drop(probes);
@@ -192,69 +196,13 @@ fn spawn_stages(config: &Config, probes: &mut Probes) -> anyhow::Result<(Option<
     Ok((dns, http))
 }
 
-/// What attached, fell back and failed, in the start-up log.
-fn log_reports(reports: &[probes::ProbeReport]) {
-    let table = status::render_reports(reports);
-    let (features, programs) = table.split_once("probes:\n").unwrap_or((&table, ""));
-    for line in features.lines().skip(1).map(str::trim) {
-        // A feature the kernel refused is worth a warning: the agent runs without it.
-        // (A program of a variant not chosen failing is only information.)
-        if line.contains(" failed: ") {
-            tracing::warn!("feature {line}");
-        } else {
-            tracing::info!("feature {line}");
-        }
-    }
-    for line in programs.lines().map(str::trim) {
-        tracing::info!("probe {line}");
-    }
-}
-
-/// Drains the kernel's flow tables and records them; returns the reader, how many flows
-/// and the processes that exec'd.
-async fn record_flows(
-    mut reader: FlowReader,
-    recorder: &mut Recorder,
-    probes: &mut Probes,
-    recently_execed: &[u32],
-) -> anyhow::Result<(FlowReader, usize, Vec<u32>)> {
-    let exited = recorder.exited_processes();
-    let (reader, flows, lost) = tokio::task::spawn_blocking(move || {
-        let flows = reader.drain();
-        let lost = reader.lost_since_last();
-        (reader, flows, lost)
-    })
-    .await?;
-    let flows = flows?;
-    let lost = lost?;
-    // /proc reads (new workloads' identities) and uprobe attaches block: this worker
-    // hands its other tasks (the DNS and HTTP stages' readers) to the other one.
-    let execed = tokio::task::block_in_place(|| {
-        let execed = recorder.flows(&flows, lost, &exited);
-        if let Some(tls) = probes.tls.as_mut() {
-            // A process that just exec'd may not have mapped its libraries yet: look
-            // at it now and again next interval.
-            for &pid in recently_execed.iter().chain(&execed) {
-                tls.scan_process(&mut probes.ebpf, pid);
-            }
-            recorder.agent.record_tls_libraries(tls.attached.len());
-        }
-        execed
-    });
-    Ok((reader, flows.len(), execed))
-}
-
-/// One interval's metrics, every workload's and the agent's own, to the courier.
-fn send_metrics(recorder: &mut Recorder, courier: &mut Courier<MetricsSink>) {
+/// One interval out: spans first (dropped, and counted, if they cannot go), then every
+/// workload's metrics and the agent's own.
+async fn export(recorder: &mut Recorder, sink: &mut MetricsSink, span_sink: &mut SpanSink) -> ExportOutcome {
+    export_spans(recorder, span_sink).await;
     let mut batch = recorder.workloads.collect();
     batch.extend(recorder.agent.collect());
-    courier.send(batch);
-}
-
-/// What an interval's export came to: delivered, the exited processes' workloads retire;
-/// not, they stay (bounded) for the totals to go out when the collector is back.
-fn settle_metrics(recorder: &mut Recorder, outcome: ExportOutcome) {
-    tracing::debug!(?outcome, "interval exported");
+    let outcome = sink.export(&batch).await;
     recorder.agent.record_export_failures(outcome.failed);
     if outcome.failed == 0 {
         recorder.workloads.retire_delivered();
@@ -264,22 +212,21 @@ fn settle_metrics(recorder: &mut Recorder, outcome: ExportOutcome) {
             recorder.agent.record_user_space_loss("export", "backlog_full", dropped);
         }
     }
+    outcome
 }
 
-/// At shutdown, how long an export on its way and the last one may take each.
-const LAST_EXPORT_GRACE: Duration = Duration::from_secs(12);
 /// How often held spans are exported, and how many make an export happen sooner.
 const SPAN_FLUSH: Duration = Duration::from_secs(1);
 const SPANS_PER_FLUSH: usize = 8_192;
 
-/// Held spans to the courier, unless a flush is still on its way (they stay held,
-/// bounded by `http.max_spans`).
-fn send_spans(recorder: &mut Recorder, courier: &mut Courier<SpanSink>) {
-    if recorder.spans_held == 0 || !courier.is_idle() {
+async fn export_spans(recorder: &mut Recorder, span_sink: &mut SpanSink) {
+    if recorder.spans_held == 0 {
         return;
     }
-    courier.send(recorder.workloads.take_spans());
+    let spans = recorder.workloads.take_spans();
     recorder.spans_held = 0;
+    let (failures, lost) = span_sink.export(spans).await;
+    recorder.agent.record_span_export(failures, lost);
 }
 
 /// The next batch from a stage, or never when that observation is off.

@@ -123,9 +123,6 @@ pub struct Workloads {
     folds: u64,
     /// Workloads of processes that exec'd: exported once more, then dropped.
     replaced: Vec<Workload>,
-    /// How many of `replaced` (the oldest) the last `collect` took: only those have had
-    /// their last export once it is delivered.
-    replaced_collected: usize,
     processes: ProcessCache,
     cgroups: CgroupPaths,
     /// Empty unless the Kubernetes watchers run.
@@ -180,7 +177,6 @@ impl Workloads {
             folded_pids: HashMap::new(),
             folds: 0,
             replaced: Vec::new(),
-            replaced_collected: 0,
             cgroups: CgroupPaths::new(),
             cluster: Arc::default(),
         }
@@ -406,7 +402,6 @@ impl Workloads {
             }
             workload.idle_intervals += 1;
         }
-        self.replaced_collected = self.replaced.len();
         batch
     }
 
@@ -415,8 +410,7 @@ impl Workloads {
     /// a failed export, so an outage never loses an exited process's totals (see
     /// `bound_backlog` for the memory bound).
     pub fn retire_delivered(&mut self) {
-        let collected = std::mem::take(&mut self.replaced_collected).min(self.replaced.len());
-        for replaced in self.replaced.drain(..collected) {
+        for replaced in self.replaced.drain(..) {
             let _ = replaced.provider.shutdown();
         }
         let limit = self.settings.idle_intervals;
@@ -449,7 +443,6 @@ impl Workloads {
         for old in self.replaced.drain(..replaced_excess) {
             let _ = old.provider.shutdown();
         }
-        self.replaced_collected = self.replaced_collected.saturating_sub(replaced_excess);
         let mut exited: Vec<(u32, u32)> = self
             .by_pid
             .iter()
