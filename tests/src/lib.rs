@@ -10,6 +10,7 @@ pub mod collector;
 pub mod docker;
 pub mod kube_api;
 pub mod netns;
+pub mod procfs;
 pub mod query;
 pub mod receiver;
 pub mod servers;

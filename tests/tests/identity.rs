@@ -311,13 +311,6 @@ fn processes_past_the_workload_cap_fold_and_keep_their_bytes() {
     assert!(folds >= 1.0, "flowtel.agent.workloads.folded = {folds}");
 }
 
-/// A `kB` field of the agent's `/proc/<pid>/status`.
-fn agent_kib(agent: &flowtel_e2e::agent::Agent, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).unwrap_or_default();
-    let line = status.lines().find(|line| line.starts_with(field)).unwrap_or_default();
-    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).unwrap_or(f64::NAN)
-}
-
 /// The busy node of `bench -- workloads` in small: a burst of short-lived processes
 /// past the workload cap holds no more workloads than the cap, their bytes stay exact,
 /// and the agent's peak RSS grows with the cap, not with the processes: 12 MiB here
@@ -343,7 +336,7 @@ fn process_churn_past_the_cap_keeps_memory_bounded_and_bytes_exact() {
     let server = link.addr_a.to_string();
     let mut sink = Traffic::spawn(&link.a, &["tcp-server", "9920", &CHURN.to_string(), &BYTES.to_string(), "0"]);
     sink.wait_line("ready");
-    let before_kib = agent_kib(&agent, "VmRSS:");
+    let before_kib = flowtel_e2e::procfs::rss_kib(agent.pid());
     // Each a forked shell that sends 16 bytes over /dev/tcp and exits.
     let script = format!(
         "for i in $(seq {CHURN}); do ( exec 3<>/dev/tcp/{server}/9920; printf 0123456789abcdef >&3 ) & sleep 0.01; done; wait"
@@ -374,7 +367,7 @@ fn process_churn_past_the_cap_keeps_memory_bounded_and_bytes_exact() {
         .filter(|p| p.attrs.get("flowtel.workload.kind").map(String::as_str) == Some("process"))
         .map(|p| p.value)
         .fold(0.0, f64::max);
-    let grown_mib = (agent_kib(&agent, "VmHWM:") - before_kib) / 1024.0;
+    let grown_mib = (flowtel_e2e::procfs::peak_rss_kib(agent.pid()) as f64 - before_kib as f64) / 1024.0;
     eprintln!("agent peak RSS grew by {grown_mib:.1} MiB over {CHURN} short-lived processes, {own} workloads at most");
     assert!(own <= 17.0, "{own} workloads of their own at once past a cap of 16");
     assert!(grown_mib < 20.0, "the agent's peak RSS grew by {grown_mib:.1} MiB");
