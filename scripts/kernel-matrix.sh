@@ -102,8 +102,8 @@ make_initramfs() {
 }
 
 # Writes the guests' plan once: every test binary of the plan's test targets, with
-# filters. KERNEL_MATRIX_PLAN names another plan file (a partial run, by hand). The guests run copies of the binaries (in $results/target): a rebuild on the
-# host while guests run does not change what they test.
+# filters, from $KERNEL_MATRIX_PLAN. The guests run copies of the binaries (in
+# $results/target): a rebuild on the host while guests run does not change what they test.
 write_plan() {
   local results=$1
   rm -rf "$results/target" && mkdir -p "$results/target/release/tests"

@@ -16,8 +16,8 @@ use crate::{
 
 /// Each instrument is made on its first measurement: the SDK sizes an instrument's series
 /// map for the cardinality limit when it is made (about 130 KiB at 2000), and most
-/// processes never retransmit, fail a connection or (UDP only) sample an RTT, so a
-/// short-lived client holds two or three maps instead of seven.
+/// processes never retransmit or fail a connection (and a UDP-only one never samples an
+/// RTT), so a short-lived client holds three or four maps instead of seven.
 pub struct FlowInstruments {
     meter: Meter,
     io: OnceLock<Counter<u64>>,
