@@ -50,12 +50,19 @@ fn run(cli: cli::Cli) -> anyhow::Result<()> {
         mounts::set_cgroup_root(root);
     }
     match cli.command.unwrap_or(cli::Command::Run) {
-        cli::Command::Run => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?
-            .block_on(pipeline::run(config, otel)),
+        cli::Command::Run => {
+            let lanes = pipeline::Lanes::start().context("starting the stage and export threads")?;
+            // The loop runs on this thread; the one worker serves the Kubernetes watchers.
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(pipeline::run(config, otel, &lanes));
+            // Outside the loop's runtime: dropping a runtime waits for its thread.
+            drop(lanes);
+            result
+        }
         cli::Command::Status => {
             // Load first: it mounts tracefs where needed, which the facts then reflect.
             // Every program, the variants standing by too: the verifier's word on each.

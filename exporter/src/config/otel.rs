@@ -17,6 +17,8 @@ pub struct OtelSettings {
     pub export_interval: Duration,
     /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`: which exchanges get spans.
     pub span_sampler: SpanSampler,
+    /// How long one span export request may take before its spans are counted lost.
+    pub span_export_timeout: Duration,
 }
 
 fn invalid(var: &str, value: &str, accepted: &str) -> ConfigError {
@@ -76,7 +78,8 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
         },
     };
 
-    for var in ["OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT"] {
+    for var in ["OTEL_EXPORTER_OTLP_TIMEOUT", "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT"]
+    {
         if let Some(ms) = get(var).filter(|v| v.parse::<u64>().is_err()) {
             return Err(ConfigError::Env {
                 var: var.into(),
@@ -84,6 +87,12 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
             });
         }
     }
+    // The span exporter is given its deadline here (the metrics exporter applies the
+    // variables itself): the signal's own, else the general one, else the spec's 10 s.
+    let span_export_timeout = ["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]
+        .iter()
+        .find_map(|var| get(var)?.parse().ok())
+        .map_or(Duration::from_secs(10), Duration::from_millis);
     for var in ["OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"] {
         if let Some(other) = get(var).filter(|v| v != "gzip" && v != "none") {
             return Err(invalid(var, &other, "gzip, none"));
@@ -92,5 +101,5 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
     let span_sampler =
         SpanSampler::parse(get("OTEL_TRACES_SAMPLER").as_deref(), get("OTEL_TRACES_SAMPLER_ARG").as_deref())
             .map_err(|reason| ConfigError::Env { var: "OTEL_TRACES_SAMPLER".into(), reason })?;
-    Ok(OtelSettings { sink, traces_sink, temporality, export_interval, span_sampler })
+    Ok(OtelSettings { sink, traces_sink, temporality, export_interval, span_sampler, span_export_timeout })
 }

@@ -1,10 +1,14 @@
 //! The agent's one loop: each export interval, drain the kernel's flow tables, turn
 //! them into flow records, name their peers from DNS answers, record them under their
-//! workloads, and export. Between ticks it takes DNS lookups from the DNS stage as they
-//! finish. SIGTERM or SIGINT runs one last interval (flows and lookups up to the signal
-//! are delivered), then returns so that dropping the probes detaches everything.
+//! workloads, and hand them to the export courier (its own task: the loop never waits
+//! for the network). Between ticks it takes DNS lookups and HTTP exchanges from their
+//! stages as they finish, and the couriers' outcomes. SIGTERM or SIGINT runs one last
+//! interval (flows and lookups up to the signal are delivered), then returns so that
+//! dropping the probes detaches everything.
+mod courier;
 mod dns;
 mod http;
+mod lanes;
 mod recorder;
 mod stage;
 
@@ -12,7 +16,9 @@ use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 
+pub use self::lanes::Lanes;
 use self::{
+    courier::Courier,
     recorder::Recorder,
     stage::{Batch, Pairing, Stage},
 };
@@ -43,28 +49,22 @@ pub fn probe_settings(config: &Config) -> ProbeSettings {
     }
 }
 
-pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
+pub async fn run(config: Config, otel: OtelSettings, lanes: &Lanes) -> anyhow::Result<()> {
     use anyhow::Context as _;
 
-    let mut sink = MetricsSink::new(otel.sink, otel.temporality)?;
-    let mut span_sink = SpanSink::new(otel.traces_sink)?;
+    let (sink, span_sink) = {
+        // Made on the export thread: the exporters' connections start their tasks there.
+        let _export = lanes.export().enter();
+        (MetricsSink::new(otel.sink, otel.temporality)?, SpanSink::new(otel.traces_sink, otel.span_export_timeout)?)
+    };
     let mut probes: Probes = probes::load_and_attach(&probe_settings(&config)).context("loading the probes")?;
-    let table = status::render_reports(&probes.reports);
-    let (features, programs) = table.split_once("probes:\n").unwrap_or((&table, ""));
-    for line in features.lines().skip(1).map(str::trim) {
-        // A feature the kernel refused is worth a warning: the agent runs without it.
-        // (A program of a variant not chosen failing is only information.)
-        if line.contains(" failed: ") {
-            tracing::warn!("feature {line}");
-        } else {
-            tracing::info!("feature {line}");
-        }
-    }
-    for line in programs.lines().map(str::trim) {
-        tracing::info!("probe {line}");
-    }
+    log_reports(&probes.reports);
     let mut reader = FlowReader::new(&mut probes.ebpf)?;
-    let (mut dns_stage, mut http_stage) = spawn_stages(&config, &mut probes)?;
+    let (mut dns_stage, mut http_stage) = {
+        // The ring buffers are watched by the stage thread's reactor, so made there.
+        let _stages = lanes.stages().enter();
+        spawn_stages(&config, &mut probes)?
+    };
 
     let kubernetes = kubernetes::start(config.kubernetes.mode, config.kubernetes.max_objects).await?;
     let mut host = HostInfo::detect(config.host.name.as_deref());
@@ -85,6 +85,8 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
     let mut span_ticker = tokio::time::interval(SPAN_FLUSH);
     span_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(interval = ?otel.export_interval, sink = ?otel.sink, "flowtel is observing");
+    let mut metrics_courier = Courier::spawn(sink, lanes.export());
+    let mut span_courier = Courier::spawn(span_sink, lanes.export());
 
     loop {
         let last = tokio::select! {
@@ -98,12 +100,20 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
             Some(batch) = next_batch(http_stage.as_mut()) => {
                 recorder.http(&batch);
                 if recorder.spans_held >= SPANS_PER_FLUSH {
-                    export_spans(&mut recorder, &mut span_sink).await;
+                    send_spans(&mut recorder, &mut span_courier);
                 }
                 continue;
             }
             _ = span_ticker.tick() => {
-                export_spans(&mut recorder, &mut span_sink).await;
+                send_spans(&mut recorder, &mut span_courier);
+                continue;
+            }
+            outcome = metrics_courier.outcome() => {
+                settle_metrics(&mut recorder, outcome);
+                continue;
+            }
+            (failures, lost) = span_courier.outcome() => {
+                recorder.agent.record_span_export(failures, lost);
                 continue;
             }
         };
@@ -113,40 +123,29 @@ pub async fn run(config: Config, otel: OtelSettings) -> anyhow::Result<()> {
         for batch in http_stage.as_mut().map(Stage::ready_batches).unwrap_or_default() {
             recorder.http(&batch);
         }
-        let exited = recorder.exited_processes();
-        let (r, flows, lost) = tokio::task::spawn_blocking(move || {
-            let flows = reader.drain();
-            let lost = reader.lost_since_last();
-            (reader, flows, lost)
-        })
-        .await?;
-        reader = r;
-        let flows = flows?;
-        let lost = lost?;
-        // /proc reads (new workloads' identities) and uprobe attaches block: this worker
-        // hands its other tasks (the DNS and HTTP stages' readers) to the other one.
-        let execed = tokio::task::block_in_place(|| {
-            let execed = recorder.flows(&flows, lost, &exited);
-            if let Some(tls) = probes.tls.as_mut() {
-                // A process that just exec'd may not have mapped its libraries yet: look
-                // at it now and again next interval.
-                for &pid in recently_execed.iter().chain(&execed) {
-                    tls.scan_process(&mut probes.ebpf, pid);
-                }
-                recorder.agent.record_tls_libraries(tls.attached.len());
-            }
-            execed
-        });
-        recently_execed = execed;
-        let outcome = export(&mut recorder, &mut sink, &mut span_sink).await;
-        tracing::debug!(flows = flows.len(), workloads = recorder.workloads.len(), ?outcome, "interval exported");
+        let flows;
+        (reader, flows, recently_execed) = record_flows(reader, &mut recorder, &mut probes, &recently_execed).await?;
         if last {
+            settle_before_the_last(&mut recorder, &mut metrics_courier, &mut span_courier).await;
+        }
+        send_spans(&mut recorder, &mut span_courier);
+        if metrics_courier.is_idle() {
+            send_metrics(&mut recorder, &mut metrics_courier);
+            tracing::debug!(flows, workloads = recorder.workloads.len(), "interval handed to export");
+        } else {
+            // The SDK keeps the totals: the next interval's export carries them.
+            tracing::debug!("the last interval's export is still on its way: this one goes with the next");
+        }
+        if last {
+            if let Some(outcome) = metrics_courier.settle(LAST_EXPORT_GRACE).await {
+                settle_metrics(&mut recorder, outcome);
+            }
             break;
         }
     }
     tracing::info!("shutting down: last interval exported, detaching probes");
-    sink.shutdown();
-    span_sink.shutdown();
+    metrics_courier.close(LAST_EXPORT_GRACE).await;
+    span_courier.close(LAST_EXPORT_GRACE).await;
     drop(dns_stage);
     drop(http_stage);
     drop(probes);
@@ -196,13 +195,70 @@ fn spawn_stages(config: &Config, probes: &mut Probes) -> anyhow::Result<(Option<
     Ok((dns, http))
 }
 
-/// One interval out: spans first (dropped, and counted, if they cannot go), then every
-/// workload's metrics and the agent's own.
-async fn export(recorder: &mut Recorder, sink: &mut MetricsSink, span_sink: &mut SpanSink) -> ExportOutcome {
-    export_spans(recorder, span_sink).await;
+/// What attached, fell back and failed, in the start-up log.
+fn log_reports(reports: &[probes::ProbeReport]) {
+    let table = status::render_reports(reports);
+    let (features, programs) = table.split_once("probes:\n").unwrap_or((&table, ""));
+    for line in features.lines().skip(1).map(str::trim) {
+        // A feature the kernel refused is worth a warning: the agent runs without it.
+        // (A program of a variant not chosen failing is only information.)
+        if line.contains(" failed: ") {
+            tracing::warn!("feature {line}");
+        } else {
+            tracing::info!("feature {line}");
+        }
+    }
+    for line in programs.lines().map(str::trim) {
+        tracing::info!("probe {line}");
+    }
+}
+
+/// Drains the kernel's flow tables and records them; returns the reader, how many flows
+/// and the processes that exec'd.
+async fn record_flows(
+    mut reader: FlowReader,
+    recorder: &mut Recorder,
+    probes: &mut Probes,
+    recently_execed: &[u32],
+) -> anyhow::Result<(FlowReader, usize, Vec<u32>)> {
+    let exited = recorder.exited_processes();
+    let (reader, flows, lost) = tokio::task::spawn_blocking(move || {
+        let flows = reader.drain();
+        let lost = reader.lost_since_last();
+        (reader, flows, lost)
+    })
+    .await?;
+    let flows = flows?;
+    let lost = lost?;
+    // /proc reads (new workloads' identities) and uprobe attaches block: this worker
+    // hands its other tasks (the DNS and HTTP stages' readers) to the other one.
+    let execed = tokio::task::block_in_place(|| {
+        let execed = recorder.flows(&flows, lost, &exited);
+        if let Some(tls) = probes.tls.as_mut() {
+            // A process that just exec'd may not have mapped its libraries yet: look
+            // at it now and again next interval.
+            for &pid in recently_execed.iter().chain(&execed) {
+                tls.scan_process(&mut probes.ebpf, pid);
+            }
+            recorder.agent.record_tls_libraries(tls.attached.len());
+        }
+        execed
+    });
+    Ok((reader, flows.len(), execed))
+}
+
+/// One interval's metrics, every workload's and the agent's own, to the courier.
+fn send_metrics(recorder: &mut Recorder, courier: &mut Courier<MetricsSink>) {
     let mut batch = recorder.workloads.collect();
     batch.extend(recorder.agent.collect());
-    let outcome = sink.export(&batch).await;
+    // Not taken, nothing is lost: the SDK keeps the totals for the next interval.
+    let _ = courier.send(batch);
+}
+
+/// What an interval's export came to: delivered, the exited processes' workloads retire;
+/// not, they stay (bounded) for the totals to go out when the collector is back.
+fn settle_metrics(recorder: &mut Recorder, outcome: ExportOutcome) {
+    tracing::debug!(?outcome, "interval exported");
     recorder.agent.record_export_failures(outcome.failed);
     if outcome.failed == 0 {
         recorder.workloads.retire_delivered();
@@ -212,21 +268,44 @@ async fn export(recorder: &mut Recorder, sink: &mut MetricsSink, span_sink: &mut
             recorder.agent.record_user_space_loss("export", "backlog_full", dropped);
         }
     }
-    outcome
 }
 
+/// The last interval goes out whatever is on its way: waits for that first, and for the
+/// last spans, so that their losses are in the last metrics.
+async fn settle_before_the_last(
+    recorder: &mut Recorder,
+    metrics_courier: &mut Courier<MetricsSink>,
+    span_courier: &mut Courier<SpanSink>,
+) {
+    if let Some((failures, lost)) = span_courier.settle(LAST_EXPORT_GRACE).await {
+        recorder.agent.record_span_export(failures, lost);
+    }
+    send_spans(recorder, span_courier);
+    if let Some((failures, lost)) = span_courier.settle(LAST_EXPORT_GRACE).await {
+        recorder.agent.record_span_export(failures, lost);
+    }
+    if let Some(outcome) = metrics_courier.settle(LAST_EXPORT_GRACE).await {
+        settle_metrics(recorder, outcome);
+    }
+}
+
+/// At shutdown, how long an export on its way and the last one may take each.
+const LAST_EXPORT_GRACE: Duration = Duration::from_secs(12);
 /// How often held spans are exported, and how many make an export happen sooner.
 const SPAN_FLUSH: Duration = Duration::from_secs(1);
 const SPANS_PER_FLUSH: usize = 8_192;
 
-async fn export_spans(recorder: &mut Recorder, span_sink: &mut SpanSink) {
-    if recorder.spans_held == 0 {
+/// Held spans to the courier, unless a flush is still on its way (they stay held,
+/// bounded by `http.max_spans`).
+fn send_spans(recorder: &mut Recorder, courier: &mut Courier<SpanSink>) {
+    if recorder.spans_held == 0 || !courier.is_idle() {
         return;
     }
-    let spans = recorder.workloads.take_spans();
+    if let Err(spans) = courier.send(recorder.workloads.take_spans()) {
+        let lost = spans.iter().map(|(_, spans)| spans.len() as u64).sum();
+        recorder.agent.record_span_export(1, lost);
+    }
     recorder.spans_held = 0;
-    let (failures, lost) = span_sink.export(spans).await;
-    recorder.agent.record_span_export(failures, lost);
 }
 
 /// The next batch from a stage, or never when that observation is off.

@@ -5,12 +5,14 @@
 //!
 //! Guarantees: the ring buffer is read on every wake-up, so the kernel drops records
 //! only when the agent falls behind for longer than the buffer lasts (counted by the
-//! probe). A batch the export loop cannot take in time is dropped and counted
+//! probe). A sweep comes only after the ring was read empty (or, under a flood that
+//! never empties it, a second late): what a sweep ends (a connection whose end came
+//! before its last response was read, say) cannot be waiting unread in the ring. A batch the export loop cannot take in time is dropped and counted
 //! (`channel_full`), never queued without bound. Losses found while pairing travel
 //! with the next batch that is delivered.
 use std::time::Duration;
 
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 
 use crate::events::{ReadError, monotonic_now_ns};
 
@@ -18,6 +20,8 @@ use crate::events::{ReadError, monotonic_now_ns};
 const BATCHES_QUEUED: usize = 256;
 /// How often unanswered records are checked against their timeout.
 const SWEEP: Duration = Duration::from_millis(250);
+/// How long a due sweep waits for the ring to be read empty, at most.
+const SWEEP_DEFERRED_AT_MOST: Duration = Duration::from_secs(1);
 
 /// Where records come from: a probe's ring buffer reader.
 pub trait Source: Send + 'static {
@@ -100,16 +104,20 @@ async fn run<S: Source, P: Pairing<Record = S::Record>>(
     mut pairing: P,
     tx: mpsc::Sender<Batch<P::Item, P::Losses>>,
 ) {
-    let mut sweep = tokio::time::interval(SWEEP);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_sweep = Instant::now() + SWEEP;
     let mut records = Vec::with_capacity(S::PER_BATCH);
     let mut carried = StageLosses::<P::Losses>::default();
     loop {
         let mut items = Vec::new();
         let mut losses = StageLosses::<P::Losses>::default();
+        let ring_read_empty;
         tokio::select! {
+            // The ring first: its read takes what is there at once, and only when there
+            // was nothing does the sweep's timer get a look.
+            biased;
             read = source.next_batch(S::PER_BATCH, &mut records) => match read {
                 Ok(undecodable) => {
+                    ring_read_empty = records.len() < S::PER_BATCH;
                     losses.undecodable = undecodable;
                     for record in records.drain(..) {
                         pairing.record(&record, &mut items);
@@ -120,7 +128,12 @@ async fn run<S: Source, P: Pairing<Record = S::Record>>(
                     return;
                 }
             },
-            _ = sweep.tick() => pairing.expire(monotonic_now_ns(), &mut items),
+            () = tokio::time::sleep_until(next_sweep) => ring_read_empty = true,
+        }
+        let now = Instant::now();
+        if now >= next_sweep && (ring_read_empty || now >= next_sweep + SWEEP_DEFERRED_AT_MOST) {
+            pairing.expire(monotonic_now_ns(), &mut items);
+            next_sweep = now + SWEEP;
         }
         losses.pairing = pairing.take_losses();
         losses += std::mem::take(&mut carried);

@@ -53,7 +53,7 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
 ];
 
 /// Causes of loss found in user space, exported at 0 from the start like the rest.
-const USER_SPACE_LOSSES: [(&str, &str); 13] = [
+const USER_SPACE_LOSSES: [(&str, &str); 14] = [
     ("dnsflow", "parse"),
     ("dnsflow", "pending_full"),
     ("dnsflow", "stream_gap"),
@@ -67,6 +67,7 @@ const USER_SPACE_LOSSES: [(&str, &str); 13] = [
     ("httpflow", "spans_full"),
     ("httpflow", "span_export"),
     ("kubernetes", "store_full"),
+    ("export", "backlog_full"),
 ];
 
 impl AgentTelemetry {

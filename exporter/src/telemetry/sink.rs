@@ -31,7 +31,7 @@ pub struct MetricsSink {
     in_outage: bool,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExportOutcome {
     pub exported: u64,
     pub failed: u64,

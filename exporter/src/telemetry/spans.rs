@@ -15,6 +15,7 @@ use opentelemetry::{
 use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::{
     Resource,
+    error::OTelSdkError,
     trace::{IdGenerator as _, RandomIdGenerator, SpanData, SpanEvents, SpanExporter as _, SpanLinks},
 };
 
@@ -182,10 +183,13 @@ pub struct SpanSink {
     otlp: Option<SpanExporter>,
     console: bool,
     in_outage: bool,
+    /// Each request's deadline: without one a black-holed collector would hold a
+    /// request until TCP gives up, minutes later.
+    timeout: Duration,
 }
 
 impl SpanSink {
-    pub fn new(kind: SinkKind) -> Result<Self, SpanSinkError> {
+    pub fn new(kind: SinkKind, timeout: Duration) -> Result<Self, SpanSinkError> {
         let otlp = match kind {
             SinkKind::OtlpGrpc => Some(SpanExporter::builder().with_tonic().build().map_err(SpanSinkError)?),
             SinkKind::OtlpHttp => Some(
@@ -197,7 +201,7 @@ impl SpanSink {
             ),
             SinkKind::Console | SinkKind::None => None,
         };
-        Ok(Self { otlp, console: kind == SinkKind::Console, in_outage: false })
+        Ok(Self { otlp, console: kind == SinkKind::Console, in_outage: false, timeout })
     }
 
     /// Exports each workload's spans; returns the failed export requests and how many
@@ -232,7 +236,8 @@ impl SpanSink {
                     lost_spans += n;
                     continue;
                 }
-                match exporter.export(chunk).await {
+                let sent = tokio::time::timeout(self.timeout, exporter.export(chunk)).await;
+                match sent.unwrap_or(Err(OTelSdkError::Timeout(self.timeout))) {
                     Ok(()) if self.in_outage => {
                         tracing::info!("span export recovered");
                         self.in_outage = false;

@@ -292,31 +292,7 @@ fn an_http_span_names_the_other_end_in_the_cluster() {
     store.apply(Update::Pod(Change::Applied(PodRecord::test_pod("client-1", "u1", "10.9.0.7", "web"))));
     let mut workloads = Workloads::new(settings(100));
     workloads.set_cluster(Arc::new(store.view()));
-    let request = RequestHead {
-        method: "GET".into(),
-        path: "/".into(),
-        query: None,
-        version: "1.1",
-        host: None,
-        user_agent: None,
-        traceparent: None,
-        truncated: false,
-    };
-    let exchange = HttpExchange {
-        id: 1,
-        parent: None,
-        linked: false,
-        pid: 0,
-        role: Role::Server,
-        tls: false,
-        request,
-        response: None,
-        error: Some(HttpError::Timeout),
-        start_ns: 1,
-        end_ns: 2,
-        local: Some("10.9.0.1:80".parse().unwrap()),
-        peer: Some("10.9.0.7:40000".parse().unwrap()),
-    };
+    let exchange = unanswered_exchange(0);
     let span = SpanBuilder::new(false, SpanSampler::default()).span(&exchange, None, 0).expect("sampled");
     workloads.record_http(&exchange, None, None, Some(span));
     let spans = workloads.take_spans();
@@ -379,4 +355,54 @@ fn past_the_workload_cap_processes_fold_by_executable_and_keep_their_bytes() {
     }
     workloads.retire_delivered();
     assert_eq!(workloads.counts().1, 0);
+}
+
+/// A server exchange of process `pid` that timed out.
+fn unanswered_exchange(pid: u32) -> HttpExchange {
+    let request = RequestHead {
+        method: "GET".into(),
+        path: "/".into(),
+        query: None,
+        version: "1.1",
+        host: None,
+        user_agent: None,
+        traceparent: None,
+        truncated: false,
+    };
+    HttpExchange {
+        id: 1,
+        parent: None,
+        linked: false,
+        pid,
+        role: Role::Server,
+        tls: false,
+        request,
+        response: None,
+        error: Some(HttpError::Timeout),
+        start_ns: 1,
+        end_ns: 2,
+        local: Some("10.9.0.1:80".parse().unwrap()),
+        peer: Some("10.9.0.7:40000".parse().unwrap()),
+    }
+}
+
+/// A process that exits while its spans wait (a flush still on its way): when its
+/// workload retires after its last metrics were delivered, its spans stay for the next
+/// flush instead of going with it.
+#[test]
+fn a_retired_workload_leaves_its_spans_for_the_next_flush() {
+    let gone = 4_000_001;
+    let mut workloads = Workloads::new(settings(100));
+    let exchange = unanswered_exchange(gone);
+    let span = SpanBuilder::new(false, SpanSampler::default()).span(&exchange, None, 0).expect("sampled");
+    workloads.record_http(&exchange, None, Some(&KernelProcess { name: "gone".into(), cgroup_id: 0 }), Some(span));
+    workloads.mark_exited(&[gone]);
+    for _ in 0..3 {
+        workloads.collect();
+    }
+    workloads.retire_delivered();
+    assert_eq!(workloads.len(), 0, "the exited, idle workload retired");
+    let spans = workloads.take_spans();
+    assert_eq!(spans.iter().map(|(_, s)| s.len()).sum::<usize>(), 1, "{spans:?}");
+    assert!(workloads.take_spans().is_empty());
 }

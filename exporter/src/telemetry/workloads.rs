@@ -123,6 +123,12 @@ pub struct Workloads {
     folds: u64,
     /// Workloads of processes that exec'd: exported once more, then dropped.
     replaced: Vec<Workload>,
+    /// How many of `replaced` (the oldest) the last `collect` took: only those have had
+    /// their last export once it is delivered.
+    replaced_collected: usize,
+    /// Spans of workloads dropped before their spans were taken (a span flush still on
+    /// its way when their last metrics were delivered): they go with the next flush.
+    retired_spans: Vec<(Resource, Vec<SpanData>)>,
     processes: ProcessCache,
     cgroups: CgroupPaths,
     /// Empty unless the Kubernetes watchers run.
@@ -177,6 +183,8 @@ impl Workloads {
             folded_pids: HashMap::new(),
             folds: 0,
             replaced: Vec::new(),
+            replaced_collected: 0,
+            retired_spans: Vec::new(),
             cgroups: CgroupPaths::new(),
             cluster: Arc::default(),
         }
@@ -230,13 +238,16 @@ impl Workloads {
 
     /// Every workload's spans since the last call, with its Resource.
     pub fn take_spans(&mut self) -> Vec<(Resource, Vec<SpanData>)> {
-        self.by_pid
-            .values_mut()
-            .chain(self.folded.values_mut())
-            .chain(&mut self.replaced)
-            .filter(|w| !w.spans.is_empty())
-            .map(|w| (w.resource.clone(), std::mem::take(&mut w.spans)))
-            .collect()
+        let mut taken = std::mem::take(&mut self.retired_spans);
+        taken.extend(
+            self.by_pid
+                .values_mut()
+                .chain(self.folded.values_mut())
+                .chain(&mut self.replaced)
+                .filter(|w| !w.spans.is_empty())
+                .map(|w| (w.resource.clone(), std::mem::take(&mut w.spans))),
+        );
+        taken
     }
 
     fn workload(&mut self, pid: u32, kernel: Option<&KernelProcess>) -> &mut Workload {
@@ -402,6 +413,7 @@ impl Workloads {
             }
             workload.idle_intervals += 1;
         }
+        self.replaced_collected = self.replaced.len();
         batch
     }
 
@@ -410,26 +422,20 @@ impl Workloads {
     /// a failed export, so an outage never loses an exited process's totals (see
     /// `bound_backlog` for the memory bound).
     pub fn retire_delivered(&mut self) {
-        for replaced in self.replaced.drain(..) {
-            let _ = replaced.provider.shutdown();
-        }
+        let collected = std::mem::take(&mut self.replaced_collected).min(self.replaced.len());
+        let mut gone: Vec<Workload> = self.replaced.drain(..collected).collect();
         let limit = self.settings.idle_intervals;
-        self.by_pid.retain(|&pid, w| {
-            // An exited process's pid may be alive again as another process.
-            let keep = pid == 0 || w.idle_intervals <= limit || (!w.exited && process_alive(pid));
-            if !keep {
-                let _ = w.provider.shutdown();
-            }
-            keep
-        });
+        // An exited process's pid may be alive again as another process.
+        gone.extend(
+            self.by_pid
+                .extract_if(|&pid, w| !(pid == 0 || w.idle_intervals <= limit || (!w.exited && process_alive(pid))))
+                .map(|(_, w)| w),
+        );
         // A folded workload stands for processes that come and go: it goes once idle.
-        self.folded.retain(|_, w| {
-            let keep = w.idle_intervals <= limit;
-            if !keep {
-                let _ = w.provider.shutdown();
-            }
-            keep
-        });
+        gone.extend(self.folded.extract_if(|_, w| w.idle_intervals > limit).map(|(_, w)| w));
+        for workload in gone {
+            self.retire(workload);
+        }
         let folded = &self.folded;
         self.folded_pids.retain(|&pid, key| folded.contains_key(key) && process_alive(pid));
         self.processes.forget_exited();
@@ -440,9 +446,10 @@ impl Workloads {
     pub fn bound_backlog(&mut self) -> u64 {
         // Replaced workloads (exec'd processes) first, oldest first.
         let replaced_excess = self.replaced.len().saturating_sub(MAX_RETAINED_EXITED);
-        for old in self.replaced.drain(..replaced_excess) {
-            let _ = old.provider.shutdown();
+        for old in self.replaced.drain(..replaced_excess).collect::<Vec<_>>() {
+            self.retire(old);
         }
+        self.replaced_collected = self.replaced_collected.saturating_sub(replaced_excess);
         let mut exited: Vec<(u32, u32)> = self
             .by_pid
             .iter()
@@ -458,10 +465,19 @@ impl Workloads {
         let excess = exited.len() - MAX_RETAINED_EXITED;
         for &(_, pid) in &exited[..excess] {
             if let Some(w) = self.by_pid.remove(&pid) {
-                let _ = w.provider.shutdown();
+                self.retire(w);
             }
         }
         (excess + replaced_excess) as u64
+    }
+
+    /// Ends a workload's metrics; its spans not yet taken go with the next flush (they
+    /// are held, and counted, like every other span).
+    fn retire(&mut self, workload: Workload) {
+        let _ = workload.provider.shutdown();
+        if !workload.spans.is_empty() {
+            self.retired_spans.push((workload.resource, workload.spans));
+        }
     }
 
     pub fn len(&self) -> usize {
