@@ -33,16 +33,18 @@ hold-clients HOST PORT N CGROUP...
                                  fork N processes, child i first moving into CGROUP[i % len];
                                  each opens one connection, sends 1 byte, reads the reply,
                                  and stays alive until stdin closes (many live workloads).
-http-fresh-client HOST PORT N EVERY
+http-fresh-client HOST PORT N EVERY [PAUSE_MS]
                                  N HTTP/1.1 GETs, each on a new connection: every EVERY-th
                                  for /drop (http_server.py closes it unanswered; EVERY 0:
-                                 none), the rest for /ok, each read to its end.
+                                 none), the rest for /ok, each read to its end; PAUSE_MS
+                                 before each.
 sink-server PORT                 accept connections until stdin closes; answer each one's
                                  first bytes with one byte, then read it to its end.
 Each prints "ready" (servers) or "done" once finished, so tests can sequence on it.
 """
 import socket
 import sys
+import time
 
 
 def recv_exact(sock, n):
@@ -272,8 +274,9 @@ def sink_server(port):
     thread.join()
 
 
-def http_fresh_client(host, port, n, every):
+def http_fresh_client(host, port, n, every, pause_ms=0):
     for i in range(n):
+        time.sleep(pause_ms / 1000)
         path = "/drop" if every and i % every == 0 else "/ok"
         with socket.create_connection((host, port)) as s:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())

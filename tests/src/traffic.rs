@@ -40,7 +40,15 @@ impl Traffic {
         Self::start(cmd)
     }
 
-    fn start(mut cmd: std::process::Command) -> Self {
+    /// A program from `tests/scripts` in the host's own namespace.
+    pub fn spawn_host_script(script: &str, args: &[&str]) -> Self {
+        let mut cmd = std::process::Command::new("python3");
+        cmd.arg(scripts_dir().join(script)).args(args);
+        Self::start(cmd)
+    }
+
+    /// Any command whose stdout lines the test waits for.
+    pub fn start(mut cmd: std::process::Command) -> Self {
         let mut child = cmd.stdout(Stdio::piped()).spawn().expect("spawn traffic.py");
         let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
         Self { child, lines }

@@ -573,3 +573,67 @@ fn sampled_spans_leave_the_histograms_complete() {
         served.len()
     );
 }
+
+/// More connections waiting for an answer than `http.max_connections`: the oldest are
+/// pushed out and their requests counted as `pending_full`; the rest end as unanswered
+/// exchanges when their connections close. Every request is one or the other.
+#[test]
+fn unanswered_connections_past_the_table_cap_are_counted() {
+    const CONNECTIONS: u64 = 40;
+    const CAP: u64 = 16;
+    if !privileged_or_skip("unanswered_connections_past_the_table_cap_are_counted") {
+        return;
+    }
+    let cap = CAP.to_string();
+    let (receiver, agent) = with_grpc_receiver_and(&[("FLOWTEL_HTTP_MAX_CONNECTIONS", &cap)]);
+    let link = Link::new("hcap", 61);
+    let server_ip = link.addr_b.to_string();
+    // A server that reads and never answers; a client that holds its connections open
+    // with one request each, then closes them all.
+    let silent = "import socket, sys, threading\n\
+         s = socket.create_server((sys.argv[1], 8088), backlog=64)\n\
+         print('ready', flush=True)\n\
+         def drain(c):\n    \
+             while c.recv(4096):\n        pass\n\
+         while True:\n    \
+             threading.Thread(target=drain, args=(s.accept()[0],), daemon=True).start()\n";
+    let mut server = Traffic::start({
+        let mut cmd = Link::exec(&link.b, "python3");
+        cmd.args(["-c", silent, &server_ip]);
+        cmd
+    });
+    server.wait_line("ready");
+    let holder = format!(
+        "import socket, time\n\
+         conns = [socket.create_connection(('{server_ip}', 8088)) for _ in range({CONNECTIONS})]\n\
+         for c in conns:\n    \
+             c.sendall(b'GET /held HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); time.sleep(0.01)\n\
+         time.sleep(2)\n\
+         for c in conns:\n    \
+             c.close()\n"
+    );
+    let held = Link::exec(&link.a, "python3").args(["-c", &holder]).status().expect("client");
+    assert!(held.success());
+
+    let pending_full = || {
+        let lost = points(&receiver.received.snapshot(), "flowtel.agent.events.lost");
+        total(&lost, &[], &[("flowtel.probe", "httpflow"), ("flowtel.loss.cause", "pending_full")])
+    };
+    let ended = || {
+        let got = spans(&receiver.traces.snapshot());
+        spans_matching(&got, &[], &[("url.path", "/held")]).len() as f64
+    };
+    // Both ends are on this host: 80 connections, each with its request, in a table of
+    // 16. Other tests' traffic may take slots too: then more are counted, never fewer.
+    let all = 2.0 * CONNECTIONS as f64;
+    let accounted = eventually(Duration::from_secs(20), || {
+        pending_full() >= all - 2.0 * CAP as f64 && ended() + pending_full() >= all
+    });
+    assert!(
+        accounted && ended() <= 2.0 * CAP as f64,
+        "{all} unanswered requests past a table of {CAP}: {} ended, {} counted pending_full\n{}",
+        ended(),
+        pending_full(),
+        agent.log()
+    );
+}

@@ -281,3 +281,49 @@ fn a_slow_api_server_delays_the_names_not_the_flows() {
     scene.connect_until("10.201.37.1", "the names never came after the slow lists", |io| to_server(io, true));
     drop(server);
 }
+
+/// A cluster bigger than `kubernetes.max_objects`: the view holds the bound, the pods it
+/// could not keep are counted as `store_full`.
+#[test]
+fn a_cluster_past_max_objects_is_held_to_the_bound_and_the_rest_counted() {
+    const PODS: u64 = 24;
+    const MAX: u64 = 16;
+    if !privileged_or_skip("a_cluster_past_max_objects_is_held_to_the_bound_and_the_rest_counted") {
+        return;
+    }
+    let pods: Vec<Value> = (0..PODS)
+        .map(|i| {
+            let uid = format!("0b7e4a1c-9d2f-4e6b-8a3c-{i:012x}");
+            pod("big", &format!("pod-{i}"), &uid, &format!("10.201.39.{}", i + 10), None)
+        })
+        .collect();
+    let api = KubeApi::start("big", 0, &pods, 1_000);
+    let receiver = Receiver::grpc("127.0.0.1:0");
+    let kubeconfig = api.kubeconfig().display().to_string();
+    let max = MAX.to_string();
+    let agent = Agent::start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &format!("http://{}", receiver.addr)),
+        ("KUBECONFIG", &kubeconfig),
+        ("FLOWTEL_KUBERNETES_MODE", "on"),
+        ("FLOWTEL_KUBERNETES_MAX_OBJECTS", &max),
+    ]);
+    let state = || {
+        let snapshot = receiver.received.snapshot();
+        let held = matching(&points(&snapshot, "flowtel.agent.k8s.objects"), &[], &[("flowtel.k8s.resource", "pods")])
+            .first()
+            .map(|p| p.value);
+        let lost = points(&snapshot, "flowtel.agent.events.lost");
+        let store_full: f64 =
+            matching(&lost, &[], &[("flowtel.probe", "kubernetes"), ("flowtel.loss.cause", "store_full")])
+                .iter()
+                .map(|p| p.value)
+                .sum();
+        (held, store_full)
+    };
+    // A relist refuses the same pods again: at least once each, counted.
+    let counted = eventually(Duration::from_secs(20), || {
+        let (held, store_full) = state();
+        held == Some(MAX as f64) && store_full >= (PODS - MAX) as f64
+    });
+    assert!(counted, "{PODS} pods past a bound of {MAX}: (held, store_full) {:?}\n{}", state(), agent.log());
+}
