@@ -42,11 +42,23 @@ fn http_protobuf_export_and_sigterm_flushes_the_last_interval() {
     ]);
     let link = Link::new("http", 21);
     let client = exchange(&link, 9400, 4321, 8765);
+    // A lookup answered just before the signal: the DNS stage hands over what its ring
+    // holds before the last interval goes out.
+    let server_ip = link.addr_b.to_string();
+    let _dns = flowtel_e2e::servers::dnsmasq(&link.b, &[&server_ip], 53, &["--address=/last.test/10.0.0.1".into()]);
+    let dig = Link::exec(&link.a, "dig").args(["+tries=1", "+time=3", &format!("@{server_ip}"), "last.test"]).output();
+    assert!(dig.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("status: NOERROR")), "dig");
     assert!(receiver.received.snapshot().is_empty(), "nothing should be exported before the interval");
     let (status, log) = agent.stop();
     assert!(status.success(), "exit {status}; log:\n{log}");
     assert!(log.contains("detaching probes"), "{log}");
     assert_eq!(client_sent(&receiver.received, &client), 4321.0, "log:\n{log}");
+    let lookups = total(
+        &points(&receiver.received.snapshot(), "flowtel.dns.lookups"),
+        &[],
+        &[("network.peer.address", server_ip.as_str()), ("dns.question.name", "last.test")],
+    );
+    assert_eq!(lookups, 1.0, "the lookup before the signal; log:\n{log}");
 }
 
 #[test]

@@ -42,6 +42,11 @@ impl DnsPacketReader {
     pub async fn next_batch(&mut self, max: usize, out: &mut Vec<CapturedPacket>) -> Result<u64, ReadError> {
         self.ring.next_batch(max, out, decode).await
     }
+
+    /// Up to `max` records already there, without waiting (at shutdown).
+    pub fn read_now(&mut self, max: usize, out: &mut Vec<CapturedPacket>) -> u64 {
+        self.ring.drain(max, out, &decode)
+    }
 }
 
 fn decode(bytes: &[u8]) -> Option<CapturedPacket> {

@@ -59,6 +59,11 @@ impl HttpChunkReader {
     pub async fn next_batch(&mut self, max: usize, out: &mut Vec<HttpChunk>) -> Result<u64, ReadError> {
         self.ring.next_batch(max, out, decode).await
     }
+
+    /// Up to `max` records already there, without waiting (at shutdown).
+    pub fn read_now(&mut self, max: usize, out: &mut Vec<HttpChunk>) -> u64 {
+        self.ring.drain(max, out, &decode)
+    }
 }
 
 impl Drop for HttpChunkReader {

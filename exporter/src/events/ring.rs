@@ -52,7 +52,9 @@ impl RingReader {
         }
     }
 
-    fn drain<T>(&mut self, max: usize, out: &mut Vec<T>, decode: &impl Fn(&[u8]) -> Option<T>) -> u64 {
+    /// Decodes up to `max` records already there, without waiting; returns how many
+    /// could not be decoded.
+    pub fn drain<T>(&mut self, max: usize, out: &mut Vec<T>, decode: &impl Fn(&[u8]) -> Option<T>) -> u64 {
         let ring = self.ring.get_mut();
         let mut undecodable = 0;
         while out.len() < max {

@@ -16,6 +16,10 @@ impl Source for DnsPacketReader {
     ) -> impl Future<Output = Result<u64, ReadError>> + Send {
         DnsPacketReader::next_batch(self, max, out)
     }
+
+    fn read_now(&mut self, max: usize, out: &mut Vec<CapturedPacket>) -> u64 {
+        DnsPacketReader::read_now(self, max, out)
+    }
 }
 
 impl Pairing for DnsTracker {

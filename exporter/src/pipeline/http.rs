@@ -16,6 +16,10 @@ impl Source for HttpChunkReader {
     ) -> impl Future<Output = Result<u64, ReadError>> + Send {
         HttpChunkReader::next_batch(self, max, out)
     }
+
+    fn read_now(&mut self, max: usize, out: &mut Vec<HttpChunk>) -> u64 {
+        HttpChunkReader::read_now(self, max, out)
+    }
 }
 
 impl Pairing for HttpTracker {

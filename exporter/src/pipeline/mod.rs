@@ -117,10 +117,10 @@ pub async fn run(config: Config, otel: OtelSettings, lanes: &Lanes) -> anyhow::R
                 continue;
             }
         };
-        for batch in dns_stage.as_mut().map(Stage::ready_batches).unwrap_or_default() {
+        for batch in stage_batches(dns_stage.as_mut(), last).await {
             recorder.dns(&batch);
         }
-        for batch in http_stage.as_mut().map(Stage::ready_batches).unwrap_or_default() {
+        for batch in stage_batches(http_stage.as_mut(), last).await {
             recorder.http(&batch);
         }
         let flows;
@@ -307,6 +307,18 @@ fn send_spans(recorder: &mut Recorder, courier: &mut Courier<SpanSink>) {
     }
     recorder.spans_held = 0;
 }
+
+/// What a stage has finished by now; at the last interval, all it holds (it ends).
+async fn stage_batches<P: Pairing>(stage: Option<&mut Stage<P>>, last: bool) -> Vec<Batch<P::Item, P::Losses>> {
+    match stage {
+        Some(stage) if last => stage.finish(STAGE_FINISH_GRACE).await,
+        Some(stage) => stage.ready_batches(),
+        None => Vec::new(),
+    }
+}
+
+/// At shutdown, how long a stage may take to hand over what its ring holds.
+const STAGE_FINISH_GRACE: Duration = Duration::from_secs(2);
 
 /// The next batch from a stage, or never when that observation is off.
 async fn next_batch<P: Pairing>(stage: Option<&mut Stage<P>>) -> Option<Batch<P::Item, P::Losses>> {

@@ -12,7 +12,11 @@
 //! with the next batch that is delivered.
 use std::time::Duration;
 
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
 
 use crate::events::{ReadError, monotonic_now_ns};
 
@@ -34,6 +38,9 @@ pub trait Source: Send + 'static {
         max: usize,
         out: &mut Vec<Self::Record>,
     ) -> impl Future<Output = Result<u64, ReadError>> + Send;
+    /// Up to `max` records already there, without waiting; returns how many could not
+    /// be decoded.
+    fn read_now(&mut self, max: usize, out: &mut Vec<Self::Record>) -> u64;
 }
 
 /// What pairs records into finished items.
@@ -77,14 +84,39 @@ impl<L: std::ops::AddAssign> std::ops::AddAssign for StageLosses<L> {
 
 pub struct Stage<P: Pairing> {
     pub batches: mpsc::Receiver<Batch<P::Item, P::Losses>>,
+    stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl<P: Pairing> Stage<P> {
     pub fn spawn<S: Source<Record = P::Record>>(source: S, pairing: P) -> Self {
         let (tx, batches) = mpsc::channel(BATCHES_QUEUED);
-        let task = tokio::spawn(run(source, pairing, tx));
-        Self { batches, task }
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(source, pairing, tx, stopped));
+        Self { batches, stop: Some(stop), task }
+    }
+
+    /// At shutdown: the stage reads what its ring holds at once, sends it and ends;
+    /// returns every batch not yet taken, waiting at most `grace`. Records still unpaired
+    /// (a query whose answer has not come) end with the agent.
+    pub async fn finish(&mut self, grace: Duration) -> Vec<Batch<P::Item, P::Losses>> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let deadline = Instant::now() + grace;
+        let mut taken = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.batches.recv()).await {
+                Ok(Some(batch)) => taken.push(batch),
+                // Its sender went with the stage's task: everything was sent.
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(?grace, "a stage did not finish in time: what it held is not delivered");
+                    break;
+                }
+            }
+        }
+        taken
     }
 
     /// Every batch already sent, without waiting for more.
@@ -103,6 +135,7 @@ async fn run<S: Source, P: Pairing<Record = S::Record>>(
     mut source: S,
     mut pairing: P,
     tx: mpsc::Sender<Batch<P::Item, P::Losses>>,
+    mut stopped: oneshot::Receiver<()>,
 ) {
     let mut next_sweep = Instant::now() + SWEEP;
     let mut records = Vec::with_capacity(S::PER_BATCH);
@@ -112,9 +145,16 @@ async fn run<S: Source, P: Pairing<Record = S::Record>>(
         let mut losses = StageLosses::<P::Losses>::default();
         let ring_read_empty;
         tokio::select! {
-            // The ring first: its read takes what is there at once, and only when there
-            // was nothing does the sweep's timer get a look.
+            // A stop first (what it reads last is everything the ring holds), then the
+            // ring: its read takes what is there at once, and only when there was
+            // nothing does the sweep's timer get a look.
             biased;
+            _ = &mut stopped => {
+                let last = last_batch(&mut source, &mut pairing, std::mem::take(&mut carried));
+                // The loop is taking batches while it finishes: wait for room.
+                let _ = tx.send(last).await;
+                return;
+            }
             read = source.next_batch(S::PER_BATCH, &mut records) => match read {
                 Ok(undecodable) => {
                     ring_read_empty = records.len() < S::PER_BATCH;
@@ -150,4 +190,27 @@ async fn run<S: Source, P: Pairing<Record = S::Record>>(
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
+}
+
+/// Everything the ring holds now, paired, with the losses still to report.
+fn last_batch<S: Source, P: Pairing<Record = S::Record>>(
+    source: &mut S,
+    pairing: &mut P,
+    carried: StageLosses<P::Losses>,
+) -> Batch<P::Item, P::Losses> {
+    let mut items = Vec::new();
+    let mut losses = carried;
+    let mut records = Vec::with_capacity(S::PER_BATCH);
+    loop {
+        losses.undecodable += source.read_now(S::PER_BATCH, &mut records);
+        let read = records.len();
+        for record in records.drain(..) {
+            pairing.record(&record, &mut items);
+        }
+        if read < S::PER_BATCH {
+            break;
+        }
+    }
+    losses.pairing += pairing.take_losses();
+    Batch { items, losses, held: pairing.held() }
 }
