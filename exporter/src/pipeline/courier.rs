@@ -1,6 +1,7 @@
-//! Export on a task of its own (on the export thread, `lanes.rs`): the loop hands an interval's metrics (or a flush of
-//! spans) to a courier and goes back to the kernel tables and the DNS and HTTP stages,
-//! so a slow or black-holed collector never holds back collection. One job is on its
+//! Export on a task of its own, on the export thread (`lanes.rs`): the loop hands an
+//! interval's metrics (or a flush of spans) to a courier and goes back to the kernel
+//! tables and the DNS and HTTP stages, so a slow or black-holed collector never holds
+//! back collection. One job is on its
 //! way at a time; while it is, the loop does not collect again (the SDK keeps the
 //! totals, so the next export carries them) and spans stay held (bounded by
 //! `http.max_spans`, past which they are counted lost).
@@ -97,13 +98,17 @@ impl<D: Deliver> Courier<D> {
         if !self.in_flight {
             return std::future::pending().await;
         }
-        match self.outcomes.recv().await {
-            Some(outcome) => {
-                self.in_flight = false;
-                outcome
-            }
-            None => std::future::pending().await,
+        // Cleared only once the outcome is here: `select!` may drop this future first.
+        let outcome = self.outcomes.recv().await;
+        self.in_flight = false;
+        if let Some(outcome) = outcome {
+            return outcome;
         }
+        // Its task ended with the job (a panic in the exporter): later jobs are refused
+        // (`send` gives them back, and refused spans are counted).
+        tracing::error!("an export courier ended with its job on its way: that export and later ones are lost");
+        self.jobs = None;
+        std::future::pending().await
     }
 
     /// At shutdown: the outcome of the job on its way, waiting at most `grace`.

@@ -1,10 +1,11 @@
 //! The agent's one loop: each export interval, drain the kernel's flow tables, turn
 //! them into flow records, name their peers from DNS answers, record them under their
-//! workloads, and hand them to the export courier (its own task: the loop never waits
-//! for the network). Between ticks it takes DNS lookups and HTTP exchanges from their
-//! stages as they finish, and the couriers' outcomes. SIGTERM or SIGINT runs one last
-//! interval (flows and lookups up to the signal are delivered), then returns so that
-//! dropping the probes detaches everything.
+//! workloads, and hand them to the export courier (on the export thread: the loop never
+//! waits for the network). Between ticks it takes DNS lookups and HTTP exchanges from
+//! their stages (on the stage thread) as they finish, and the couriers' outcomes.
+//! SIGTERM or SIGINT runs one last interval (flows, and what the stages' rings hold, up
+//! to the signal are delivered), then returns so that dropping the probes detaches
+//! everything.
 mod courier;
 mod dns;
 mod http;
@@ -230,8 +231,8 @@ async fn record_flows(
     .await?;
     let flows = flows?;
     let lost = lost?;
-    // /proc reads (new workloads' identities) and uprobe attaches block: this worker
-    // hands its other tasks (the DNS and HTTP stages' readers) to the other one.
+    // /proc reads (new workloads' identities) and uprobe attaches block the loop's own
+    // thread only: the stages and export have theirs (`lanes.rs`).
     let execed = tokio::task::block_in_place(|| {
         let execed = recorder.flows(&flows, lost, &exited);
         if let Some(tls) = probes.tls.as_mut() {

@@ -7,9 +7,10 @@
 //! only when the agent falls behind for longer than the buffer lasts (counted by the
 //! probe). A sweep comes only after the ring was read empty (or, under a flood that
 //! never empties it, a second late): what a sweep ends (a connection whose end came
-//! before its last response was read, say) cannot be waiting unread in the ring. A batch the export loop cannot take in time is dropped and counted
-//! (`channel_full`), never queued without bound. Losses found while pairing travel
-//! with the next batch that is delivered.
+//! before its last response was read, say) cannot be waiting unread in the ring. A
+//! batch the export loop cannot take in time is dropped and counted (`channel_full`),
+//! never queued without bound. Losses found while pairing travel with the next batch
+//! that is delivered. At shutdown the stage hands over all its ring holds, then ends.
 use std::time::Duration;
 
 use tokio::{
