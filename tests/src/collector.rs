@@ -1,8 +1,8 @@
 //! rotel (from `PyPI`), a third-party OpenTelemetry collector written in Rust, as a real OTLP
 //! hop between the agent and the test receiver.
-use std::{net::TcpListener, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use crate::{servers::Background, traffic::eventually};
+use crate::{free_port, servers::Background, traffic::eventually};
 
 /// The rotel-agent binary pip installed (glibc only: it also runs on the local bookworm base).
 pub fn rotel_binary() -> String {
@@ -13,10 +13,6 @@ pub fn rotel_binary() -> String {
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(std::path::Path::new(&path).exists(), "rotel is not installed (pip install rotel; scripts/setup.sh does)");
     path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A running rotel that forwards OTLP to `forward_to` (an `http://host:port` gRPC

@@ -20,6 +20,11 @@ pub mod traffic;
 /// that a test shows are enough for an unprivileged user.
 pub const DOCUMENTED_CAPABILITIES: [&str; 5] = ["BPF", "PERFMON", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_PTRACE"];
 
+/// A local TCP port that was free a moment ago (for a server started later).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Returns false (after saying so loudly) when privileged tests cannot run here.
 /// Under CI they must run: panics instead.
 pub fn privileged_or_skip(test: &str) -> bool {

@@ -5,14 +5,13 @@
 //! bursts each other's counts.
 #![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
 use std::{
-    net::TcpListener,
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
 
 use flowtel_e2e::{
     agent::{Agent, with_grpc_receiver_and},
-    privileged_or_skip,
+    free_port, privileged_or_skip,
     query::{points, total},
     receiver::Receiver,
     traffic::eventually,
@@ -32,10 +31,6 @@ fn burst(n: u32) {
         .status()
         .expect("bash");
     assert!(status.success());
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// More exits of processes that made flows between two reads than the exit table holds

@@ -1,11 +1,12 @@
 //! Delivery: both OTLP protocols, a flush on SIGTERM, a collector outage, and a
 //! third-party collector (rotel) in the path.
 #![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
-use std::{net::TcpListener, time::Duration};
+use std::time::Duration;
 
 use flowtel_e2e::{
     agent::Agent,
     collector::Rotel,
+    free_port,
     netns::Link,
     privileged_or_skip,
     query::{points, total},
@@ -21,10 +22,6 @@ fn exchange(link: &Link, port: u16, up: u64, down: u64) -> String {
 fn client_sent(received: &Received, pid: &str) -> f64 {
     let io = points(&received.snapshot(), "flowtel.network.io");
     total(&io, &[("process.pid", pid)], &[("network.io.direction", "transmit")])
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
