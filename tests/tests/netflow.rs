@@ -46,7 +46,21 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     });
     let got = receiver.received.snapshot();
     let io = points(&got, IO);
-    assert!(delivered, "flows never fully arrived; io points: {io:#?}\nagent log:\n{}", agent.log());
+    // Once, in the newest kernel's guest, the server's transmit of one connection of
+    // three was missing: what the agent counted lost and closed says more than the bytes.
+    let closed = points(&got, "flowtel.tcp.connections.closed");
+    let lost: Vec<String> = points(&got, "flowtel.agent.events.lost")
+        .iter()
+        .filter(|p| p.value > 0.0)
+        .map(|p| format!("{}/{} {}", p.attrs["flowtel.probe"], p.attrs["flowtel.loss.cause"], p.value))
+        .collect();
+    assert!(
+        delivered,
+        "flows never fully arrived; closed: server {} client {}; lost: {lost:?}; io points: {io:#?}\nagent log:\n{}",
+        total(&closed, &server_res, &[]),
+        total(&closed, &client_res, &[]),
+        agent.log()
+    );
 
     // Client side: outgoing, peer port kept, local (ephemeral) port collapsed.
     let out = [("flowtel.flow.direction", "outgoing"), ("network.transport", "tcp"), to_server[0], to_server[1]];
