@@ -178,6 +178,17 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Every span received, in order.
+/// The agent's `flowtel.agent.events.lost` series that are not 0, summed by (probe,
+/// cause): what a failure message needs to say where missing data went.
+pub fn losses(requests: &[ExportMetricsServiceRequest]) -> BTreeMap<(String, String), f64> {
+    let mut out = BTreeMap::new();
+    for point in points(requests, "flowtel.agent.events.lost").into_iter().filter(|p| p.value > 0.0) {
+        let key = (point.attrs["flowtel.probe"].clone(), point.attrs["flowtel.loss.cause"].clone());
+        *out.entry(key).or_default() += point.value;
+    }
+    out
+}
+
 pub fn spans(requests: &[ExportTraceServiceRequest]) -> Vec<SpanRow> {
     let mut out = Vec::new();
     for request in requests {

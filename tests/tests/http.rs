@@ -11,7 +11,7 @@ use flowtel_e2e::{
     agent::{Agent, with_grpc_receiver, with_grpc_receiver_and},
     netns::Link,
     privileged_or_skip,
-    query::{SpanRow, points, spans, spans_matching, total},
+    query::{SpanRow, losses, points, spans, spans_matching, total},
     receiver::Receiver,
     servers::{nginx, self_signed},
     traffic::{Traffic, eventually, wrk},
@@ -133,7 +133,12 @@ fn requests_become_server_and_client_spans_and_histograms() {
     });
     let got = spans(&receiver.traces.snapshot());
     let served = spans_matching(&got, &server_res, &[]);
-    assert!(delivered, "spans: {got:#?}\nlosses: {:?}\nagent log:\n{}", http_losses(&receiver), agent.log());
+    assert!(
+        delivered,
+        "spans: {got:#?}\nlosses: {:?}\nagent log:\n{}",
+        losses(&receiver.received.snapshot()),
+        agent.log()
+    );
 
     // Exactly one SERVER span per request, with method, path and status.
     assert!(served.iter().all(|s| s.kind == "SERVER" && s.scope == "flowtel.http"), "{served:#?}");
@@ -500,7 +505,7 @@ fn unanswered_requests_on_fresh_connections_do_not_shift_the_pairing() {
         "server: {:?}\nclient: {:?}\nwant each: {want:?}\nlosses: {:?}\nagent log:\n{}",
         side(&got, &server_pid),
         side(&got, &client_pid),
-        http_losses(&receiver),
+        losses(&receiver.received.snapshot()),
         agent.log()
     );
     // The server's view of each answered request lasts about what the client's did (its
@@ -516,17 +521,6 @@ fn unanswered_requests_on_fresh_connections_do_not_shift_the_pairing() {
         server_longest <= client_longest + 0.005,
         "longest /ok span: server {server_longest} s, client {client_longest} s"
     );
-}
-
-/// The agent's HTTP losses that are not 0, by cause: what a failure message needs to say
-/// where a missing exchange went.
-fn http_losses(receiver: &Receiver) -> BTreeMap<String, f64> {
-    let lost = points(&receiver.received.snapshot(), "flowtel.agent.events.lost");
-    let mut out = BTreeMap::new();
-    for point in lost.iter().filter(|p| p.attrs["flowtel.probe"] == "httpflow" && p.value > 0.0) {
-        *out.entry(point.attrs["flowtel.loss.cause"].clone()).or_default() += point.value;
-    }
-    out
 }
 
 /// `OTEL_TRACES_SAMPLER=traceidratio` keeps about its share of spans, the same traces at

@@ -7,7 +7,7 @@ use flowtel_e2e::{
     agent::{with_grpc_receiver, with_grpc_receiver_and},
     netns::Link,
     privileged_or_skip,
-    query::{matching, points, total},
+    query::{losses, matching, points, total},
     traffic::{Traffic, eventually, tcp_exchange, tcp_sendfile_exchange},
 };
 
@@ -49,11 +49,7 @@ fn tcp_bytes_connections_and_direction_are_exact_at_both_ends() {
     // Once, in the newest kernel's guest, the server's transmit of one connection of
     // three was missing: what the agent counted lost and closed says more than the bytes.
     let closed = points(&got, "flowtel.tcp.connections.closed");
-    let lost: Vec<String> = points(&got, "flowtel.agent.events.lost")
-        .iter()
-        .filter(|p| p.value > 0.0)
-        .map(|p| format!("{}/{} {}", p.attrs["flowtel.probe"], p.attrs["flowtel.loss.cause"], p.value))
-        .collect();
+    let lost = losses(&got);
     assert!(
         delivered,
         "flows never fully arrived; closed: server {} client {}; lost: {lost:?}; io points: {io:#?}\nagent log:\n{}",
