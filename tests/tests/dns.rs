@@ -14,6 +14,19 @@ use flowtel_e2e::{
 };
 
 const LOOKUPS: &str = "flowtel.dns.lookups";
+
+/// Every agent sees every test's packets. Tests that make DNS losses on purpose (garbage,
+/// an unseen segment) share this lock; a test that asserts no DNS loss at all holds it
+/// alone.
+static LOSS_MAKERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn making_losses() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOSS_MAKERS.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn asserting_no_loss() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LOSS_MAKERS.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 const DURATION: &str = "dns.lookup.duration";
 
 /// dnsmasq on `ns`, port `port`: names from `answers` (name, address), `nx.test`
@@ -254,6 +267,7 @@ fn garbage_on_a_dns_port_is_counted_and_harmless() {
     if !privileged_or_skip("garbage_on_a_dns_port_is_counted_and_harmless") {
         return;
     }
+    let _losses = making_losses();
     let receiver = Receiver::grpc("127.0.0.1:0");
     let agent = agent_with(&receiver, &[("FLOWTEL_DNS_TIMEOUT_MS", "1000")]);
     let link = Link::new("dnsjunk", 44);
@@ -346,6 +360,7 @@ fn an_answer_longer_than_the_capture_still_pairs_and_names_its_addresses() {
     if !privileged_or_skip("an_answer_longer_than_the_capture_still_pairs_and_names_its_addresses") {
         return;
     }
+    let _alone = asserting_no_loss();
     let (receiver, agent) = with_grpc_receiver();
     let link = Link::new("dnsbig", 45);
     let server = link.addr_b.to_string();
@@ -585,4 +600,72 @@ fn unanswered_queries_past_the_pending_cap_are_counted() {
         pending_full(),
         agent.log()
     );
+}
+
+/// A segment of a TCP answer that the agent never sees (the client's firewall drops it
+/// once on the way in, before the agent's ingress program; TCP delivers it again after
+/// the segment behind it): the message's framing is lost, which is counted as
+/// `stream_gap`, and the stream starts over at the next message on the same connection.
+#[test]
+fn a_segment_never_seen_is_counted_as_a_stream_gap_and_the_stream_starts_over() {
+    if !privileged_or_skip("a_segment_never_seen_is_counted_as_a_stream_gap_and_the_stream_starts_over") {
+        return;
+    }
+    let _losses = making_losses();
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("dnsgap", 68);
+    let server = link.addr_b.to_string();
+    let mut dns_server = Traffic::spawn_script(&link.b, "dns_server.py", &[&server, "0"]);
+    dns_server.wait_line("ready");
+    // The first packet from port 53 carrying answer id 0xfeed: dropped once.
+    let dropped = Link::exec(&link.a, "iptables")
+        .args(["-A", "INPUT", "-p", "tcp", "--sport", "53", "-m", "string", "--algo", "bm"])
+        .args(["--hex-string", "|feed|", "-m", "statistic", "--mode", "nth", "--every", "1000000"])
+        .args(["--packet", "0", "-j", "DROP"])
+        .status()
+        .expect("iptables");
+    assert!(dropped.success());
+    // split.test (answered in two sends, the id in the first), then known.test on the
+    // same connection, each answer read before going on.
+    let script = format!(
+        "import socket, struct\n\
+         from dnslib import DNSRecord\n\
+         s = socket.create_connection(('{server}', 53))\n\
+         for name, qid in (('split.test', 0xfeed), ('known.test', 0x0a0a)):\n    \
+             q = DNSRecord.question(name); q.header.id = qid; b = q.pack()\n    \
+             s.sendall(struct.pack('>H', len(b)) + b)\n    \
+             n = struct.unpack('>H', s.recv(2, socket.MSG_WAITALL))[0]\n    \
+             print(DNSRecord.parse(s.recv(n, socket.MSG_WAITALL)).a.rdata)\n"
+    );
+    let (pid, out) = python(&link.a, &script);
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["10.0.0.9", "10.0.0.9"], "the server answered both");
+    let drops = Link::exec(&link.a, "iptables").args(["-L", "INPUT", "-v", "-n", "-x"]).output().expect("iptables");
+    let drops = String::from_utf8_lossy(&drops.stdout).into_owned();
+
+    let lookups = |name: &str| {
+        let got = points(&receiver.received.snapshot(), LOOKUPS);
+        total(&got, &[("process.pid", pid.as_str())], &[("dns.question.name", name)])
+    };
+    let gaps = || {
+        let lost = points(&receiver.received.snapshot(), "flowtel.agent.events.lost");
+        total(&lost, &[], &[("flowtel.probe", "dnsflow"), ("flowtel.loss.cause", "stream_gap")])
+    };
+    // split.test's answer was never seen whole: its query ends as a timeout (5 s).
+    let counted = eventually(Duration::from_secs(20), || {
+        gaps() == 1.0 && lookups("known.test") == 1.0 && lookups("split.test") == 1.0
+    });
+    let got = points(&receiver.received.snapshot(), LOOKUPS);
+    assert!(
+        counted,
+        "stream_gap {} of 1, known.test lookups {} of 1, split.test {} of 1\n{:#?}\n{drops}\n{}",
+        gaps(),
+        lookups("known.test"),
+        lookups("split.test"),
+        matching(&got, &[("process.pid", pid.as_str())], &[]),
+        agent.log()
+    );
+    let rcode = |name: &str, rcode: &str| {
+        total(&got, &[("process.pid", pid.as_str())], &[("dns.question.name", name), ("flowtel.dns.rcode", rcode)])
+    };
+    assert_eq!((rcode("known.test", "NOERROR"), rcode("split.test", "TIMEOUT")), (1.0, 1.0));
 }

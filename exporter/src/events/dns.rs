@@ -23,6 +23,8 @@ pub struct CapturedPacket {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub tcp_seq: u32,
+    /// A TCP SYN: the connection's data in this direction starts at `tcp_seq + 1`.
+    pub tcp_syn: bool,
     /// Payload bytes on the wire; `payload` may hold fewer (the probe's cap).
     pub wire_len: u32,
     pub payload: Vec<u8>,
@@ -49,7 +51,7 @@ impl DnsPacketReader {
     }
 }
 
-fn decode(bytes: &[u8]) -> Option<CapturedPacket> {
+pub(super) fn decode(bytes: &[u8]) -> Option<CapturedPacket> {
     let (header, rest) = split_record::<DnsPacket>(bytes)?;
     let payload = rest.get(..header.captured_len as usize)?;
     if payload.len() > dns::PAYLOAD_MAX {
@@ -74,6 +76,7 @@ fn decode(bytes: &[u8]) -> Option<CapturedPacket> {
         src: SocketAddr::new(address(&header.src_addr)?, header.src_port),
         dst: SocketAddr::new(address(&header.dst_addr)?, header.dst_port),
         tcp_seq: header.tcp_seq,
+        tcp_syn: tcp && header.tcp_syn != 0,
         wire_len: header.wire_len,
         payload: payload.to_vec(),
     })

@@ -342,7 +342,10 @@ pub struct DnsPacket {
     pub family: u8,
     pub protocol: u8,
     pub direction: u8,
-    pub _pad: u8,
+    /// For TCP, 1 when the segment is a SYN: the stream's data starts at `tcp_seq + 1`.
+    /// The probe passes a SYN on (it carries no payload) so that a stream whose first
+    /// data segment went unseen shows the gap.
+    pub tcp_syn: u8,
 }
 const _: () = assert!(size_of::<DnsPacket>() == 64);
 

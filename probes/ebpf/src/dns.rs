@@ -36,6 +36,8 @@ const IPV4_HEADER_MIN: u32 = 20;
 const IPV6_HEADER: u32 = 40;
 /// IPv4 `frag_off` offset bits: non-zero marks a fragment other than the first.
 const IPV4_FRAGMENT_OFFSET: u16 = 0x1fff;
+/// The SYN bit of a TCP header's flags byte (its 14th).
+const TCP_SYN: u8 = 0x02;
 
 #[cgroup_skb(egress)]
 pub fn dns_egress(ctx: SkBuffContext) -> i32 {
@@ -94,18 +96,19 @@ fn try_dns(ctx: &SkBuffContext, direction: u8) -> Option<()> {
     let payload_offset = match transport.protocol {
         protocol::UDP => transport.offset + 8,
         _ => {
-            let Ok(tcp) = ctx.load::<[u8; 13]>(transport.offset as usize) else {
+            let Ok(tcp) = ctx.load::<[u8; 14]>(transport.offset as usize) else {
                 count_lost(lost::DNS_PACKET_READ);
                 return None;
             };
             packet.tcp_seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+            packet.tcp_syn = u8::from(tcp[13] & TCP_SYN != 0);
             transport.offset + u32::from(tcp[12] >> 4) * 4
         }
     };
     let wire_len = ctx.len().checked_sub(payload_offset)?;
-    if wire_len == 0 && packet.protocol == protocol::TCP {
-        // A TCP handshake or ACK: nothing of DNS in it. (An empty UDP datagram goes up,
-        // to be counted as not DNS.)
+    if wire_len == 0 && packet.protocol == protocol::TCP && packet.tcp_syn == 0 {
+        // An ACK or FIN: nothing of DNS in it. A SYN goes up for its sequence number, an
+        // empty UDP datagram to be counted as not DNS.
         return None;
     }
     packet.wire_len = wire_len;

@@ -138,7 +138,14 @@ impl DnsTracker {
         }
         let (stream, last_ns) = self.streams.entry(key).or_default();
         *last_ns = packet.at_ns;
-        match stream.push(packet.tcp_seq, &packet.payload, packet.wire_len) {
+        let mut seq = packet.tcp_seq;
+        if packet.tcp_syn {
+            // A new connection (perhaps on the 4-tuple of an old one): its data starts
+            // one past the SYN, so an unseen first data segment shows as a gap.
+            seq = seq.wrapping_add(1);
+            *stream = TcpStream::starting_at(seq);
+        }
+        match stream.push(seq, &packet.payload, packet.wire_len) {
             Segment::Gap => self.losses.stream_gap += 1,
             Segment::Messages(messages) => {
                 for message in messages {

@@ -43,6 +43,12 @@ pub enum Segment {
 }
 
 impl TcpStream {
+    /// A stream whose first byte has sequence number `seq` (one past its SYN's). One
+    /// made by `default` starts at the first segment it is given instead.
+    pub fn starting_at(seq: u32) -> Self {
+        Self { next_seq: Some(seq), ..Self::default() }
+    }
+
     /// Adds one segment: `captured` bytes of the `wire_len` the segment carried,
     /// starting at sequence number `seq`.
     pub fn push(&mut self, seq: u32, captured: &[u8], wire_len: u32) -> Segment {

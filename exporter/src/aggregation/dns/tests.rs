@@ -53,6 +53,7 @@ fn packet(at_ms: u64, egress: bool, tcp: bool, payload: Vec<u8>) -> CapturedPack
         src: src.parse().unwrap(),
         dst: dst.parse().unwrap(),
         tcp_seq: 0,
+        tcp_syn: false,
         wire_len: u32::try_from(payload.len()).unwrap(),
         payload,
     }
@@ -292,15 +293,17 @@ fn pending_table_is_bounded_and_its_overflow_counted() {
     assert_eq!(t.take_losses().pending_full, 2);
 }
 
+/// A DNS message as TCP carries it: behind its two-byte length.
+fn frame(bytes: Vec<u8>) -> Vec<u8> {
+    let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend(bytes);
+    framed
+}
+
 #[test]
 fn tcp_messages_are_reassembled_and_paired() {
     let mut t = tracker();
     let mut out = Vec::new();
-    let frame = |bytes: Vec<u8>| {
-        let mut framed = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
-        framed.extend(bytes);
-        framed
-    };
     // Two queries pipelined in one segment, answers split across two segments.
     let mut queries = frame(query(1, "one.test", TYPE::A));
     queries.extend(frame(query(2, "two.test", TYPE::A)));
@@ -318,6 +321,35 @@ fn tcp_messages_are_reassembled_and_paired() {
             ("one.test", Transport::Tcp, Outcome::Answered { rcode: 2, latency_s: 0.004 }),
         ]
     );
+}
+
+/// The answer stream's SYN says where its data starts: when the first data segment is
+/// never seen, the next one is a gap (counted), not a message start read from the middle
+/// of a message; the stream starts over at the segment after.
+#[test]
+fn an_unseen_first_segment_after_the_syn_is_a_gap() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.packet(
+        &CapturedPacket { tcp_seq: 500, ..packet(0, true, true, frame(query(1, "lost.test", TYPE::A))) },
+        &mut out,
+    );
+    t.packet(&CapturedPacket { tcp_seq: 8_999, tcp_syn: true, ..packet(1, false, true, vec![]) }, &mut out);
+    let lost = frame(answer(1, "lost.test", RCODE::NoError, vec![]));
+    // The first 8 bytes (9_000..9_008) never seen; the rest arrives.
+    t.packet(&CapturedPacket { tcp_seq: 9_008, ..packet(2, false, true, lost[8..].to_vec()) }, &mut out);
+    assert_eq!((out.len(), t.take_losses().stream_gap), (0, 1));
+    // The query after, on the same connection, pairs with its answer.
+    let next = 500 + u32::try_from(frame(query(1, "lost.test", TYPE::A)).len()).unwrap();
+    t.packet(
+        &CapturedPacket { tcp_seq: next, ..packet(3, true, true, frame(query(2, "next.test", TYPE::A))) },
+        &mut out,
+    );
+    let answer_at = 9_000 + u32::try_from(lost.len()).unwrap();
+    let next_answer = frame(answer(2, "next.test", RCODE::NoError, vec![]));
+    t.packet(&CapturedPacket { tcp_seq: answer_at, ..packet(4, false, true, next_answer) }, &mut out);
+    let names: Vec<_> = out.iter().map(|l| l.question_name.as_str()).collect();
+    assert_eq!(names, ["next.test"]);
 }
 
 #[test]

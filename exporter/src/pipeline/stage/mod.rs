@@ -215,3 +215,6 @@ fn last_batch<S: Source, P: Pairing<Record = S::Record>>(
     losses.pairing += pairing.take_losses();
     Batch { items, losses, held: pairing.held() }
 }
+
+#[cfg(test)]
+mod tests;
