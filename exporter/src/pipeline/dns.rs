@@ -42,4 +42,8 @@ impl Pairing for DnsTracker {
     fn held(&self) -> usize {
         self.pending()
     }
+
+    fn abandon(&mut self) {
+        DnsTracker::abandon(self);
+    }
 }

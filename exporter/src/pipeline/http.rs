@@ -42,4 +42,8 @@ impl Pairing for HttpTracker {
     fn held(&self) -> usize {
         self.connections()
     }
+
+    fn abandon(&mut self) {
+        HttpTracker::abandon(self);
+    }
 }

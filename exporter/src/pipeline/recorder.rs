@@ -98,6 +98,7 @@ impl Recorder {
             ("parse", losses.pairing.parse),
             ("pending_full", losses.pairing.pending_full),
             ("unpaired", losses.pairing.unpaired),
+            ("at_exit", losses.pairing.at_exit),
             ("decode", losses.undecodable),
             ("channel_full", losses.channel_full),
             ("spans_full", spans_dropped),
@@ -125,6 +126,7 @@ impl Recorder {
             ("parse", losses.pairing.parse),
             ("pending_full", losses.pairing.pending_full),
             ("stream_gap", losses.pairing.stream_gap),
+            ("at_exit", losses.pairing.at_exit),
             ("decode", losses.undecodable),
             ("channel_full", losses.channel_full),
         ] {

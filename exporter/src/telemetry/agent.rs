@@ -53,17 +53,19 @@ const LOSS_LABELS: [(u32, &str, &str); lost::COUNT as usize] = [
 ];
 
 /// Causes of loss found in user space, exported at 0 from the start like the rest.
-const USER_SPACE_LOSSES: [(&str, &str); 14] = [
+const USER_SPACE_LOSSES: [(&str, &str); 16] = [
     ("dnsflow", "parse"),
     ("dnsflow", "pending_full"),
     ("dnsflow", "stream_gap"),
     ("dnsflow", "channel_full"),
     ("dnsflow", "decode"),
+    ("dnsflow", "at_exit"),
     ("httpflow", "parse"),
     ("httpflow", "pending_full"),
     ("httpflow", "unpaired"),
     ("httpflow", "channel_full"),
     ("httpflow", "decode"),
+    ("httpflow", "at_exit"),
     ("httpflow", "spans_full"),
     ("httpflow", "span_export"),
     ("kubernetes", "store_full"),

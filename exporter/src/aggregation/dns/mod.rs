@@ -65,6 +65,8 @@ pub struct TrackerLosses {
     pub pending_full: u64,
     /// TCP segments missing from a stream: its framing was lost.
     pub stream_gap: u64,
+    /// Queries still unanswered when the agent stopped: their outcome is unknown.
+    pub at_exit: u64,
 }
 
 impl std::ops::AddAssign for TrackerLosses {
@@ -72,6 +74,7 @@ impl std::ops::AddAssign for TrackerLosses {
         self.parse += other.parse;
         self.pending_full += other.pending_full;
         self.stream_gap += other.stream_gap;
+        self.at_exit += other.at_exit;
     }
 }
 
@@ -217,6 +220,13 @@ impl DnsTracker {
 
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// At shutdown: the queries still unanswered are counted (`at_exit`) and forgotten.
+    pub fn abandon(&mut self) {
+        self.losses.at_exit += self.pending.len() as u64;
+        self.pending.clear();
+        self.streams.clear();
     }
 
     pub fn take_losses(&mut self) -> TrackerLosses {

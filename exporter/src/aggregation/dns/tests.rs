@@ -401,3 +401,15 @@ fn fuzz_corpus_decodes_or_fails_cleanly() {
     let chain = decode(&std::fs::read(dir.join("answer_cname_chain")).unwrap(), false).unwrap();
     assert_eq!(chain.addresses.len(), 2);
 }
+
+#[test]
+fn queries_unanswered_at_shutdown_are_counted() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    t.packet(&packet(0, true, false, query(1, "answered.test", TYPE::A)), &mut out);
+    t.packet(&packet(1, false, false, answer(1, "answered.test", RCODE::NoError, vec![])), &mut out);
+    t.packet(&packet(2, true, false, query(2, "one.test", TYPE::A)), &mut out);
+    t.packet(&packet(3, true, false, query(3, "two.test", TYPE::A)), &mut out);
+    t.abandon();
+    assert_eq!((out.len(), t.take_losses().at_exit, t.pending()), (1, 2, 0));
+}

@@ -77,6 +77,8 @@ pub struct HttpLosses {
     pub pending_full: u64,
     /// Responses with no request waiting (the request came before the agent started).
     pub unpaired: u64,
+    /// Requests still unanswered when the agent stopped: their outcome is unknown.
+    pub at_exit: u64,
 }
 
 impl std::ops::AddAssign for HttpLosses {
@@ -84,6 +86,7 @@ impl std::ops::AddAssign for HttpLosses {
         self.parse += other.parse;
         self.pending_full += other.pending_full;
         self.unpaired += other.unpaired;
+        self.at_exit += other.at_exit;
     }
 }
 
@@ -341,6 +344,13 @@ impl HttpTracker {
     /// Connections tracked now.
     pub fn connections(&self) -> usize {
         self.connections.len()
+    }
+
+    /// At shutdown: the requests still unanswered are counted (`at_exit`) and forgotten.
+    pub fn abandon(&mut self) {
+        self.losses.at_exit += self.connections.values().map(|c| c.pending.len() as u64).sum::<u64>();
+        self.connections.clear();
+        self.by_ends.clear();
     }
 }
 

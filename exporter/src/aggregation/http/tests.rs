@@ -234,3 +234,19 @@ fn a_socket_torn_down_ends_what_it_left_unanswered() {
     assert_eq!((out.len(), out[0].error, out[0].end_ns), (1, Some(HttpError::ConnectionReset), 3 * MS));
     assert_eq!(t.connections(), 0);
 }
+
+#[test]
+fn requests_unanswered_at_shutdown_are_counted() {
+    let mut t = tracker();
+    let mut out = Vec::new();
+    // Connection 1: one answered, one not; connection 2: two pipelined, none answered;
+    // connection 3: idle after its exchange.
+    t.chunk(&chunk(1, 1, false, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"), &mut out);
+    t.chunk(&chunk(2, 1, true, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), &mut out);
+    t.chunk(&chunk(3, 1, false, b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"), &mut out);
+    t.chunk(&chunk(4, 2, true, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\n\r\n"), &mut out);
+    t.chunk(&chunk(5, 3, false, b"GET /e HTTP/1.1\r\nHost: x\r\n\r\n"), &mut out);
+    t.chunk(&chunk(6, 3, true, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"), &mut out);
+    t.abandon();
+    assert_eq!((out.len(), t.take_losses().at_exit, t.connections()), (2, 3, 0));
+}

@@ -10,7 +10,8 @@
 //! before its last response was read, say) cannot be waiting unread in the ring. A
 //! batch the export loop cannot take in time is dropped and counted (`channel_full`),
 //! never queued without bound. Losses found while pairing travel with the next batch
-//! that is delivered. At shutdown the stage hands over all its ring holds, then ends.
+//! that is delivered. At shutdown the stage hands over all its ring holds, counts what
+//! is still unanswered (`at_exit`), then ends.
 use std::time::Duration;
 
 use tokio::{
@@ -54,6 +55,9 @@ pub trait Pairing: Send + 'static {
     fn take_losses(&mut self) -> Self::Losses;
     /// What it holds now, unfinished (queries awaiting answers, connections in flight).
     fn held(&self) -> usize;
+    /// At shutdown, after the last read: counts what is still unanswered as lost and
+    /// forgets it.
+    fn abandon(&mut self);
 }
 
 /// What the export loop receives from a stage.
@@ -99,7 +103,7 @@ impl<P: Pairing> Stage<P> {
 
     /// At shutdown: the stage reads what its ring holds at once, sends it and ends;
     /// returns every batch not yet taken, waiting at most `grace`. Records still unpaired
-    /// (a query whose answer has not come) end with the agent.
+    /// (a query whose answer has not come) are counted lost (`at_exit`).
     pub async fn finish(&mut self, grace: Duration) -> Vec<Batch<P::Item, P::Losses>> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -212,6 +216,7 @@ fn last_batch<S: Source, P: Pairing<Record = S::Record>>(
             break;
         }
     }
+    pairing.abandon();
     losses.pairing += pairing.take_losses();
     Batch { items, losses, held: pairing.held() }
 }

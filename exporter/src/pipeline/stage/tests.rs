@@ -51,6 +51,7 @@ impl Pairing for Each {
     fn held(&self) -> usize {
         0
     }
+    fn abandon(&mut self) {}
 }
 
 #[tokio::test]
