@@ -1,22 +1,47 @@
-//! How the C allocator places the agent's large allocations.
+//! How the C allocator holds the agent's memory: reused while the agent works, given
+//! back once an interval.
 //!
-//! The OpenTelemetry SDK gives every instrument a series map sized for the cardinality
-//! limit when it is made (about 130 KiB at 2000) and most of it stays empty: a process
-//! has a handful of series. glibc raises its mmap threshold each time such a block is
-//! freed (a workload retiring), so the next ones come from the heap, where pages other
-//! allocations touched before are resident: each empty map then costs its full size.
-//! A fixed threshold keeps every large block in a mapping of its own, whose untouched
-//! pages cost nothing and which goes back to the kernel when freed.
+//! Two costs pull apart. Every batch of exchanges and every span flush allocates and
+//! frees blocks of a hundred KiB to a few MiB; were those blocks mappings of their own
+//! (as a low mmap threshold makes them), or were the heap's top given back on a free,
+//! each would come back as fresh pages that the kernel zeroes on first touch: about one
+//! page fault per HTTP exchange, measured (`bench http-cost`, agent page faults per
+//! request), and on a virtual machine whose first touch of a page goes through the
+//! hypervisor, half of the agent's CPU. So large blocks come from the heap, and a free
+//! does not give memory back.
+//!
+//! But the OpenTelemetry SDK gives every instrument a series map sized for the
+//! cardinality limit (about 130 KiB at 2000) of which a process fills a few entries: a
+//! map carved from heap pages touched before costs its full size, untouched parts and
+//! all. So after each delivered interval, once exited workloads retired, [`give_back`]
+//! returns every free page of every arena to the kernel: a map made later faults in
+//! only what it touches. The buffers in use meanwhile are faulted in again once an
+//! interval (60 s by default), not once a batch.
 
-/// Blocks of this size and more get their own mapping.
-const MMAP_THRESHOLD: libc::c_int = 64 * 1024;
+/// Blocks of this size and more get a mapping of their own: rare ones, far larger than
+/// any batch or flush.
+const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+/// Free memory at the top of an arena past this much is given back on a free; this
+/// high, in practice only [`give_back`] does.
+const TRIM_THRESHOLD: libc::c_int = 1 << 30;
 
-/// Fixes the threshold (glibc; elsewhere nothing to do). Call before the agent
-/// allocates in earnest.
-pub fn keep_large_blocks_apart() {
+/// Sets the thresholds (glibc; elsewhere nothing to do). Call before the agent
+/// allocates in earnest. Fixing them also stops glibc from moving them as blocks come
+/// and go.
+pub fn configure() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; no pointer is involved.
+    // SAFETY: mallopt only sets allocator parameters; no pointer is involved.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+    }
+}
+
+/// Returns the free pages of every arena to the kernel (glibc's `malloc_trim`).
+pub fn give_back() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases memory the allocator holds free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -35,7 +35,7 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    allocator::keep_large_blocks_apart();
+    allocator::configure();
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let config = config::Config::load(cli.config.as_deref(), &vars)?;
     let otel = config::otel_from_env(|name| std::env::var(name).ok())?;

@@ -263,6 +263,8 @@ fn settle_metrics(recorder: &mut Recorder, outcome: ExportOutcome) {
     recorder.agent.record_export_failures(outcome.failed);
     if outcome.failed == 0 {
         recorder.workloads.retire_delivered();
+        // Their instruments' memory, and the interval's freed buffers, back to the kernel.
+        crate::allocator::give_back();
     } else {
         let dropped = recorder.workloads.bound_backlog();
         if dropped > 0 {

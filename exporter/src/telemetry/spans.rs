@@ -26,6 +26,11 @@ use super::{
 };
 use crate::aggregation::{HttpExchange, Role};
 
+/// Room a span's attributes get beyond the histograms': its usual ones (`url.path`,
+/// both ends, user agent, truncation) fit without the vector moving; a query string and
+/// the peer's Kubernetes identity may move it once.
+const SPAN_ATTRIBUTES_USUALLY: usize = 11;
+
 /// Client exchanges whose ids were given out before their own span was built (their
 /// server side finished first), at most; past it, those links are dropped.
 const MAX_EARLY_IDS: usize = 65_536;
@@ -91,7 +96,7 @@ impl SpanBuilder {
         let flags = flags | TraceFlags::SAMPLED;
         let span_id = span_id.unwrap_or_else(|| self.ids.new_span_id());
         let parent_is_remote = parent_span_id != SpanId::INVALID && exchange.parent.is_none() && parent.is_some();
-        let mut attributes = metric_attributes(exchange, route);
+        let mut attributes = metric_attributes(exchange, route, SPAN_ATTRIBUTES_USUALLY);
         attributes.push(KeyValue::new(attr::URL_PATH, request.path.clone()));
         if self.query_string
             && let Some(query) = &request.query

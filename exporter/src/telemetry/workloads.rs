@@ -245,7 +245,12 @@ impl Workloads {
                 .chain(self.folded.values_mut())
                 .chain(&mut self.replaced)
                 .filter(|w| !w.spans.is_empty())
-                .map(|w| (w.resource.clone(), std::mem::take(&mut w.spans))),
+                // The next flush's vector is sized as this one was, rather than grown
+                // from nothing again: bounded in all by `http.max_spans`.
+                .map(|w| {
+                    let room = Vec::with_capacity(w.spans.len());
+                    (w.resource.clone(), std::mem::replace(&mut w.spans, room))
+                }),
         );
         taken
     }

@@ -12,10 +12,12 @@ use std::{collections::BTreeMap, path::Path, process::Command, time::Instant};
 
 use flowtel_e2e::{agent::Agent, netns::Link, receiver::Receiver, traffic::wrk};
 
-use super::{BpfStats, cpu_ticks, env_or, http::nginx_ok, program_stats};
+use super::{BpfStats, cpu_ticks, env_or, http::nginx_ok, minor_faults, program_stats};
 
 const PORT: u16 = 8091;
 const TLS_PORT: u16 = 8454;
+/// Load before a measured run with the agent, unmeasured.
+const WARM_UP_SECONDS: u64 = 3;
 /// `USER_HZ`: `/proc/<pid>/stat` counts CPU time in these.
 const TICK_US: f64 = 10_000.0;
 
@@ -31,9 +33,9 @@ pub fn run() {
         "bare uprobe on this machine (empty function, pinned): {stepped_us:.2} µs a call on a single-stepped instruction, {emulated_us:.2} µs on an emulated one\n"
     );
     println!(
-        "| | nginx µs/req without → with | added in nginx | wrk µs/req without → with | added in wrk | agent µs/req | uprobe hits/req (both ends) | TLS program ns/req | flow program ns/req |"
+        "| | nginx µs/req without → with | added in nginx | wrk µs/req without → with | added in wrk | agent µs/req | agent page faults/req | uprobe hits/req (both ends) | TLS program ns/req | flow program ns/req |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let link = Link::new("bcost", 62);
     let server = nginx_ok(&link.a, "flowtel-bench-cost-nginx", PORT, TLS_PORT);
     pin(server.0.id(), 1);
@@ -60,7 +62,7 @@ pub fn run() {
             });
         let per = |v: u64| v as f64 / with.requests as f64;
         println!(
-            "| {label} | {:.1} → {:.1} | {:+.1} | {:.1} → {:.1} | {:+.1} | {:.1} | {:.2} | {:.0} | {:.0} |",
+            "| {label} | {:.1} → {:.1} | {:+.1} | {:.1} → {:.1} | {:+.1} | {:.1} | {:.2} | {:.2} | {:.0} | {:.0} |",
             without.server_us,
             with.server_us,
             with.server_us - without.server_us,
@@ -68,6 +70,7 @@ pub fn run() {
             with.client_us,
             with.client_us - without.client_us,
             with.agent_us,
+            with.agent_faults,
             per(tls_runs),
             per(tls_ns),
             per(flow_ns),
@@ -82,17 +85,26 @@ struct Run {
     server_us: f64,
     client_us: f64,
     agent_us: f64,
+    agent_faults: f64,
     /// (ns, runs) per program over the run.
     programs: BTreeMap<String, (u64, u64)>,
 }
 
 fn measure(ns: &str, url: &str, seconds: u64, server: u32, agent: Option<u32>) -> Run {
+    if agent.is_some() {
+        // Unmeasured: the agent grows to its working size (heap, tables, connections),
+        // which a steady state does not pay again.
+        let _ = wrk(ns, url, WARM_UP_SECONDS, 16, 0);
+    }
     let ticks = |pid: Option<u32>| pid.map_or(0, cpu_ticks);
+    let faults = |pid: Option<u32>| pid.map_or(0, minor_faults);
     let (server0, agent0, client0, before) = (cpu_ticks(server), ticks(agent), children_ticks(), program_stats());
+    let faults0 = faults(agent);
     // wrk is this process's only child to exit meanwhile: its CPU time is the growth of
     // the children's total.
     let run = wrk(ns, url, seconds, 16, 0);
     let (server1, agent1, client1, after) = (cpu_ticks(server), ticks(agent), children_ticks(), program_stats());
+    let faults1 = faults(agent);
     let per_request = |t: u64| t as f64 * TICK_US / run.requests as f64;
     let programs = after
         .into_iter()
@@ -107,6 +119,7 @@ fn measure(ns: &str, url: &str, seconds: u64, server: u32, agent: Option<u32>) -
         server_us: per_request(server1 - server0),
         client_us: per_request(client1 - client0),
         agent_us: per_request(agent1 - agent0),
+        agent_faults: (faults1 - faults0) as f64 / run.requests as f64,
         programs,
     }
 }

@@ -45,11 +45,20 @@ pub fn program_stats() -> BTreeMap<String, (u64, u64)> {
 }
 
 pub fn cpu_ticks(pid: u32) -> u64 {
+    stat_field(pid, 11) + stat_field(pid, 12)
+}
+
+/// Page faults a process took that found no page: the kernel zeroed a fresh one for each
+/// (`minflt`, all threads). Memory an allocator gives back and takes again costs these.
+pub fn minor_faults(pid: u32) -> u64 {
+    stat_field(pid, 7)
+}
+
+/// Field `index` of `/proc/<pid>/stat` counted from the state letter (0), as a number.
+fn stat_field(pid: u32, index: usize) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    after.split_whitespace().nth(index).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 pub use flowtel_e2e::procfs::{peak_rss_kib, rss_kib};
