@@ -143,10 +143,10 @@ impl DnsTracker {
         *last_ns = packet.at_ns;
         let mut seq = packet.tcp_seq;
         if packet.tcp_syn {
-            // A new connection (perhaps on the 4-tuple of an old one): its data starts
-            // one past the SYN, so an unseen first data segment shows as a gap.
+            // Its data starts one past the SYN (TCP Fast Open's too): an unseen first
+            // data segment shows as a gap.
+            stream.syn(seq);
             seq = seq.wrapping_add(1);
-            *stream = TcpStream::starting_at(seq);
         }
         match stream.push(seq, &packet.payload, packet.wire_len) {
             Segment::Gap => self.losses.stream_gap += 1,

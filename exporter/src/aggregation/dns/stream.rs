@@ -11,6 +11,9 @@
 
 /// Bytes of one message kept while it is incomplete: the largest DNS message.
 const MESSAGE_MAX: usize = 65_535;
+/// How far past a SYN a stream may be for the SYN to count as its own handshake again:
+/// a new connection's initial sequence number falls this close by chance once in 4,096.
+const SAME_CONNECTION_WITHIN: i32 = 1 << 20;
 
 #[derive(Debug, Default)]
 pub struct TcpStream {
@@ -43,10 +46,18 @@ pub enum Segment {
 }
 
 impl TcpStream {
-    /// A stream whose first byte has sequence number `seq` (one past its SYN's). One
-    /// made by `default` starts at the first segment it is given instead.
-    pub fn starting_at(seq: u32) -> Self {
-        Self { next_seq: Some(seq), ..Self::default() }
+    /// A SYN with sequence number `seq`: the stream's data starts at the next one. One
+    /// made by `default` and given no SYN starts at the first segment it is given. A SYN
+    /// at or just before where the stream already is, is its own handshake again (a
+    /// retransmission) and changes nothing; any other starts a new connection.
+    pub fn syn(&mut self, seq: u32) {
+        let start = seq.wrapping_add(1);
+        if let Some(next) = self.next_seq
+            && (0..SAME_CONNECTION_WITHIN).contains(&next.wrapping_sub(start).cast_signed())
+        {
+            return;
+        }
+        *self = Self { next_seq: Some(start), ..Self::default() };
     }
 
     /// Adds one segment: `captured` bytes of the `wire_len` the segment carried,
@@ -177,6 +188,21 @@ mod tests {
         assert_eq!(stream.push(1, &data[..4], 4), whole(&[]));
         // Overlaps the first two bytes already seen.
         assert_eq!(stream.push(3, &data[2..], len(&data[2..])), whole(&[b"abcdef"]));
+    }
+
+    #[test]
+    fn a_syn_starts_the_stream_and_its_retransmission_does_not() {
+        let data = framed(&[b"abcdef"]);
+        let mut stream = TcpStream::default();
+        stream.syn(99);
+        assert_eq!(stream.push(102, &data[2..], len(&data[2..])), Segment::Gap, "bytes 100..102 unseen");
+        let mut stream = TcpStream::default();
+        stream.syn(99);
+        assert_eq!(stream.push(100, &data[..4], 4), whole(&[]));
+        stream.syn(99); // the handshake again: the stream goes on
+        assert_eq!(stream.push(104, &data[4..], len(&data[4..])), whole(&[b"abcdef"]));
+        stream.syn(7_000_000); // a new connection on the same ends
+        assert_eq!(stream.push(7_000_001, &data, len(&data)), whole(&[b"abcdef"]));
     }
 
     #[test]
