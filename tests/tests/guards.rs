@@ -8,7 +8,7 @@
 use std::{process::Stdio, time::Duration};
 
 use flowtel_e2e::{
-    agent::{Agent, with_grpc_receiver},
+    agent::{Agent, with_grpc_receiver, with_grpc_receiver_and},
     netns::Link,
     privileged_or_skip,
     query::{losses, spans, spans_matching},
@@ -114,6 +114,61 @@ fn faulting_reads_cut_packets_and_busy_scratch_slots_are_counted_under_their_cau
         lost("dnsflow", "scratch_busy"),
         lost("httpflow", "scratch_busy"),
         after_spans(),
+        losses(&receiver.received.snapshot()),
+        agent.log()
+    );
+}
+
+/// The thread of the agent named `name` (`/proc/<pid>/task/*/comm`).
+fn thread_named(agent: &Agent, name: &str) -> String {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", agent.pid())).expect("the agent's threads");
+    tasks
+        .filter_map(Result::ok)
+        .find(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
+        .map(|task| task.file_name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| panic!("no thread {name} in the agent"))
+}
+
+/// With the stage thread held still (ptrace) and the smallest ring buffers (4 KiB), DNS
+/// packets and HTTP payloads past what a ring holds are counted `ring_buffer_full`.
+#[test]
+fn records_past_a_full_ring_buffer_are_counted() {
+    if !privileged_or_skip("records_past_a_full_ring_buffer_are_counted") {
+        return;
+    }
+    let (receiver, agent) =
+        with_grpc_receiver_and(&[("FLOWTEL_DNS_RING_BUFFER_KIB", "4"), ("FLOWTEL_HTTP_RING_BUFFER_KIB", "4")]);
+    let link = Link::new("guardring", 69);
+    let server_ip = link.addr_b.to_string();
+    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8080"]);
+    server.wait_line("ready");
+
+    let mut hold = Traffic::spawn_host_script("hold_thread.py", &[&thread_named(&agent, "flowtel-stages"), "6"]);
+    hold.wait_line("held");
+    // 300 queries of about 100 bytes each as the probe records them, and 60 requests
+    // with their responses (240 payloads, both ends): several times what 4 KiB holds.
+    let flood = format!(
+        "import socket, urllib.request\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for i in range(300): s.sendto(bytes([0, i % 256, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4]) + b'ring' + bytes([4]) + b'test' + bytes([0, 0, 1, 0, 1]), ('127.0.0.1', 53))\n\
+         for i in range(60): urllib.request.urlopen('http://{server_ip}:8080/ok').read()\n"
+    );
+    let flooded = Link::exec(&link.a, "python3").args(["-c", &flood]).status().expect("python3");
+    assert!(flooded.success());
+    hold.wait_line("released");
+
+    let lost = |probe: &str, cause: &str| {
+        losses(&receiver.received.snapshot()).get(&(probe.to_owned(), cause.to_owned())).copied().unwrap_or(0.0)
+    };
+    let counted = eventually(Duration::from_secs(20), || {
+        lost("dnsflow", "ring_buffer_full") >= 100.0 && lost("httpflow", "ring_buffer_full") >= 60.0
+    });
+    assert!(
+        counted,
+        "dnsflow ring_buffer_full {} (want >= 100 of 300), httpflow ring_buffer_full {} (want >= 60 of 240 \
+         ends)\nall losses: {:?}\n{}",
+        lost("dnsflow", "ring_buffer_full"),
+        lost("httpflow", "ring_buffer_full"),
         losses(&receiver.received.snapshot()),
         agent.log()
     );
