@@ -125,8 +125,7 @@ fn thread_named(agent: &Agent, name: &str) -> String {
     tasks
         .filter_map(Result::ok)
         .find(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
-        .map(|task| task.file_name().to_string_lossy().into_owned())
-        .unwrap_or_else(|| panic!("no thread {name} in the agent"))
+        .map_or_else(|| panic!("no thread {name} in the agent"), |task| task.file_name().to_string_lossy().into_owned())
 }
 
 /// With the stage thread held still (ptrace) and the smallest ring buffers (4 KiB), DNS
