@@ -172,3 +172,34 @@ fn records_past_a_full_ring_buffer_are_counted() {
         agent.log()
     );
 }
+
+/// An HTTPS request written from a page the client never touched (a fresh mapping of a
+/// file): the kernel would fault it in on OpenSSL's first read, but the probe at
+/// `SSL_write`'s entry, which may not fault, cannot read it and counts `user_read`.
+#[test]
+fn a_write_from_an_untouched_page_is_counted_as_unreadable() {
+    if !privileged_or_skip("a_write_from_an_untouched_page_is_counted_as_unreadable") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("flowtel-unread-{}", std::process::id()));
+    let (cert, key) = flowtel_e2e::servers::self_signed(&dir);
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("guardread", 70);
+    let server_ip = link.addr_b.to_string();
+    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8443", &cert, &key]);
+    server.wait_line("ready");
+    let client = format!(
+        "import mmap, socket, ssl, tempfile\n\
+         f = tempfile.TemporaryFile(); f.write(b'GET /unread HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'.ljust(4096, b' ')); f.flush()\n\
+         m = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)\n\
+         context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE\n\
+         s = context.wrap_socket(socket.create_connection(('{server_ip}', 8443)))\n\
+         s.sendall(memoryview(m)[:60]); print(s.recv(4096)[:12])\n"
+    );
+    let sent = Link::exec(&link.a, "python3").args(["-c", &client]).status().expect("python3");
+    assert!(sent.success());
+    let _ = std::fs::remove_dir_all(&dir);
+    let unread = || losses(&receiver.received.snapshot()).get(&("httpflow".into(), "user_read".into())).copied();
+    let counted = eventually(Duration::from_secs(20), || unread().unwrap_or(0.0) >= 1.0);
+    assert!(counted, "httpflow user_read {:?} (want >= 1)\n{}", unread(), agent.log());
+}

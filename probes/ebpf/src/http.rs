@@ -165,7 +165,12 @@ pub fn starts_like_http(buffer: u64, available: u32) -> bool {
     if available < 8 {
         return false;
     }
-    let Some(head) = user::<[u8; 8]>(buffer) else { return false };
+    let Some(head) = user::<[u8; 8]>(buffer) else {
+        // Not readable here (an OpenSSL write's page not yet touched: a probe cannot
+        // fault it in): whether it was HTTP is unknown, and it is counted.
+        count_lost(lost::HTTP_READ);
+        return false;
+    };
     matches!(
         &head,
         [b'G', b'E', b'T', b' ', ..]
