@@ -8,6 +8,7 @@ usage:
   bpf_poke.py raw-tp PID PROGRAM ARG...     run a raw tracepoint program on the args
   bpf_poke.py skb PID PROGRAM HEX           run a socket buffer program on a frame
   bpf_poke.py busy PID MAP 0|1              set the busy flag of a per-CPU scratch map
+  bpf_poke.py clear PID MAP                 delete every entry of a hash map
 Prints "ok" on success; fails loudly otherwise.
 """
 import ctypes
@@ -17,6 +18,8 @@ import sys
 
 SYS_BPF = 321  # x86_64
 BPF_MAP_UPDATE_ELEM = 2
+BPF_MAP_DELETE_ELEM = 3
+BPF_MAP_GET_NEXT_KEY = 4
 BPF_PROG_TEST_RUN = 10
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
@@ -117,6 +120,23 @@ def set_busy(pid, map_name, busy):
     bpf(BPF_MAP_UPDATE_ELEM, attr((0, "I", fd), (8, "Q", addr(key)), (16, "Q", addr(value))))
 
 
+def clear(pid, map_name):
+    """Deletes every key, as an LRU map would push entries out; prints how many."""
+    fd, info = open_by_name(pid, "map_id", map_name)
+    key_size = struct.unpack_from("I", info, 8)[0]
+    key = ctypes.create_string_buffer(key_size)
+    deleted = 0
+    while True:
+        try:
+            # No key given: the first one; each is deleted before asking again.
+            bpf(BPF_MAP_GET_NEXT_KEY, attr((0, "I", fd), (8, "Q", 0), (16, "Q", addr(key))))
+        except OSError:
+            break  # ENOENT: the map is empty
+        bpf(BPF_MAP_DELETE_ELEM, attr((0, "I", fd), (8, "Q", addr(key))))
+        deleted += 1
+    print(f"deleted {deleted}", file=sys.stderr, flush=True)
+
+
 def main():
     command, pid, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     if command == "raw-tp":
@@ -125,6 +145,8 @@ def main():
         run_skb(pid, name, bytes.fromhex(sys.argv[4]))
     elif command == "busy":
         set_busy(pid, name, int(sys.argv[4]))
+    elif command == "clear":
+        clear(pid, name)
     else:
         sys.exit(f"unknown command {command}")
     print("ok", flush=True)

@@ -203,3 +203,43 @@ fn a_write_from_an_untouched_page_is_counted_as_unreadable() {
     let counted = eventually(Duration::from_secs(20), || unread().unwrap_or(0.0) >= 1.0);
     assert!(counted, "httpflow user_read {:?} (want >= 1)\n{}", unread(), agent.log());
 }
+
+/// An OpenSSL read whose in-flight entry is gone when it returns (as when more threads
+/// are inside OpenSSL calls at once than the table holds, and the least recent is
+/// pushed out): counted `tls_table_full`. The entries are deleted while an HTTPS server
+/// waits in a read for a kept-alive client's next request, which never comes.
+#[test]
+fn a_read_whose_in_flight_entry_was_pushed_out_is_counted() {
+    if !privileged_or_skip("a_read_whose_in_flight_entry_was_pushed_out_is_counted") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("flowtel-tlsfull-{}", std::process::id()));
+    let (cert, key) = flowtel_e2e::servers::self_signed(&dir);
+    let (receiver, agent) = with_grpc_receiver();
+    let link = Link::new("guardtls", 71);
+    let server_ip = link.addr_b.to_string();
+    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8443", &cert, &key]);
+    server.wait_line("ready");
+    let client = format!(
+        "import socket, ssl, sys\n\
+         context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE\n\
+         s = context.wrap_socket(socket.create_connection(('{server_ip}', 8443)))\n\
+         s.sendall(b'GET /ok HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n'); s.recv(4096)\n\
+         print('answered', flush=True); sys.stdin.readline(); s.close()\n"
+    );
+    let mut waiting = Traffic::start({
+        let mut cmd = Link::exec(&link.a, "python3");
+        cmd.args(["-c", &client]).stdin(Stdio::piped());
+        cmd
+    });
+    waiting.wait_line("answered");
+    std::thread::sleep(Duration::from_millis(200)); // the server back in its read
+    poke(&agent, &["clear", "TLS_CALLS"]);
+    drop(waiting.child.stdin.take()); // the client closes: the server's read returns
+    waiting.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+    let pushed_out =
+        || losses(&receiver.received.snapshot()).get(&("httpflow".into(), "tls_table_full".into())).copied();
+    let counted = eventually(Duration::from_secs(20), || pushed_out().unwrap_or(0.0) >= 1.0);
+    assert!(counted, "httpflow tls_table_full {:?} (want >= 1)\n{}", pushed_out(), agent.log());
+}
