@@ -158,12 +158,8 @@ pub struct ProcessSeen {
     /// `bpf_get_current_cgroup_id`: the cgroup v2 directory's inode number.
     pub cgroup_id: u64,
     pub comm: [u8; 16],
-    /// 1 once its exit was recorded: a later process given the same pid, which makes no
-    /// flow of its own (that would record it afresh), is not taken for it at its exit.
-    pub exited: u8,
-    pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<ProcessSeen>() == 32);
+const _: () = assert!(size_of::<ProcessSeen>() == 24);
 
 /// Key of the per-socket byte tables: one TCP socket as used by one process.
 #[repr(C)]

@@ -30,19 +30,10 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
     // as user space knows it (worker threads come and go).
     let pid_tgid = bpf_get_current_pid_tgid();
     let (pid, thread) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if pid != thread {
+    // SAFETY: a lookup; the value is not kept. Processes that never made a flow are
+    // of no interest, which keeps the table small on a host that forks a lot.
+    if pid != thread || unsafe { PROCESSES_SEEN.get(&pid) }.is_none() {
         return 0;
-    }
-    // Processes that never made a flow are of no interest, which keeps the table small
-    // on a host that forks a lot; nor is one that only reuses the pid of one that did.
-    let Some(seen) = PROCESSES_SEEN.get_ptr_mut(&pid) else { return 0 };
-    // SAFETY: the entry stays valid while the program runs (RCU); a racing update of the
-    // same pid is another process's and records it afresh anyway.
-    unsafe {
-        if (*seen).exited != 0 {
-            return 0;
-        }
-        (*seen).exited = 1;
     }
     if EXITED.insert(pid, 0u8, 0).is_err() {
         count_lost(lost::EXIT_TABLE_FULL);

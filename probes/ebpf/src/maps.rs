@@ -155,7 +155,7 @@ pub fn remember_process_name(pid: u32) {
     if let Some(comm) = leader_comm().or_else(|| bpf_get_current_comm().ok()) {
         // SAFETY: no preconditions; available to tracing programs since Linux 4.18.
         let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        let _ = PROCESSES_SEEN.insert(pid, ProcessSeen { cgroup_id, comm, ..ProcessSeen::default() }, 0);
+        let _ = PROCESSES_SEEN.insert(pid, ProcessSeen { cgroup_id, comm }, 0);
     }
 }
 
