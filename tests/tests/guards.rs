@@ -173,6 +173,19 @@ fn records_past_a_full_ring_buffer_are_counted() {
     );
 }
 
+/// A test host pair whose second host serves HTTPS on port 8443 (the HTTP tests'
+/// server, a self-signed certificate).
+fn https_server(tag: &str, subnet: u8) -> (Link, Traffic) {
+    let dir = std::env::temp_dir().join(format!("flowtel-{tag}-{}", std::process::id()));
+    let (cert, key) = flowtel_e2e::servers::self_signed(&dir);
+    let link = Link::new(tag, subnet);
+    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&link.addr_b.to_string(), "8443", &cert, &key]);
+    server.wait_line("ready");
+    // Read at start: no longer needed.
+    let _ = std::fs::remove_dir_all(&dir);
+    (link, server)
+}
+
 /// An HTTPS request written from a page the client never touched (a fresh mapping of a
 /// file): the kernel would fault it in on OpenSSL's first read, but the probe at
 /// `SSL_write`'s entry, which may not fault, cannot read it and counts `user_read`.
@@ -181,13 +194,9 @@ fn a_write_from_an_untouched_page_is_counted_as_unreadable() {
     if !privileged_or_skip("a_write_from_an_untouched_page_is_counted_as_unreadable") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("flowtel-unread-{}", std::process::id()));
-    let (cert, key) = flowtel_e2e::servers::self_signed(&dir);
     let (receiver, agent) = with_grpc_receiver();
-    let link = Link::new("guardread", 70);
+    let (link, _server) = https_server("guardread", 70);
     let server_ip = link.addr_b.to_string();
-    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8443", &cert, &key]);
-    server.wait_line("ready");
     let client = format!(
         "import mmap, socket, ssl, tempfile\n\
          f = tempfile.TemporaryFile(); f.write(b'GET /unread HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'.ljust(4096, b' ')); f.flush()\n\
@@ -198,7 +207,6 @@ fn a_write_from_an_untouched_page_is_counted_as_unreadable() {
     );
     let sent = Link::exec(&link.a, "python3").args(["-c", &client]).status().expect("python3");
     assert!(sent.success());
-    let _ = std::fs::remove_dir_all(&dir);
     let unread = || losses(&receiver.received.snapshot()).get(&("httpflow".into(), "user_read".into())).copied();
     let counted = eventually(Duration::from_secs(20), || unread().unwrap_or(0.0) >= 1.0);
     assert!(counted, "httpflow user_read {:?} (want >= 1)\n{}", unread(), agent.log());
@@ -213,13 +221,9 @@ fn a_read_whose_in_flight_entry_was_pushed_out_is_counted() {
     if !privileged_or_skip("a_read_whose_in_flight_entry_was_pushed_out_is_counted") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("flowtel-tlsfull-{}", std::process::id()));
-    let (cert, key) = flowtel_e2e::servers::self_signed(&dir);
     let (receiver, agent) = with_grpc_receiver();
-    let link = Link::new("guardtls", 71);
+    let (link, _server) = https_server("guardtls", 71);
     let server_ip = link.addr_b.to_string();
-    let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8443", &cert, &key]);
-    server.wait_line("ready");
     let client = format!(
         "import socket, ssl, sys\n\
          context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE\n\
@@ -237,7 +241,6 @@ fn a_read_whose_in_flight_entry_was_pushed_out_is_counted() {
     poke(&agent, &["clear", "TLS_CALLS"]);
     drop(waiting.child.stdin.take()); // the client closes: the server's read returns
     waiting.finish();
-    let _ = std::fs::remove_dir_all(&dir);
     let pushed_out =
         || losses(&receiver.received.snapshot()).get(&("httpflow".into(), "tls_table_full".into())).copied();
     let counted = eventually(Duration::from_secs(20), || pushed_out().unwrap_or(0.0) >= 1.0);
