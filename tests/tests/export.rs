@@ -49,6 +49,10 @@ fn http_protobuf_export_and_sigterm_flushes_the_last_interval() {
     // their outcome is unknown when the agent stops, so they are counted (`at_exit`).
     let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8080"]);
     server.wait_line("ready");
+    // One answered request: its spans go over HTTP/protobuf too.
+    let ok =
+        Link::exec(&link.a, "curl").args(["-s", "-o", "/dev/null", &format!("http://{server_ip}:8080/ok")]).status();
+    assert!(ok.is_ok_and(|s| s.success()), "curl /ok");
     let unanswered = "import socket\n\
          socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(bytes([0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4]) + b'none' + bytes([4]) + b'test' + bytes([0, 0, 1, 0, 1]), ('127.0.0.1', 53))\n";
     assert!(Link::exec(&link.a, "python3").args(["-c", unanswered]).status().is_ok_and(|s| s.success()));
@@ -68,6 +72,16 @@ fn http_protobuf_export_and_sigterm_flushes_the_last_interval() {
         &[("network.peer.address", server_ip.as_str()), ("dns.question.name", "last.test")],
     );
     assert_eq!(lookups, 1.0, "the lookup before the signal; log:\n{log}");
+    let spans = flowtel_e2e::query::spans(&receiver.traces.snapshot());
+    let ok_spans = flowtel_e2e::query::spans_matching(
+        &spans,
+        &[],
+        &[("url.path", "/ok"), ("network.peer.address", server_ip.as_str())],
+    );
+    assert_eq!(ok_spans.len(), 1, "the client span of /ok over HTTP/protobuf; spans: {spans:?}");
+    let server_side =
+        flowtel_e2e::query::spans_matching(&spans, &[], &[("url.path", "/ok"), ("server.address", server_ip.as_str())]);
+    assert!(server_side.iter().any(|s| s.kind == "SERVER"), "the server span of /ok; spans: {spans:?}");
     let lost = points(&receiver.received.snapshot(), "flowtel.agent.events.lost");
     let at_exit = |probe: &str| total(&lost, &[], &[("flowtel.probe", probe), ("flowtel.loss.cause", "at_exit")]);
     // Other tests' traffic may leave more unanswered in this agent too, never less.

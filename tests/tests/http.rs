@@ -527,15 +527,19 @@ fn unanswered_requests_on_fresh_connections_do_not_shift_the_pairing() {
 }
 
 /// `OTEL_TRACES_SAMPLER=traceidratio` keeps about its share of spans, the same traces at
-/// both ends, while the histograms still count every request.
+/// both ends, while the histograms still count every request. (Sent gzip-compressed,
+/// `OTEL_EXPORTER_OTLP_COMPRESSION`, which the receiver decompresses.)
 #[test]
 fn sampled_spans_leave_the_histograms_complete() {
     const REQUESTS: usize = 200;
     if !privileged_or_skip("sampled_spans_leave_the_histograms_complete") {
         return;
     }
-    let (receiver, agent) =
-        with_grpc_receiver_and(&[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0.5")]);
+    let (receiver, agent) = with_grpc_receiver_and(&[
+        ("OTEL_TRACES_SAMPLER", "traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.5"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+    ]);
     let link = Link::new("hsample", 58);
     let server_ip = link.addr_b.to_string();
     let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8085"]);

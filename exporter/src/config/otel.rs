@@ -1,12 +1,13 @@
 //! The standard OpenTelemetry variables flowtel acts on, checked up front so a typo
 //! stops the agent with a clear message instead of silently exporting nowhere.
-//! Endpoint, headers, timeout and compression are read by the OTLP exporter itself.
+//! For metrics, endpoint, headers, timeout and compression are read by the SDK's OTLP
+//! exporter itself; for spans, which flowtel sends itself, here (`TracesTarget`).
 use std::time::Duration;
 
 use opentelemetry_sdk::metrics::Temporality;
 
 use super::ConfigError;
-use crate::telemetry::{SinkKind, SpanSampler};
+use crate::telemetry::{SinkKind, SpanSampler, TracesTarget};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct OtelSettings {
@@ -19,6 +20,8 @@ pub struct OtelSettings {
     pub span_sampler: SpanSampler,
     /// How long one span export request may take before its spans are counted lost.
     pub span_export_timeout: Duration,
+    /// Where spans go over OTLP; `None` unless `traces_sink` is OTLP.
+    pub traces_target: Option<TracesTarget>,
 }
 
 fn invalid(var: &str, value: &str, accepted: &str) -> ConfigError {
@@ -93,7 +96,11 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
         .iter()
         .find_map(|var| get(var)?.parse().ok())
         .map_or(Duration::from_secs(10), Duration::from_millis);
-    for var in ["OTEL_EXPORTER_OTLP_COMPRESSION", "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION"] {
+    for var in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+    ] {
         if let Some(other) = get(var).filter(|v| v != "gzip" && v != "none") {
             return Err(invalid(var, &other, "gzip, none"));
         }
@@ -101,5 +108,20 @@ pub fn otel_from_env(get: impl Fn(&str) -> Option<String>) -> Result<OtelSetting
     let span_sampler =
         SpanSampler::parse(get("OTEL_TRACES_SAMPLER").as_deref(), get("OTEL_TRACES_SAMPLER_ARG").as_deref())
             .map_err(|reason| ConfigError::Env { var: "OTEL_TRACES_SAMPLER".into(), reason })?;
-    Ok(OtelSettings { sink, traces_sink, temporality, export_interval, span_sampler, span_export_timeout })
+    let traces_target = match traces_sink {
+        SinkKind::OtlpGrpc | SinkKind::OtlpHttp => Some(
+            TracesTarget::from_env(traces_sink == SinkKind::OtlpGrpc, get)
+                .map_err(|reason| ConfigError::Env { var: "OTEL_EXPORTER_OTLP_TRACES_*".into(), reason })?,
+        ),
+        SinkKind::Console | SinkKind::None => None,
+    };
+    Ok(OtelSettings {
+        sink,
+        traces_sink,
+        temporality,
+        export_interval,
+        span_sampler,
+        span_export_timeout,
+        traces_target,
+    })
 }

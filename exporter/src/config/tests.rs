@@ -254,3 +254,41 @@ fn ports_out_of_range_say_what_a_port_is() {
     let in_file = message(Config::load(Some(&f.0), &[]).unwrap_err());
     assert!(in_file.contains("dns.ports") && in_file.contains("99999 is not a port (1-65535)"), "{in_file}");
 }
+
+#[test]
+fn where_spans_go_follows_the_specification() {
+    let target = |pairs: &[(&str, &str)]| otel(pairs).unwrap().traces_target.expect("OTLP");
+    let grpc = target(&[]);
+    assert_eq!((grpc.grpc, grpc.endpoint.as_str(), grpc.gzip), (true, "http://localhost:4317", false));
+    let http = target(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]);
+    assert_eq!((http.grpc, http.endpoint.as_str()), (false, "http://localhost:4318/v1/traces"));
+    let general = target(&[
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
+    ]);
+    assert_eq!((general.endpoint.as_str(), general.gzip), ("http://collector:4318/v1/traces", true));
+    let own = target(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic%20abc, x-tenant=a"),
+        ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=b"),
+    ]);
+    assert_eq!(own.endpoint, "http://traces:4317");
+    let headers = vec![("authorization".to_owned(), "Basic abc".to_owned()), ("x-tenant".to_owned(), "b".to_owned())];
+    assert_eq!(own.headers, headers);
+    assert!(otel(&[("OTEL_TRACES_EXPORTER", "console")]).unwrap().traces_target.is_none());
+}
+
+#[test]
+fn bad_span_destinations_are_named() {
+    let err = |pairs: &[(&str, &str)]| otel(pairs).map(drop).map_err(message).unwrap_err();
+    assert!(
+        err(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317")])
+            .contains("TLS to the collector is not built in")
+    );
+    assert!(err(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317")]).contains("needs http://"));
+    assert!(err(&[("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]).contains("is not key=value"));
+    assert!(err(&[("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "a=%zz")]).contains("bad percent-encoding"));
+    assert!(err(&[("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd")]).contains("gzip, none"));
+}

@@ -7,10 +7,10 @@
 //! `http.max_spans`, past which they are counted lost).
 use std::time::Duration;
 
-use opentelemetry_sdk::{Resource, metrics::data::ResourceMetrics, trace::SpanData};
+use opentelemetry_sdk::{Resource, metrics::data::ResourceMetrics};
 use tokio::{runtime::Handle, sync::mpsc, task::JoinHandle};
 
-use crate::telemetry::{ExportOutcome, MetricsSink, SpanSink};
+use crate::telemetry::{ExportOutcome, MetricsSink, SpanBytes, SpanOutcome, SpanSink};
 
 /// A sink a courier delivers to.
 pub trait Deliver: Send + 'static {
@@ -31,11 +31,8 @@ impl Deliver for MetricsSink {
     }
 }
 
-/// Failed export requests and spans not delivered.
-pub type SpanOutcome = (u64, u64);
-
 impl Deliver for SpanSink {
-    type Job = Vec<(Resource, Vec<SpanData>)>;
+    type Job = Vec<(Resource, SpanBytes)>;
     type Outcome = SpanOutcome;
     async fn deliver(&mut self, batches: Self::Job) -> SpanOutcome {
         self.export(batches).await

@@ -56,7 +56,10 @@ pub async fn run(config: Config, otel: OtelSettings, lanes: &Lanes) -> anyhow::R
     let (sink, span_sink) = {
         // Made on the export thread: the exporters' connections start their tasks there.
         let _export = lanes.export().enter();
-        (MetricsSink::new(otel.sink, otel.temporality)?, SpanSink::new(otel.traces_sink, otel.span_export_timeout)?)
+        (
+            MetricsSink::new(otel.sink, otel.temporality)?,
+            SpanSink::new(otel.traces_sink, otel.traces_target.as_ref(), otel.span_export_timeout)?,
+        )
     };
     let mut probes: Probes = probes::load_and_attach(&probe_settings(&config)).context("loading the probes")?;
     log_reports(&probes.reports);

@@ -79,19 +79,16 @@ impl Recorder {
             let kernel = (exchange.pid != 0 && !self.workloads.knows(exchange.pid))
                 .then(|| self.processes.get(exchange.pid))
                 .flatten();
-            let span = match &mut self.spans {
+            let spans = match &mut self.spans {
                 Some(_) if self.spans_held >= self.max_spans => {
                     spans_dropped += 1;
                     None
                 }
-                Some(builder) => {
-                    let span = builder.span(exchange, route.as_deref(), boot_wall_ns);
-                    self.spans_held += usize::from(span.is_some());
-                    span
-                }
+                Some(builder) => Some((builder, boot_wall_ns)),
                 None => None,
             };
-            self.workloads.record_http(exchange, route.as_deref(), kernel.as_ref(), span);
+            let written = self.workloads.record_http(exchange, route.as_deref(), kernel.as_ref(), spans);
+            self.spans_held += usize::from(written);
         }
         let losses = batch.losses;
         for (cause, n) in [

@@ -157,6 +157,8 @@ impl AgentTelemetry {
     pub fn record_span_export(&self, failures: u64, spans_lost: u64) {
         if failures > 0 {
             self.export_failures.add(failures, &[KeyValue::new(attr::AGENT_SIGNAL, "traces")]);
+        }
+        if spans_lost > 0 {
             self.record_user_space_loss("httpflow", "span_export", spans_lost);
         }
     }

@@ -11,17 +11,21 @@ mod dns_instruments;
 mod flow_instruments;
 mod http_instruments;
 mod instrument;
+mod otlp;
 mod reader;
 mod resources;
 mod sampler;
 mod sink;
+mod span_sink;
 mod spans;
 mod workloads;
 
 pub use agent::AgentTelemetry;
+pub use otlp::{SpanBytes, TracesTarget};
 pub use sampler::SpanSampler;
 pub use sink::{ExportOutcome, MetricsSink, SinkKind};
-pub use spans::{SpanBuilder, SpanSink};
+pub use span_sink::{SpanOutcome, SpanSink};
+pub use spans::SpanBuilder;
 pub use workloads::{TelemetrySettings, Workloads};
 
 #[cfg(test)]

@@ -1,35 +1,21 @@
-//! HTTP exchanges as `OTel` spans, and where spans go. One span exporter serves every
-//! workload: the OTLP exporter carries one Resource at a time, so each workload's spans
-//! are exported as their own request after `set_resource` (no exporter or thread per
-//! process).
-use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime},
-};
+//! HTTP exchanges as `OTel` spans, written straight into OTLP protobuf bytes on the
+//! loop thread (`otlp::wire`): no `SpanData`, no per-span allocations; each workload
+//! holds its spans' bytes until the span sink frames them into export requests.
+use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
 
-use flowtel_semconv::{attr, scope};
-use opentelemetry::{
-    InstrumentationScope, KeyValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState},
-};
-use opentelemetry_otlp::{SpanExporter, WithExportConfig as _};
-use opentelemetry_sdk::{
-    Resource,
-    error::OTelSdkError,
-    trace::{IdGenerator as _, RandomIdGenerator, SpanData, SpanEvents, SpanExporter as _, SpanLinks},
-};
+use flowtel_semconv::{attr, value};
+use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 
 use super::{
-    http_instruments::{error_type, metric_attributes, server_end},
+    http_instruments::{error_type, server_end},
+    otlp::{SpanBytes, wire, wire::attribute},
     sampler::SpanSampler,
-    sink::SinkKind,
 };
-use crate::aggregation::{HttpExchange, Role};
-
-/// Room a span's attributes get beyond the histograms': its usual ones (`url.path`,
-/// both ends, user agent, truncation) fit without the vector moving; a query string and
-/// the peer's Kubernetes identity may move it once.
-const SPAN_ATTRIBUTES_USUALLY: usize = 11;
+use crate::{
+    aggregation::{HttpExchange, Role},
+    kubernetes::PeerIdentity,
+};
 
 /// Client exchanges whose ids were given out before their own span was built (their
 /// server side finished first), at most; past it, those links are dropped.
@@ -40,15 +26,15 @@ const MAX_EARLY_IDS: usize = 65_536;
 pub struct SpanBuilder {
     ids: RandomIdGenerator,
     sampler: SpanSampler,
-    scope: InstrumentationScope,
     query_string: bool,
     early: HashMap<u64, (TraceId, SpanId)>,
+    /// Reused for the text a span needs formatted (its name, addresses).
+    text: String,
 }
 
 impl SpanBuilder {
     pub fn new(query_string: bool, sampler: SpanSampler) -> Self {
-        let scope = InstrumentationScope::builder(scope::HTTP).with_version(env!("CARGO_PKG_VERSION")).build();
-        Self { ids: RandomIdGenerator::default(), sampler, scope, query_string, early: HashMap::new() }
+        Self { ids: RandomIdGenerator::default(), sampler, query_string, early: HashMap::new(), text: String::new() }
     }
 
     /// The ids of client exchange `id`, shared by its span and its server side's span:
@@ -66,14 +52,23 @@ impl SpanBuilder {
         ids
     }
 
-    /// `boot_wall_ns`: wall-clock time of `CLOCK_MONOTONIC` zero, to place the kernel's
-    /// timestamps. A request served here that a process on this host sent becomes the
-    /// child of that process's CLIENT span; otherwise a `traceparent` in the request
-    /// parents the span; otherwise it starts a trace. `None`: the sampler leaves the
-    /// trace out (both ends on this host get the same answer: it goes by trace id).
-    pub fn span(&mut self, exchange: &HttpExchange, route: Option<&str>, boot_wall_ns: u64) -> Option<SpanData> {
-        let request = &exchange.request;
-        let parent = request.traceparent.as_deref().and_then(parse_traceparent);
+    /// Writes `exchange`'s span into `out` and says whether it did. `boot_wall_ns`:
+    /// wall-clock time of `CLOCK_MONOTONIC` zero, to place the kernel's timestamps;
+    /// `peer`: the other end's identity in the cluster (on the span only: on the
+    /// histograms it would multiply series by client pods). A request served here that
+    /// a process on this host sent becomes the child of that process's CLIENT span;
+    /// otherwise a `traceparent` in the request parents the span; otherwise it starts a
+    /// trace. Nothing is written when the sampler leaves the trace out (both ends on this
+    /// host get the same answer: it goes by trace id).
+    pub fn write(
+        &mut self,
+        exchange: &HttpExchange,
+        route: Option<&str>,
+        boot_wall_ns: u64,
+        peer: Option<&PeerIdentity>,
+        out: &mut SpanBytes,
+    ) -> bool {
+        let parent = exchange.request.traceparent.as_deref().and_then(parse_traceparent);
         let remote_trace = parent.map(|(trace, _, _)| trace);
         let mut span_id = None;
         let (trace_id, parent_span_id, flags) = match (exchange.role, exchange.parent, parent) {
@@ -91,69 +86,153 @@ impl SpanBuilder {
             (_, _, None) => (self.ids.new_trace_id(), SpanId::INVALID, TraceFlags::SAMPLED),
         };
         if !self.sampler.sampled(trace_id, parent.map(|(_, _, flags)| flags)) {
-            return None;
+            return false;
         }
-        let flags = flags | TraceFlags::SAMPLED;
-        let span_id = span_id.unwrap_or_else(|| self.ids.new_span_id());
-        let parent_is_remote = parent_span_id != SpanId::INVALID && exchange.parent.is_none() && parent.is_some();
-        let mut attributes = metric_attributes(exchange, route, SPAN_ATTRIBUTES_USUALLY);
-        attributes.push(KeyValue::new(attr::URL_PATH, request.path.clone()));
+        let ids = SpanIds {
+            trace: trace_id,
+            span: span_id.unwrap_or_else(|| self.ids.new_span_id()),
+            parent: parent_span_id,
+            parent_is_remote: parent_span_id != SpanId::INVALID && exchange.parent.is_none() && parent.is_some(),
+            flags: flags | TraceFlags::SAMPLED,
+        };
+        out.push(|span| self.encode(span, exchange, route, boot_wall_ns, peer, &ids));
+        true
+    }
+
+    /// The fields of one `Span` message (`trace.proto`), attributes in the order the
+    /// histograms have them, then the span's own.
+    fn encode(
+        &mut self,
+        span: &mut Vec<u8>,
+        exchange: &HttpExchange,
+        route: Option<&str>,
+        boot_wall_ns: u64,
+        peer: Option<&PeerIdentity>,
+        ids: &SpanIds,
+    ) {
+        let request = &exchange.request;
+        wire::bytes(span, 1, &ids.trace.to_bytes());
+        wire::bytes(span, 2, &ids.span.to_bytes());
+        if ids.parent != SpanId::INVALID {
+            wire::bytes(span, 4, &ids.parent.to_bytes());
+        }
+        let remote = if ids.parent_is_remote { SPAN_FLAGS_IS_REMOTE } else { 0 };
+        wire::fixed32(span, 16, u32::from(ids.flags.to_u8()) | SPAN_FLAGS_HAS_IS_REMOTE | remote);
+        match route {
+            Some(route) => {
+                self.text.clear();
+                let _ = write!(self.text, "{} {route}", request.method);
+                wire::string(span, 5, &self.text);
+            }
+            None => wire::string(span, 5, &request.method),
+        }
+        wire::uint(
+            span,
+            6,
+            match exchange.role {
+                Role::Server => SPAN_KIND_SERVER,
+                Role::Client => SPAN_KIND_CLIENT,
+            },
+        );
+        wire::fixed64(span, 7, boot_wall_ns.saturating_add(exchange.start_ns));
+        wire::fixed64(span, 8, boot_wall_ns.saturating_add(exchange.end_ns));
+        let error = error_type(exchange);
+        self.attributes(span, exchange, route, error.as_deref());
+        if let Some(peer) = peer {
+            attribute::str(span, ATTRIBUTES, attr::PEER_K8S_NAMESPACE_NAME, &peer.namespace);
+            for (key, value) in [
+                (attr::PEER_K8S_POD_NAME, &peer.pod),
+                (attr::PEER_K8S_DEPLOYMENT_NAME, &peer.deployment),
+                (attr::PEER_K8S_SERVICE_NAME, &peer.service),
+            ] {
+                if let Some(value) = value {
+                    attribute::str(span, ATTRIBUTES, key, value);
+                }
+            }
+        }
+        if let Some(error) = error {
+            // `Status`: message 2, code 3 (ERROR).
+            wire::message(span, 15, |status| {
+                wire::string(status, 2, &error);
+                wire::uint(status, 3, STATUS_CODE_ERROR);
+            });
+        }
+    }
+
+    /// The histograms' attributes (`metric_attributes`), then the span's own.
+    fn attributes(&mut self, span: &mut Vec<u8>, exchange: &HttpExchange, route: Option<&str>, error: Option<&str>) {
+        let request = &exchange.request;
+        attribute::str(span, ATTRIBUTES, attr::HTTP_REQUEST_METHOD, &request.method);
+        if let Some(response) = exchange.response {
+            attribute::int(span, ATTRIBUTES, attr::HTTP_RESPONSE_STATUS_CODE, i64::from(response.status));
+        }
+        attribute::str(span, ATTRIBUTES, attr::URL_SCHEME, if exchange.tls { value::HTTPS } else { value::HTTP });
+        attribute::str(span, ATTRIBUTES, attr::NETWORK_PROTOCOL_NAME, "http");
+        attribute::str(span, ATTRIBUTES, attr::NETWORK_PROTOCOL_VERSION, request.version);
+        if let Some(route) = route {
+            attribute::str(span, ATTRIBUTES, attr::HTTP_ROUTE, route);
+        }
+        // `server.*`: on a client span as on its histogram (the Host header's name, else
+        // the peer); on a server span, the local address.
+        if let Some((address, port)) = server_end(exchange).or_else(|| {
+            let local = exchange.local.filter(|_| exchange.role == Role::Server)?;
+            Some((local.ip().to_string(), i64::from(local.port())))
+        }) {
+            attribute::str(span, ATTRIBUTES, attr::SERVER_ADDRESS, &address);
+            attribute::int(span, ATTRIBUTES, attr::SERVER_PORT, port);
+        }
+        if let Some(error) = error {
+            attribute::str(span, ATTRIBUTES, attr::ERROR_TYPE, error);
+        }
+        attribute::str(span, ATTRIBUTES, attr::URL_PATH, &request.path);
         if self.query_string
             && let Some(query) = &request.query
         {
-            attributes.push(KeyValue::new(attr::URL_QUERY, query.clone()));
+            attribute::str(span, ATTRIBUTES, attr::URL_QUERY, query);
         }
-        let (client, server) = match exchange.role {
-            Role::Server => (exchange.peer, exchange.local),
-            Role::Client => (exchange.local, exchange.peer),
+        let client = match exchange.role {
+            Role::Server => exchange.peer,
+            Role::Client => exchange.local,
         };
         if let Some(client) = client {
-            attributes.push(KeyValue::new(attr::CLIENT_ADDRESS, client.ip().to_string()));
-            attributes.push(KeyValue::new(attr::CLIENT_PORT, i64::from(client.port())));
-        }
-        if exchange.role == Role::Server
-            && let Some((address, port)) =
-                server_end(exchange).or(server.map(|s| (s.ip().to_string(), i64::from(s.port()))))
-        {
-            attributes.push(KeyValue::new(attr::SERVER_ADDRESS, address));
-            attributes.push(KeyValue::new(attr::SERVER_PORT, port));
+            self.ip(client.ip());
+            attribute::str(span, ATTRIBUTES, attr::CLIENT_ADDRESS, &self.text);
+            attribute::int(span, ATTRIBUTES, attr::CLIENT_PORT, i64::from(client.port()));
         }
         if let Some(peer) = exchange.peer {
-            attributes.push(KeyValue::new(attr::NETWORK_PEER_ADDRESS, peer.ip().to_string()));
-            attributes.push(KeyValue::new(attr::NETWORK_PEER_PORT, i64::from(peer.port())));
+            self.ip(peer.ip());
+            attribute::str(span, ATTRIBUTES, attr::NETWORK_PEER_ADDRESS, &self.text);
+            attribute::int(span, ATTRIBUTES, attr::NETWORK_PEER_PORT, i64::from(peer.port()));
         }
         if let Some(agent) = &request.user_agent {
-            attributes.push(KeyValue::new(attr::USER_AGENT_ORIGINAL, agent.clone()));
+            attribute::str(span, ATTRIBUTES, attr::USER_AGENT_ORIGINAL, agent);
         }
-        attributes.push(KeyValue::new(attr::HTTP_TRUNCATED, request.truncated));
-        let status = match error_type(exchange) {
-            Some(error) => Status::Error { description: error.into() },
-            None => Status::Unset,
-        };
-        let at = |ns: u64| SystemTime::UNIX_EPOCH + Duration::from_nanos(boot_wall_ns.saturating_add(ns));
-        Some(SpanData {
-            span_context: SpanContext::new(trace_id, span_id, flags, false, TraceState::default()),
-            parent_span_id,
-            parent_span_is_remote: parent_is_remote,
-            span_kind: match exchange.role {
-                Role::Server => SpanKind::Server,
-                Role::Client => SpanKind::Client,
-            },
-            name: match route {
-                Some(route) => format!("{} {route}", request.method).into(),
-                None => request.method.clone().into(),
-            },
-            start_time: at(exchange.start_ns),
-            end_time: at(exchange.end_ns),
-            attributes,
-            dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: self.scope.clone(),
-        })
+        attribute::boolean(span, ATTRIBUTES, attr::HTTP_TRUNCATED, request.truncated);
+    }
+
+    /// `ip` as text in the reused buffer.
+    fn ip(&mut self, ip: IpAddr) {
+        self.text.clear();
+        let _ = write!(self.text, "{ip}");
     }
 }
+
+/// A span's ids, as `write` settled them.
+struct SpanIds {
+    trace: TraceId,
+    span: SpanId,
+    parent: SpanId,
+    parent_is_remote: bool,
+    flags: TraceFlags,
+}
+
+/// `Span` fields and values (`trace.proto`).
+const ATTRIBUTES: u32 = 9;
+const SPAN_KIND_SERVER: u64 = 2;
+const SPAN_KIND_CLIENT: u64 = 3;
+const STATUS_CODE_ERROR: u64 = 2;
+const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
+const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
 
 /// `00-<trace id>-<parent id>-<flags>` (W3C Trace Context); `None` when malformed or
 /// all-zero, as the specification requires.
@@ -167,106 +246,6 @@ fn parse_traceparent(header: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
     let span = SpanId::from_hex(span).ok().filter(|s| *s != SpanId::INVALID)?;
     let flags = TraceFlags::new(u8::from_str_radix(flags, 16).ok()?);
     Some((trace, span, flags))
-}
-
-/// Spans per OTLP request, at most: well under the 4 MiB a gRPC receiver takes by
-/// default (a span here is about 1 KiB).
-const SPANS_PER_REQUEST: usize = 1_024;
-
-fn print_spans(spans: &[SpanData]) {
-    for span in spans {
-        let took = span.end_time.duration_since(span.start_time).unwrap_or_default();
-        println!("span {:?} {} {took:?}", span.span_kind, span.name);
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the OTLP span exporter: {0}")]
-pub struct SpanSinkError(#[source] opentelemetry_otlp::ExporterBuildError);
-
-pub struct SpanSink {
-    otlp: Option<SpanExporter>,
-    console: bool,
-    in_outage: bool,
-    /// Each request's deadline: without one a black-holed collector would hold a
-    /// request until TCP gives up, minutes later.
-    timeout: Duration,
-}
-
-impl SpanSink {
-    pub fn new(kind: SinkKind, timeout: Duration) -> Result<Self, SpanSinkError> {
-        let otlp = match kind {
-            SinkKind::OtlpGrpc => Some(SpanExporter::builder().with_tonic().build().map_err(SpanSinkError)?),
-            SinkKind::OtlpHttp => Some(
-                SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .build()
-                    .map_err(SpanSinkError)?,
-            ),
-            SinkKind::Console | SinkKind::None => None,
-        };
-        Ok(Self { otlp, console: kind == SinkKind::Console, in_outage: false, timeout })
-    }
-
-    /// Exports each workload's spans; returns the failed export requests and how many
-    /// spans could not be delivered (spans are not kept through an outage: the metrics
-    /// carry the counts). After the first failure the rest of this interval's spans are
-    /// counted lost without a try: a black-holed collector costs one timeout per
-    /// interval, not one per workload.
-    pub async fn export(&mut self, batches: Vec<(Resource, Vec<SpanData>)>) -> (u64, u64) {
-        let mut failed_exports = 0;
-        let mut lost_spans = 0;
-        for (resource, spans) in batches {
-            if failed_exports > 0 {
-                lost_spans += spans.len() as u64;
-                continue;
-            }
-            let Some(exporter) = &mut self.otlp else {
-                if self.console {
-                    print_spans(&spans);
-                }
-                continue;
-            };
-            exporter.set_resource(&resource);
-            let mut spans = spans.into_iter();
-            loop {
-                // Moved, not cloned, into each request.
-                let chunk: Vec<SpanData> = spans.by_ref().take(SPANS_PER_REQUEST).collect();
-                if chunk.is_empty() {
-                    break;
-                }
-                let n = chunk.len() as u64;
-                if failed_exports > 0 {
-                    lost_spans += n;
-                    continue;
-                }
-                let sent = tokio::time::timeout(self.timeout, exporter.export(chunk)).await;
-                match sent.unwrap_or(Err(OTelSdkError::Timeout(self.timeout))) {
-                    Ok(()) if self.in_outage => {
-                        tracing::info!("span export recovered");
-                        self.in_outage = false;
-                    }
-                    Ok(()) => {}
-                    Err(err) => {
-                        if !self.in_outage {
-                            tracing::warn!(error = %err, "span export failed; spans are dropped (and counted) until the collector is back");
-                            self.in_outage = true;
-                        }
-                        failed_exports += 1;
-                        lost_spans += n;
-                    }
-                }
-            }
-        }
-        (failed_exports, lost_spans)
-    }
-
-    pub fn shutdown(&mut self) {
-        if let Some(exporter) = &mut self.otlp {
-            let _ = exporter.shutdown();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -293,12 +293,12 @@ fn an_http_span_names_the_other_end_in_the_cluster() {
     let mut workloads = Workloads::new(settings(100));
     workloads.set_cluster(Arc::new(store.view()));
     let exchange = unanswered_exchange(0);
-    let span = SpanBuilder::new(false, SpanSampler::default()).span(&exchange, None, 0).expect("sampled");
-    workloads.record_http(&exchange, None, None, Some(span));
-    let spans = workloads.take_spans();
-    let attrs = &spans[0].1[0].attributes;
-    assert!(has(attrs, attr::PEER_K8S_POD_NAME, "client-1"), "{attrs:?}");
-    assert!(has(attrs, attr::PEER_K8S_DEPLOYMENT_NAME, "web"), "{attrs:?}");
+    let mut builder = SpanBuilder::new(false, SpanSampler::default());
+    assert!(workloads.record_http(&exchange, None, None, Some((&mut builder, 0))), "sampled");
+    let spans = decoded_spans(&workloads.take_spans());
+    let attrs = span_attributes(&spans[0]);
+    assert!(attrs.contains(&(attr::PEER_K8S_POD_NAME.to_owned(), "client-1".to_owned())), "{attrs:?}");
+    assert!(attrs.contains(&(attr::PEER_K8S_DEPLOYMENT_NAME.to_owned(), "web".to_owned())), "{attrs:?}");
     // Not on the histogram: a client pod's name would multiply its series.
     let points = data_points(&workloads.collect()[0]);
     assert!(!points.is_empty());
@@ -394,8 +394,9 @@ fn a_retired_workload_leaves_its_spans_for_the_next_flush() {
     let gone = 4_000_001;
     let mut workloads = Workloads::new(settings(100));
     let exchange = unanswered_exchange(gone);
-    let span = SpanBuilder::new(false, SpanSampler::default()).span(&exchange, None, 0).expect("sampled");
-    workloads.record_http(&exchange, None, Some(&KernelProcess { name: "gone".into(), cgroup_id: 0 }), Some(span));
+    let mut builder = SpanBuilder::new(false, SpanSampler::default());
+    let gone_process = KernelProcess { name: "gone".into(), cgroup_id: 0 };
+    assert!(workloads.record_http(&exchange, None, Some(&gone_process), Some((&mut builder, 0))), "sampled");
     workloads.mark_exited(&[gone]);
     for _ in 0..3 {
         workloads.collect();
@@ -403,6 +404,37 @@ fn a_retired_workload_leaves_its_spans_for_the_next_flush() {
     workloads.retire_delivered();
     assert_eq!(workloads.len(), 0, "the exited, idle workload retired");
     let spans = workloads.take_spans();
-    assert_eq!(spans.iter().map(|(_, s)| s.len()).sum::<usize>(), 1, "{spans:?}");
+    assert_eq!(decoded_spans(&spans).len(), 1, "{spans:?}");
     assert!(workloads.take_spans().is_empty());
+}
+
+/// Held spans as a receiver decodes them (the official protos).
+fn decoded_spans(
+    batches: &[(opentelemetry_sdk::Resource, super::SpanBytes)],
+) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    super::otlp::requests(batches, 1 << 20)
+        .iter()
+        .flat_map(|request| ExportTraceServiceRequest::decode(request.body.as_slice()).expect("decodes").resource_spans)
+        .flat_map(|r| r.scope_spans)
+        .flat_map(|s| s.spans)
+        .collect()
+}
+
+/// A decoded span's attributes, values as text.
+fn span_attributes(span: &opentelemetry_proto::tonic::trace::v1::Span) -> Vec<(String, String)> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    span.attributes
+        .iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(Any::StringValue(s)) => s.clone(),
+                Some(Any::IntValue(i)) => i.to_string(),
+                Some(Any::BoolValue(b)) => b.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
 }

@@ -18,14 +18,14 @@ use opentelemetry_sdk::{
     },
 };
 
-use opentelemetry_sdk::trace::SpanData;
-
 use super::{
     dns_instruments::DnsInstruments,
     flow_instruments::FlowInstruments,
     http_instruments::HttpInstruments,
+    otlp::SpanBytes,
     reader::SharedReader,
     resources::{folded_resource, workload_resource},
+    spans::SpanBuilder,
 };
 use crate::{
     aggregation::{DnsLookup, FlowRecord, HttpExchange},
@@ -70,7 +70,7 @@ struct Workload {
     dns: Option<DnsInstruments>,
     http: Option<HttpInstruments>,
     /// Spans since the last export.
-    spans: Vec<SpanData>,
+    spans: SpanBytes,
     /// The pod uid of the process (from its cgroup) and the identity the Resource was
     /// built with: when the cluster view says otherwise, the workload is replaced.
     pod_uid: Option<String>,
@@ -96,7 +96,7 @@ impl Workload {
             flows,
             dns: None,
             http: None,
-            spans: Vec::new(),
+            spans: SpanBytes::default(),
             pod_uid,
             pod,
             exited: false,
@@ -128,7 +128,7 @@ pub struct Workloads {
     replaced_collected: usize,
     /// Spans of workloads dropped before their spans were taken (a span flush still on
     /// its way when their last metrics were delivered): they go with the next flush.
-    retired_spans: Vec<(Resource, Vec<SpanData>)>,
+    retired_spans: Vec<(Resource, SpanBytes)>,
     processes: ProcessCache,
     cgroups: CgroupPaths,
     /// Empty unless the Kubernetes watchers run.
@@ -213,31 +213,27 @@ impl Workloads {
             .record(lookup, server.as_deref());
     }
 
-    /// Records one HTTP exchange under the serving or sending process's workload, with
-    /// its span when spans are on.
+    /// Records one HTTP exchange under the serving or sending process's workload, and
+    /// its span when `spans` is given (the builder and the wall-clock time of boot);
+    /// returns whether a span was written.
     pub fn record_http(
         &mut self,
         exchange: &HttpExchange,
         route: Option<&str>,
         kernel: Option<&KernelProcess>,
-        span: Option<SpanData>,
-    ) {
-        let peer = exchange.peer.and_then(|peer| self.cluster.peer(peer.ip())).cloned();
+        spans: Option<(&mut SpanBuilder, u64)>,
+    ) -> bool {
+        let cluster = Arc::clone(&self.cluster);
         let workload = self.workload(exchange.pid, kernel);
         let meter = || workload.provider.meter_with_scope(http_scope());
         workload.http.get_or_insert_with(|| HttpInstruments::new(&meter())).record(exchange, route);
-        workload.spans.extend(span.map(|mut span| {
-            // The other end's identity on the span only: on the histograms it would
-            // multiply series by client pods.
-            if let Some(peer) = &peer {
-                super::flow_instruments::push_peer_k8s(&mut span.attributes, peer);
-            }
-            span
-        }));
+        let Some((builder, boot_wall_ns)) = spans else { return false };
+        let peer = exchange.peer.and_then(|peer| cluster.peer(peer.ip()));
+        builder.write(exchange, route, boot_wall_ns, peer.map(AsRef::as_ref), &mut workload.spans)
     }
 
     /// Every workload's spans since the last call, with its Resource.
-    pub fn take_spans(&mut self) -> Vec<(Resource, Vec<SpanData>)> {
+    pub fn take_spans(&mut self) -> Vec<(Resource, SpanBytes)> {
         let mut taken = std::mem::take(&mut self.retired_spans);
         taken.extend(
             self.by_pid
@@ -248,7 +244,7 @@ impl Workloads {
                 // The next flush's vector is sized as this one was, rather than grown
                 // from nothing again: bounded in all by `http.max_spans`.
                 .map(|w| {
-                    let room = Vec::with_capacity(w.spans.len());
+                    let room = SpanBytes::with_capacity(w.spans.byte_len());
                     (w.resource.clone(), std::mem::replace(&mut w.spans, room))
                 }),
         );
