@@ -7,6 +7,8 @@
 //! peak RSS from /proc, and what a real OTLP receiver got (counts, losses).
 //! `http-cost`: CPU µs per request inside nginx, wrk and the agent, and uprobe traps
 //! per request, with a bare trap's cost measured in the same run (`http_cost.rs`).
+//! `http-latency`: p50/p99 at fixed offered rates with and without the agent (oha), and
+//! the histograms' count against the requests made (`http_latency.rs`).
 //! `identity`: the Kubernetes watchers at 10,000 pods and 1,000 local processes
 //! (`BENCH_PROCESSES`, `BENCH_INTERVAL_S`, `BENCH_CARDINALITY_LIMIT`). `workloads`: peak
 //! RSS with 400 long-lived and 40 short-lived processes a second, per `max_workloads`.
@@ -21,6 +23,7 @@ mod dns;
 mod flows;
 mod http;
 mod http_cost;
+mod http_latency;
 mod identity;
 mod workloads;
 
@@ -107,8 +110,11 @@ fn main() {
         Some("dns") => dns::run(),
         Some("http") => http::run(),
         Some("http-cost") => http_cost::run(),
+        Some("http-latency") => http_latency::run(),
         Some("identity") => identity::run(),
         Some("workloads") => workloads::run(),
-        Some(other) => panic!("unknown benchmark {other:?}: flows, dns, http, http-cost, identity or workloads"),
+        Some(other) => {
+            panic!("unknown benchmark {other:?}: flows, dns, http, http-cost, http-latency, identity or workloads")
+        }
     }
 }
