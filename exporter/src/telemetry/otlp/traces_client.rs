@@ -270,3 +270,21 @@ impl Decoder for PassThrough {
         Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
+    use prost::Message as _;
+
+    use super::rejected_spans;
+
+    #[test]
+    fn a_partial_success_says_how_many_spans_were_rejected() {
+        let partial = ExportTracePartialSuccess { rejected_spans: 3, error_message: "too old".into() };
+        let reply = ExportTraceServiceResponse { partial_success: Some(partial) }.encode_to_vec();
+        assert_eq!(rejected_spans(&reply), 3);
+        assert_eq!(rejected_spans(&ExportTraceServiceResponse::default().encode_to_vec()), 0);
+        assert_eq!(rejected_spans(&[]), 0);
+        assert_eq!(rejected_spans(b"\xff\xff garbage"), 0, "an unreadable reply to an accepted request");
+    }
+}
