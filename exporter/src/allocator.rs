@@ -1,5 +1,5 @@
 //! How the C allocator holds the agent's memory: reused while the agent works, given
-//! back once an interval, at most every ten seconds.
+//! back after an interval in which workloads retired, else at most every ten seconds.
 //!
 //! Two costs pull apart. Every batch of exchanges and every span flush allocates and
 //! frees blocks of a hundred KiB to a few MiB; were those blocks mappings of their own
@@ -13,13 +13,13 @@
 //! But the OpenTelemetry SDK gives every instrument a series map sized for the
 //! cardinality limit (about 130 KiB at 2000) of which a process fills a few entries: a
 //! map carved from heap pages touched before costs its full size, untouched parts and
-//! all. So after each delivered interval, once exited workloads retired, [`give_back`]
-//! returns every free page of every arena to the kernel: a map made later faults in
-//! only what it touches. The buffers in use meanwhile are faulted in again once an
-//! interval (60 s by default), not once a batch; and not more often than every
-//! [`GIVE_BACK_GAP`] with a short interval: at one second, giving back every interval
-//! made the span and batch buffers fresh pages every second, half of the agent's CPU
-//! on this VM (`bench http-cost`, 0.19 faults per request).
+//! all. So after a delivered interval in which workloads retired, [`give_back`] returns
+//! every free page of every arena to the kernel: a map made later faults in only what
+//! it touches (with 40 short-lived processes a second, giving back every other 5 s
+//! interval instead of each cost 42 MiB of peak RSS, `bench workloads`). With no
+//! workload retired, at most every [`GIVE_BACK_GAP`]: at the tests' 1 s interval,
+//! giving back every interval made the span and batch buffers fresh pages every second,
+//! half of the agent's CPU on this VM (`bench http-cost`, 0.19 faults per request).
 
 /// Blocks of this size and more get a mapping of their own: rare ones, far larger than
 /// any batch or flush.
@@ -43,13 +43,14 @@ pub fn configure() {
 /// The least time between two [`give_back`]s.
 pub const GIVE_BACK_GAP: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Returns the free pages of every arena to the kernel (glibc's `malloc_trim`), unless
-/// it did less than [`GIVE_BACK_GAP`] ago.
-pub fn give_back() {
+/// Returns the free pages of every arena to the kernel (glibc's `malloc_trim`): now when
+/// `retired` (workloads' memory was freed), else unless it did less than
+/// [`GIVE_BACK_GAP`] ago.
+pub fn give_back(retired: bool) {
     use std::{sync::Mutex, time::Instant};
     static LAST: Mutex<Option<Instant>> = Mutex::new(None);
     let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if last.is_some_and(|at| at.elapsed() < GIVE_BACK_GAP) {
+    if !retired && last.is_some_and(|at| at.elapsed() < GIVE_BACK_GAP) {
         return;
     }
     *last = Some(Instant::now());

@@ -4,7 +4,8 @@ libssl, the one flowtel's uprobes watch).
 
 usage: http_server.py ADDRESS PORT [CERT KEY]
   /ok 200, /missing 404, /fail 500, /moved 301, /slow 200 after 300 ms,
-  /drop: the connection is closed without a response.
+  /stall 200 after 10 s (prints "stalled" when it arrives: a request a test can count
+  on being open), /drop: the connection is closed without a response.
 Prints "ready" once listening.
 """
 import http.server
@@ -14,7 +15,7 @@ import ssl
 import sys
 import time
 
-ROUTES = {"/ok": 200, "/missing": 404, "/fail": 500, "/moved": 301, "/slow": 200}
+ROUTES = {"/ok": 200, "/missing": 404, "/fail": 500, "/moved": 301, "/slow": 200, "/stall": 200}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -28,6 +29,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         if path == "/slow":
             time.sleep(0.3)
+        if path == "/stall":
+            print("stalled", flush=True)
+            time.sleep(10)
         status = ROUTES.get(path, 404)
         body = b"hello\n"
         self.send_response(status)

@@ -45,8 +45,9 @@ fn http_protobuf_export_and_sigterm_flushes_the_last_interval() {
     let _dns = flowtel_e2e::servers::dnsmasq(&link.b, &[&server_ip], 53, &["--address=/last.test/10.0.0.1".into()]);
     let dig = Link::exec(&link.a, "dig").args(["+tries=1", "+time=3", &format!("@{server_ip}"), "last.test"]).output();
     assert!(dig.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("status: NOERROR")), "dig");
-    // And, at the signal, a query nobody answers and a request whose answer takes 300 ms:
-    // their outcome is unknown when the agent stops, so they are counted (`at_exit`).
+    // And, at the signal, a query nobody answers and a request whose answer takes 10 s
+    // (open when the agent stops, however slow the machine: the server says when it
+    // has it): their outcome is unknown, so they are counted (`at_exit`).
     let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8080"]);
     server.wait_line("ready");
     // One answered request: its spans go over HTTP/protobuf too.
@@ -56,13 +57,14 @@ fn http_protobuf_export_and_sigterm_flushes_the_last_interval() {
     let unanswered = "import socket\n\
          socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(bytes([0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 4]) + b'none' + bytes([4]) + b'test' + bytes([0, 0, 1, 0, 1]), ('127.0.0.1', 53))\n";
     assert!(Link::exec(&link.a, "python3").args(["-c", unanswered]).status().is_ok_and(|s| s.success()));
-    let slow =
-        Link::exec(&link.a, "curl").args(["-s", "-o", "/dev/null", &format!("http://{server_ip}:8080/slow")]).spawn();
-    let mut slow = slow.expect("curl");
-    std::thread::sleep(Duration::from_millis(100));
+    let stall =
+        Link::exec(&link.a, "curl").args(["-s", "-o", "/dev/null", &format!("http://{server_ip}:8080/stall")]).spawn();
+    let mut stall = stall.expect("curl");
+    server.wait_line("stalled");
     assert!(receiver.received.snapshot().is_empty(), "nothing should be exported before the interval");
     let (status, log) = agent.stop();
-    let _ = slow.wait();
+    let _ = stall.kill();
+    let _ = stall.wait();
     assert!(status.success(), "exit {status}; log:\n{log}");
     assert!(log.contains("detaching probes"), "{log}");
     assert_eq!(client_sent(&receiver.received, &client), 4321.0, "log:\n{log}");

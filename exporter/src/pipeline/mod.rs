@@ -265,9 +265,9 @@ fn settle_metrics(recorder: &mut Recorder, outcome: ExportOutcome) {
     tracing::debug!(?outcome, "interval exported");
     recorder.agent.record_export_failures(outcome.failed);
     if outcome.failed == 0 {
-        recorder.workloads.retire_delivered();
+        let retired = recorder.workloads.retire_delivered();
         // Their instruments' memory, and the interval's freed buffers, back to the kernel.
-        crate::allocator::give_back();
+        crate::allocator::give_back(retired > 0);
     } else {
         let dropped = recorder.workloads.bound_backlog();
         if dropped > 0 {

@@ -422,7 +422,8 @@ impl Workloads {
     /// stayed idle, since their last interval has now been delivered. Not called after
     /// a failed export, so an outage never loses an exited process's totals (see
     /// `bound_backlog` for the memory bound).
-    pub fn retire_delivered(&mut self) {
+    /// Returns how many retired.
+    pub fn retire_delivered(&mut self) -> usize {
         let collected = std::mem::take(&mut self.replaced_collected).min(self.replaced.len());
         let mut gone: Vec<Workload> = self.replaced.drain(..collected).collect();
         let limit = self.settings.idle_intervals;
@@ -434,12 +435,14 @@ impl Workloads {
         );
         // A folded workload stands for processes that come and go: it goes once idle.
         gone.extend(self.folded.extract_if(|_, w| w.idle_intervals > limit).map(|(_, w)| w));
+        let retired = gone.len();
         for workload in gone {
             self.retire(workload);
         }
         let folded = &self.folded;
         self.folded_pids.retain(|&pid, key| folded.contains_key(key) && process_alive(pid));
         self.processes.forget_exited();
+        retired
     }
 
     /// During an outage: bounds memory by dropping the exited workloads idle longest
