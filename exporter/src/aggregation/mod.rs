@@ -6,6 +6,7 @@ mod address;
 mod dns;
 mod flow;
 mod http;
+mod kernel_keys;
 
 pub use address::{AddressClass, classify};
 pub use dns::{DnsLookup, DnsTracker, Outcome, TrackerLosses, TrackerSettings, rcode_name, type_name};
@@ -15,3 +16,4 @@ pub use flow::{Direction, FlowRecord, Transport, from_kernel};
 #[cfg(test)]
 pub use http::RequestHead;
 pub use http::{HttpError, HttpExchange, HttpLosses, HttpSettings, HttpTracker, Role, Routes};
+pub use kernel_keys::KernelKeyMap;

@@ -116,8 +116,8 @@ pub async fn run(config: Config, otel: OtelSettings, lanes: &Lanes) -> anyhow::R
                 settle_metrics(&mut recorder, outcome);
                 continue;
             }
-            (failures, lost) = span_courier.outcome() => {
-                recorder.agent.record_span_export(failures, lost);
+            outcome = span_courier.outcome() => {
+                recorder.span_outcome(outcome);
                 continue;
             }
         };
@@ -266,6 +266,7 @@ fn settle_metrics(recorder: &mut Recorder, outcome: ExportOutcome) {
     recorder.agent.record_export_failures(outcome.failed);
     if outcome.failed == 0 {
         let retired = recorder.workloads.retire_delivered();
+        tracing::debug!(retired, "workloads retired");
         // Their instruments' memory, and the interval's freed buffers, back to the kernel.
         crate::allocator::give_back(retired > 0);
     } else {
@@ -283,12 +284,12 @@ async fn settle_before_the_last(
     metrics_courier: &mut Courier<MetricsSink>,
     span_courier: &mut Courier<SpanSink>,
 ) {
-    if let Some((failures, lost)) = span_courier.settle(LAST_EXPORT_GRACE).await {
-        recorder.agent.record_span_export(failures, lost);
+    if let Some(outcome) = span_courier.settle(LAST_EXPORT_GRACE).await {
+        recorder.span_outcome(outcome);
     }
     send_spans(recorder, span_courier);
-    if let Some((failures, lost)) = span_courier.settle(LAST_EXPORT_GRACE).await {
-        recorder.agent.record_span_export(failures, lost);
+    if let Some(outcome) = span_courier.settle(LAST_EXPORT_GRACE).await {
+        recorder.span_outcome(outcome);
     }
     if let Some(outcome) = metrics_courier.settle(LAST_EXPORT_GRACE).await {
         settle_metrics(recorder, outcome);
@@ -307,7 +308,7 @@ fn send_spans(recorder: &mut Recorder, courier: &mut Courier<SpanSink>) {
     if recorder.spans_held == 0 || !courier.is_idle() {
         return;
     }
-    if let Err(spans) = courier.send(recorder.workloads.take_spans()) {
+    if let Err(spans) = courier.send(recorder.workloads.take_spans(&mut recorder.spare_spans)) {
         let lost = spans.iter().map(|(_, spans)| spans.len() as u64).sum();
         recorder.agent.record_span_export(1, lost);
     }

@@ -14,10 +14,14 @@ use crate::{
     events::{KernelFlow, ProcessNames, monotonic_now_ns},
     kubernetes::Kubernetes,
     probes::Probes,
-    telemetry::{AgentTelemetry, SpanBuilder, TelemetrySettings, Workloads},
+    telemetry::{AgentTelemetry, SpanBuilder, SpanBytes, SpanOutcome, TelemetrySettings, Workloads},
 };
 
 const LOST_CAUSES: usize = flowtel_probes_abi::lost::COUNT as usize;
+
+/// Room in span buffers kept for reuse, at most: a few flushes' worth at 20,000 spans a
+/// second.
+const SPARE_SPAN_BYTES: usize = 16 << 20;
 
 /// What the loop enriches and records into, between two exports.
 pub struct Recorder {
@@ -33,6 +37,8 @@ pub struct Recorder {
     /// Spans held for the next export, and the most allowed.
     pub spans_held: usize,
     max_spans: usize,
+    /// Span buffers flushes emptied, to be written into again (`span_outcome`).
+    pub spare_spans: Vec<SpanBytes>,
     http_connections: usize,
     kubernetes: Option<Kubernetes>,
     k8s_errors_reported: [u64; 4],
@@ -64,6 +70,7 @@ impl Recorder {
             spans: config.http.spans.then(|| SpanBuilder::new(config.http.query_string, sampler)),
             spans_held: 0,
             max_spans: config.http.max_spans,
+            spare_spans: Vec::new(),
             http_connections: 0,
             kubernetes,
             k8s_errors_reported: [0; 4],
@@ -105,6 +112,20 @@ impl Recorder {
             }
         }
         self.http_connections = batch.held;
+    }
+
+    /// What a span flush came to: its losses counted, its emptied buffers kept for
+    /// reuse up to `SPARE_SPAN_BYTES` of room in all (a flush after a long hold can
+    /// leave a buffer of many MiB: not kept).
+    pub fn span_outcome(&mut self, outcome: SpanOutcome) {
+        self.agent.record_span_export(outcome.failed, outcome.lost);
+        let mut room: usize = self.spare_spans.iter().map(SpanBytes::capacity).sum();
+        for spans in outcome.emptied {
+            if room + spans.capacity() <= SPARE_SPAN_BYTES {
+                room += spans.capacity();
+                self.spare_spans.push(spans);
+            }
+        }
     }
 
     pub fn dns(&mut self, batch: &Batch<DnsLookup, TrackerLosses>) {

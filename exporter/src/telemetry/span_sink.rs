@@ -16,9 +16,17 @@ use super::{
 /// takes by default (a span is about 300 to 500 bytes).
 const REQUEST_BYTES: usize = 1 << 20;
 
-/// Failed export requests and spans not delivered (failed, past the deadline, or
-/// rejected by the collector).
-pub type SpanOutcome = (u64, u64);
+/// What became of a flush.
+#[derive(Debug, Default)]
+pub struct SpanOutcome {
+    /// Export requests that failed.
+    pub failed: u64,
+    /// Spans not delivered: failed, past the deadline, or rejected by the collector.
+    pub lost: u64,
+    /// The flush's span buffers, emptied, for the loop to write into again: pages kept
+    /// in use are not faulted in again after memory is given back.
+    pub emptied: Vec<SpanBytes>,
+}
 
 pub struct SpanSink {
     otlp: Option<TracesClient>,
@@ -42,12 +50,12 @@ impl SpanSink {
 
     pub async fn export(&mut self, batches: Vec<(Resource, SpanBytes)>) -> SpanOutcome {
         let requests = requests(&batches, REQUEST_BYTES);
-        drop(batches);
+        let emptied = batches.into_iter().map(|(_, spans)| spans.emptied()).collect();
         let Some(client) = &mut self.otlp else {
             if self.console {
                 requests.iter().for_each(print_spans);
             }
-            return (0, 0);
+            return SpanOutcome { emptied, ..SpanOutcome::default() };
         };
         let (mut failed, mut lost) = (0, 0);
         for TraceRequest { body, spans } in requests {
@@ -80,7 +88,7 @@ impl SpanSink {
                 }
             }
         }
-        (failed, lost)
+        SpanOutcome { failed, lost, emptied }
     }
 
     pub fn shutdown(&mut self) {

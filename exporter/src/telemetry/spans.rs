@@ -1,7 +1,7 @@
 //! HTTP exchanges as `OTel` spans, written straight into OTLP protobuf bytes on the
 //! loop thread (`otlp::wire`): no `SpanData`, no per-span allocations; each workload
 //! holds its spans' bytes until the span sink frames them into export requests.
-use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
+use std::{fmt::Write as _, net::IpAddr};
 
 use flowtel_semconv::{attr, value};
 use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
@@ -13,7 +13,7 @@ use super::{
     sampler::SpanSampler,
 };
 use crate::{
-    aggregation::{HttpExchange, Role},
+    aggregation::{HttpExchange, KernelKeyMap, Role},
     kubernetes::PeerIdentity,
 };
 
@@ -27,14 +27,20 @@ pub struct SpanBuilder {
     ids: RandomIdGenerator,
     sampler: SpanSampler,
     query_string: bool,
-    early: HashMap<u64, (TraceId, SpanId)>,
+    early: KernelKeyMap<u64, (TraceId, SpanId)>,
     /// Reused for the text a span needs formatted (its name, addresses).
     text: String,
 }
 
 impl SpanBuilder {
     pub fn new(query_string: bool, sampler: SpanSampler) -> Self {
-        Self { ids: RandomIdGenerator::default(), sampler, query_string, early: HashMap::new(), text: String::new() }
+        Self {
+            ids: RandomIdGenerator::default(),
+            sampler,
+            query_string,
+            early: KernelKeyMap::default(),
+            text: String::new(),
+        }
     }
 
     /// The ids of client exchange `id`, shared by its span and its server side's span:

@@ -295,7 +295,7 @@ fn an_http_span_names_the_other_end_in_the_cluster() {
     let exchange = unanswered_exchange(0);
     let mut builder = SpanBuilder::new(false, SpanSampler::default());
     assert!(workloads.record_http(&exchange, None, None, Some((&mut builder, 0))), "sampled");
-    let spans = decoded_spans(&workloads.take_spans());
+    let spans = decoded_spans(&workloads.take_spans(&mut Vec::new()));
     let attrs = span_attributes(&spans[0]);
     assert!(attrs.contains(&(attr::PEER_K8S_POD_NAME.to_owned(), "client-1".to_owned())), "{attrs:?}");
     assert!(attrs.contains(&(attr::PEER_K8S_DEPLOYMENT_NAME.to_owned(), "web".to_owned())), "{attrs:?}");
@@ -403,9 +403,9 @@ fn a_retired_workload_leaves_its_spans_for_the_next_flush() {
     }
     workloads.retire_delivered();
     assert_eq!(workloads.len(), 0, "the exited, idle workload retired");
-    let spans = workloads.take_spans();
+    let spans = workloads.take_spans(&mut Vec::new());
     assert_eq!(decoded_spans(&spans).len(), 1, "{spans:?}");
-    assert!(workloads.take_spans().is_empty());
+    assert!(workloads.take_spans(&mut Vec::new()).is_empty());
 }
 
 /// Held spans as a receiver decodes them (the official protos).

@@ -28,7 +28,7 @@ use super::{
     spans::SpanBuilder,
 };
 use crate::{
-    aggregation::{DnsLookup, FlowRecord, HttpExchange},
+    aggregation::{DnsLookup, FlowRecord, HttpExchange, KernelKeyMap},
     enrichment::{CgroupPaths, HostInfo, Peers, ProcessCache},
     events::KernelProcess,
     kubernetes::{ClusterView, PodIdentity},
@@ -114,7 +114,7 @@ fn process_alive(pid: u32) -> bool {
 
 pub struct Workloads {
     settings: TelemetrySettings,
-    by_pid: HashMap<u32, Workload>,
+    by_pid: KernelKeyMap<u32, Workload>,
     /// Processes past `max_workloads`, folded by container or pod and executable.
     folded: HashMap<FoldKey, Workload>,
     /// Which folded workload each folded pid's data goes to.
@@ -178,7 +178,7 @@ impl Workloads {
         Self {
             processes: ProcessCache::new(settings.process_command_line),
             settings,
-            by_pid: HashMap::new(),
+            by_pid: KernelKeyMap::default(),
             folded: HashMap::new(),
             folded_pids: HashMap::new(),
             folds: 0,
@@ -232,8 +232,9 @@ impl Workloads {
         builder.write(exchange, route, boot_wall_ns, peer.map(AsRef::as_ref), &mut workload.spans)
     }
 
-    /// Every workload's spans since the last call, with its Resource.
-    pub fn take_spans(&mut self) -> Vec<(Resource, SpanBytes)> {
+    /// Every workload's spans since the last call, with its Resource; each workload
+    /// goes on writing into a `spare` buffer (one a flush emptied) when there is one.
+    pub fn take_spans(&mut self, spare: &mut Vec<SpanBytes>) -> Vec<(Resource, SpanBytes)> {
         let mut taken = std::mem::take(&mut self.retired_spans);
         taken.extend(
             self.by_pid
@@ -241,12 +242,7 @@ impl Workloads {
                 .chain(self.folded.values_mut())
                 .chain(&mut self.replaced)
                 .filter(|w| !w.spans.is_empty())
-                // The next flush's vector is sized as this one was, rather than grown
-                // from nothing again: bounded in all by `http.max_spans`.
-                .map(|w| {
-                    let room = SpanBytes::with_capacity(w.spans.byte_len());
-                    (w.resource.clone(), std::mem::replace(&mut w.spans, room))
-                }),
+                .map(|w| (w.resource.clone(), std::mem::replace(&mut w.spans, spare.pop().unwrap_or_default()))),
         );
         taken
     }

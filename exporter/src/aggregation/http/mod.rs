@@ -20,6 +20,7 @@ use std::{
 pub use parse::{Parsed, RequestHead, ResponseHead, requests, responses};
 pub use route::Routes;
 
+use super::KernelKeyMap;
 use crate::events::HttpChunk;
 
 /// Requests waiting for their responses on one connection, at most (a deep pipeline).
@@ -146,7 +147,7 @@ type Ends = (SocketAddr, SocketAddr);
 
 pub struct HttpTracker {
     settings: HttpSettings,
-    connections: HashMap<(u32, u64), Connection>,
+    connections: KernelKeyMap<(u32, u64), Connection>,
     /// Connections by role and ends, to find the other side of a request when both are
     /// on this host. Entries are checked against `connections` when used.
     by_ends: HashMap<(Role, Ends), (u32, u64)>,
@@ -158,7 +159,7 @@ impl HttpTracker {
     pub fn new(settings: HttpSettings) -> Self {
         Self {
             settings,
-            connections: HashMap::new(),
+            connections: KernelKeyMap::default(),
             by_ends: HashMap::new(),
             next_id: 1,
             losses: HttpLosses::default(),

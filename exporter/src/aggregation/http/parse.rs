@@ -1,6 +1,8 @@
 //! Request and response heads from the captured bytes, with `httparse`. The capture
 //! may stop inside the head (`truncated`); a head cut before its request line ends is
 //! unusable and counted by the caller.
+use std::borrow::Cow;
+
 use httparse::{EMPTY_HEADER, Request, Response, Status};
 
 /// Headers looked at, at most; more is a truncated head for our purposes.
@@ -8,7 +10,8 @@ const MAX_HEADERS: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
-    pub method: String,
+    /// Borrowed for the standard methods (no allocation per request), owned otherwise.
+    pub method: Cow<'static, str>,
     /// The request target's path (an absolute-form target keeps only its path).
     pub path: String,
     pub query: Option<String>,
@@ -70,7 +73,7 @@ pub fn requests(bytes: &[u8]) -> Parsed<RequestHead> {
         };
         let (path, query) = split_target(target);
         heads.push(RequestHead {
-            method: method.to_owned(),
+            method: method_name(method),
             path,
             query,
             version: version_name(request.version),
@@ -101,7 +104,7 @@ fn partial_request(bytes: &[u8]) -> Option<RequestHead> {
     }
     let (path, query) = split_target(target);
     Some(RequestHead {
-        method: method.to_owned(),
+        method: method_name(method),
         path,
         query,
         version: version_name(Some(minor)),
@@ -110,6 +113,15 @@ fn partial_request(bytes: &[u8]) -> Option<RequestHead> {
         traceparent: None,
         truncated: true,
     })
+}
+
+/// The standard methods as static text, others as they came.
+fn method_name(method: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = ["GET", "POST", "PUT", "HEAD", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
+    KNOWN
+        .iter()
+        .find(|known| **known == method)
+        .map_or_else(|| Cow::Owned(method.to_owned()), |known| Cow::Borrowed(*known))
 }
 
 fn split_target(target: &str) -> (String, Option<String>) {

@@ -1,6 +1,7 @@
 //! `http.route`, kept low-cardinality: a configured template that matches the path, or
 //! the path with its identifier-like segments (numbers, UUIDs, long hex) folded into
 //! `{id}`. Never the raw path: that belongs on spans only (`url.path`).
+use std::borrow::Cow;
 
 #[derive(Clone, Debug, Default)]
 pub struct Routes {
@@ -15,17 +16,24 @@ impl Routes {
         Self { templates, heuristic }
     }
 
-    pub fn route(&self, path: &str) -> Option<String> {
-        let segments: Vec<&str> = path.split('/').collect();
+    /// Borrowed (no allocation) unless the heuristic replaced a segment.
+    pub fn route<'a>(&'a self, path: &'a str) -> Option<Cow<'a, str>> {
         let matches = |template: &[String]| {
-            template.len() == segments.len()
-                && template.iter().zip(&segments).all(|(t, s)| (t.starts_with('{') && t.ends_with('}')) || t == s)
+            let mut segments = path.split('/');
+            template.iter().all(|t| segments.next().is_some_and(|s| (t.starts_with('{') && t.ends_with('}')) || t == s))
+                && segments.next().is_none()
         };
         if let Some((template, _)) = self.templates.iter().find(|(_, parts)| matches(parts)) {
-            return Some(template.clone());
+            return Some(Cow::Borrowed(template));
         }
-        self.heuristic
-            .then(|| segments.iter().map(|s| if is_identifier(s) { "{id}" } else { s }).collect::<Vec<_>>().join("/"))
+        if !self.heuristic {
+            return None;
+        }
+        if !path.split('/').any(is_identifier) {
+            return Some(Cow::Borrowed(path));
+        }
+        let segments: Vec<&str> = path.split('/').map(|s| if is_identifier(s) { "{id}" } else { s }).collect();
+        Some(Cow::Owned(segments.join("/")))
     }
 }
 

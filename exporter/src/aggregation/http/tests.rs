@@ -37,7 +37,7 @@ fn keep_alive_pairs_in_order_as_server() {
     assert_eq!((out[0].role, out[0].request.path.as_str(), out[0].response.unwrap().status), (Role::Server, "/a", 200));
     assert_eq!(out[0].request.user_agent.as_deref(), Some("curl/8"));
     assert_eq!((out[0].start_ns, out[0].end_ns), (MS, 3 * MS));
-    assert_eq!((out[1].request.method.as_str(), out[1].request.query.as_deref()), ("POST", Some("x=1")));
+    assert_eq!((out[1].request.method.as_ref(), out[1].request.query.as_deref()), ("POST", Some("x=1")));
     assert_eq!(out[1].response.unwrap().status, 404);
     assert_eq!(t.take_losses(), super::HttpLosses::default());
 }

@@ -18,9 +18,16 @@ pub struct SpanBytes {
 }
 
 impl SpanBytes {
-    /// Room for `bytes` of spans: a flush sized as the last one does not grow again.
-    pub fn with_capacity(bytes: usize) -> Self {
-        Self { encoded: Vec::with_capacity(bytes), count: 0 }
+    /// The same buffer without its spans, its room kept.
+    pub fn emptied(mut self) -> Self {
+        self.encoded.clear();
+        self.count = 0;
+        self
+    }
+
+    /// Bytes of room.
+    pub fn capacity(&self) -> usize {
+        self.encoded.capacity()
     }
 
     /// Adds one span; `body` writes its `Span` fields.
