@@ -97,6 +97,7 @@ pub fn requests(batches: &[(Resource, SpanBytes)], max_bytes: usize) -> Vec<Trac
         let resource = resource_bytes(resource);
         let overhead = resource.len() + scope.len() + 32;
         let mut pending = spans.spans().peekable();
+        let mut framed = 0;
         while pending.peek().is_some() {
             let room = max_bytes.saturating_sub(current.body.len() + overhead);
             let (mut chunk_bytes, mut chunk) = (0, Vec::new());
@@ -111,6 +112,7 @@ pub fn requests(batches: &[(Resource, SpanBytes)], max_bytes: usize) -> Vec<Trac
                 continue;
             }
             current.spans += chunk.len() as u64;
+            framed += chunk.len();
             // `ExportTraceServiceRequest.resource_spans` (1): `ResourceSpans` with its
             // resource (1), one `ScopeSpans` (2) and the resource's schema (3).
             wire::message(&mut current.body, 1, |resource_spans| {
@@ -126,6 +128,8 @@ pub fn requests(batches: &[(Resource, SpanBytes)], max_bytes: usize) -> Vec<Trac
                 }
             });
         }
+        // Written by `push` alone, the bytes always walk back into every span.
+        debug_assert_eq!(framed, spans.len(), "spans lost in framing");
     }
     if current.spans > 0 {
         requests.push(current);
