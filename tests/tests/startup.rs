@@ -1,5 +1,7 @@
 //! What a user sees when something is wrong before the agent starts, and `status`.
 #![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
+use std::os::unix::fs::PermissionsExt as _;
+
 use flowtel_e2e::{agent::run_to_exit, privileged_or_skip};
 
 fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
@@ -167,4 +169,45 @@ fn run_loads_only_the_variants_it_attaches() {
     let spare = log.lines().filter(|l| l.contains(" probe ") && l.contains("standby, not loaded")).count();
     assert!(spare > 0, "no variant stood by unloaded:\n{log}");
     assert!(!log.contains("verified, standby"), "run verified a variant it does not attach:\n{log}");
+}
+
+/// The TLS probes look at every running executable for an OpenSSL linked in: a large
+/// one is read through a mapping, page by page as the ELF parser touches it, not copied
+/// whole into the agent (whole copies once raised the start-up peak by the size of the
+/// largest executable running).
+#[test]
+fn a_large_running_executable_costs_the_agent_no_copy_of_itself() {
+    const PADDING: u64 = 256 << 20;
+    if !privileged_or_skip("a_large_running_executable_costs_the_agent_no_copy_of_itself") {
+        return;
+    }
+    let big = std::env::temp_dir().join(format!("flowtel-big-sleep-{}", std::process::id()));
+    std::fs::copy("/bin/sleep", &big).expect("copy sleep");
+    // Sparse zeros after the ELF: the loader ignores them, a whole read does not.
+    let file = std::fs::OpenOptions::new().write(true).open(&big).expect("open");
+    file.set_len(file.metadata().unwrap().len() + PADDING).expect("grow");
+    drop(file);
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Another test's fork may briefly hold a copy of the write descriptor (ETXTBSY).
+    let mut sleeper = (0..50)
+        .find_map(|_| match std::process::Command::new(&big).arg("60").spawn() {
+            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                None
+            }
+            spawned => Some(spawned.expect("run the large executable")),
+        })
+        .expect("the large executable stayed busy for 5 s");
+    let agent = flowtel_e2e::agent::Agent::start(&[]);
+    let peak_kib = flowtel_e2e::procfs::peak_rss_kib(agent.pid());
+    let _ = agent.stop();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_file(&big);
+    assert!(
+        peak_kib * 1024 < PADDING,
+        "agent peak RSS {} MiB with a {} MiB executable running",
+        peak_kib / 1024,
+        PADDING >> 20
+    );
 }

@@ -6,6 +6,7 @@ mod btf;
 mod features;
 mod hooks;
 mod layout;
+mod mapped_file;
 #[cfg(test)]
 mod stack;
 mod support;

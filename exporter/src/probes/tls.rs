@@ -20,6 +20,7 @@ use aya::{
 use super::{
     Feature, ProbeReport, ProbeState,
     hooks::{refusal, with_sources},
+    mapped_file::MappedFile,
     tls_points,
 };
 
@@ -159,10 +160,14 @@ fn is_libssl(file_name: &str) -> bool {
 /// there; the `_ex` forms are OpenSSL 1.1.1 and later. Returns where they went.
 fn attach_file(ebpf: &mut Ebpf, path: &Path, emulated: bool) -> Result<Vec<String>, String> {
     let mut placed = Vec::new();
-    // Read once for the four functions' code.
-    let file = if emulated { std::fs::read(path).ok() } else { None };
+    // Mapped once for the four functions' code (read as touched, never copied whole).
+    let file = if emulated { MappedFile::open(path).ok() } else { None };
     for (program, function, returns) in ENTRIES {
-        let points = if emulated { tls_points::find(file.as_deref(), function) } else { tls_points::CLASSIC };
+        let points = if emulated {
+            tls_points::find(file.as_ref().map(MappedFile::bytes), function)
+        } else {
+            tls_points::CLASSIC
+        };
         let entry: &mut UProbe = program_of(ebpf, program)?;
         match entry.attach(UProbeAttachLocation::SymbolOffset(function, points.entry), path, UProbeScope::AllProcesses)
         {
