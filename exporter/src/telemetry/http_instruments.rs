@@ -36,7 +36,7 @@ impl HttpInstruments {
     /// Every exchange is recorded, those without a response too (their duration is
     /// how long they waited), so that the histogram's count is the request count.
     pub fn record(&self, exchange: &HttpExchange, route: Option<&str>) {
-        let attrs = metric_attributes(exchange, route, 0);
+        let attrs = metric_attributes(exchange, route);
         let seconds = exchange.end_ns.saturating_sub(exchange.start_ns) as f64 / 1e9;
         match exchange.role {
             Role::Server => self.server.record(seconds, &attrs),
@@ -72,10 +72,10 @@ pub fn error_type(exchange: &HttpExchange) -> Option<String> {
 /// Attributes of an exchange on the histograms, at most.
 const METRIC_ATTRIBUTES_AT_MOST: usize = 9;
 
-/// The histograms' attributes of `exchange`, in a vector with room for `more` after them
-/// (a span's own), so that adding them does not move it.
-pub fn metric_attributes(exchange: &HttpExchange, route: Option<&str>, more: usize) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(METRIC_ATTRIBUTES_AT_MOST + more);
+/// The histograms' attributes of `exchange`. A span carries the same ones, written as
+/// protobuf by `SpanBuilder::attributes` (spans.rs): the two are kept in step.
+fn metric_attributes(exchange: &HttpExchange, route: Option<&str>) -> Vec<KeyValue> {
+    let mut attrs = Vec::with_capacity(METRIC_ATTRIBUTES_AT_MOST);
     attrs.push(KeyValue::new(attr::HTTP_REQUEST_METHOD, exchange.request.method.clone()));
     if let Some(response) = exchange.response {
         attrs.push(KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(response.status)));

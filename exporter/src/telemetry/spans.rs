@@ -165,7 +165,8 @@ impl SpanBuilder {
         }
     }
 
-    /// The histograms' attributes (`metric_attributes`), then the span's own.
+    /// The histograms' attributes (`metric_attributes` in `http_instruments.rs`, kept in
+    /// step), then the span's own.
     fn attributes(&mut self, span: &mut Vec<u8>, exchange: &HttpExchange, route: Option<&str>, error: Option<&str>) {
         let request = &exchange.request;
         attribute::str(span, ATTRIBUTES, attr::HTTP_REQUEST_METHOD, &request.method);
