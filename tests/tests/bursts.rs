@@ -5,6 +5,7 @@
 //! bursts each other's counts.
 #![allow(clippy::float_cmp, reason = "metric totals are integers carried as f64, compared exactly on purpose")]
 use std::{
+    collections::BTreeSet,
     sync::{Mutex, MutexGuard, PoisonError},
     time::Duration,
 };
@@ -12,7 +13,7 @@ use std::{
 use flowtel_e2e::{
     agent::{Agent, with_grpc_receiver_and},
     free_port, privileged_or_skip,
-    query::{points, total},
+    query::{matching, points, total},
     receiver::Receiver,
     traffic::eventually,
 };
@@ -63,11 +64,14 @@ fn an_exit_burst_beyond_the_exit_table_is_counted() {
 
 /// An outage while more processes exit than the backlog holds (4,096 exited workloads,
 /// reachable only when `telemetry.max_workloads` is raised above it): the oldest are
-/// dropped and counted (`backlog_full`), which arrives once the collector is back.
+/// dropped and counted (`backlog_full`), which arrives once the collector is back with
+/// the workloads that were kept. Every process of the burst is one or the other. How
+/// many are dropped depends on how many had gone idle before the collector came back,
+/// which a loaded machine stretches (709 of at least 904 once in CI), so the test
+/// counts both sides instead of assuming the split.
 #[test]
 fn exited_workloads_past_the_outage_backlog_are_counted() {
     const PROCESSES: u32 = 5_000;
-    const BACKLOG: u32 = 4_096;
     if !privileged_or_skip("exited_workloads_past_the_outage_backlog_are_counted") {
         return;
     }
@@ -90,7 +94,22 @@ fn exited_workloads_past_the_outage_backlog_are_counted() {
     let receiver = Receiver::grpc(&format!("127.0.0.1:{port}"));
     let cause = [("flowtel.probe", "export"), ("flowtel.loss.cause", "backlog_full")];
     let dropped = || total(&points(&receiver.received.snapshot(), "flowtel.agent.events.lost"), &[], &cause);
-    let floor = f64::from(PROCESSES - BACKLOG);
-    let counted = eventually(Duration::from_mins(1), || dropped() >= floor);
-    assert!(counted, "backlog_full = {} (want at least {floor})\nagent log:\n{}", dropped(), agent.log());
+    // The burst's processes delivered: each subshell's datagram to the discard port.
+    let delivered = || {
+        let sent = [("network.transport", "udp"), ("network.peer.port", "9")];
+        let io = points(&receiver.received.snapshot(), "flowtel.network.io");
+        let pids: BTreeSet<String> = matching(&io, &[], &sent)
+            .iter()
+            .filter_map(|p| p.resource.get("process.pid").cloned())
+            .collect();
+        pids.len() as f64
+    };
+    let accounted = eventually(Duration::from_mins(1), || dropped() + delivered() >= f64::from(PROCESSES));
+    assert!(
+        accounted && dropped() > 0.0,
+        "backlog_full = {}, delivered = {} (want at least one dropped, {PROCESSES} in all)\nagent log:\n{}",
+        dropped(),
+        delivered(),
+        agent.log()
+    );
 }

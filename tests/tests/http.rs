@@ -149,11 +149,16 @@ fn requests_become_server_and_client_spans_and_histograms() {
         ("GET", "/ok", "200", 5),
         ("GET", "/slow", "200", 1),
     ]);
-    assert_eq!(census(&served), want);
+    // On a mismatch, the spans without a response say how their exchange ended.
+    let unanswered = |spans: &[&SpanRow]| -> Vec<SpanRow> {
+        spans.iter().filter(|s| !s.attrs.contains_key("http.response.status_code")).map(|s| (*s).clone()).collect()
+    };
+    let losses_now = || losses(&receiver.received.snapshot());
+    assert_eq!(census(&served), want, "unanswered: {:#?}\nlosses: {:?}", unanswered(&served), losses_now());
     // Exactly one CLIENT span per request, under the process that sent it.
     let sent = spans_matching(&got, &[], &[("server.address", &server_ip), ("server.port", "8080")]);
     let clients: Vec<&SpanRow> = sent.iter().copied().filter(|s| s.kind == "CLIENT").collect();
-    assert_eq!(census(&clients), want);
+    assert_eq!(census(&clients), want, "unanswered: {:#?}\nlosses: {:?}", unanswered(&clients), losses_now());
     let by_curl = spans_matching(&got, &[("process.pid", &keep_alive)], &[]);
     assert_eq!(by_curl.len(), 5);
     assert!(by_curl.iter().all(|s| s.resource["service.name"] == "curl" && s.kind == "CLIENT"));
