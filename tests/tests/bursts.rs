@@ -98,10 +98,8 @@ fn exited_workloads_past_the_outage_backlog_are_counted() {
     let delivered = || {
         let sent = [("network.transport", "udp"), ("network.peer.port", "9")];
         let io = points(&receiver.received.snapshot(), "flowtel.network.io");
-        let pids: BTreeSet<String> = matching(&io, &[], &sent)
-            .iter()
-            .filter_map(|p| p.resource.get("process.pid").cloned())
-            .collect();
+        let pids: BTreeSet<String> =
+            matching(&io, &[], &sent).iter().filter_map(|p| p.resource.get("process.pid").cloned()).collect();
         pids.len() as f64
     };
     let accounted = eventually(Duration::from_mins(1), || dropped() + delivered() >= f64::from(PROCESSES));

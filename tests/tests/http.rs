@@ -63,6 +63,11 @@ fn raw_exchange(ns: &str, address: &str, port: u16, payload: &[u8], responses: u
     pid
 }
 
+/// The spans without a response: on a census mismatch, they say how their exchange ended.
+fn unanswered(spans: &[&SpanRow]) -> Vec<SpanRow> {
+    spans.iter().filter(|s| !s.attrs.contains_key("http.response.status_code")).map(|s| (*s).clone()).collect()
+}
+
 /// (method, path, status) of each span, counted.
 fn census(spans: &[&SpanRow]) -> BTreeMap<(String, String, String), usize> {
     let mut out = BTreeMap::new();
@@ -149,10 +154,6 @@ fn requests_become_server_and_client_spans_and_histograms() {
         ("GET", "/ok", "200", 5),
         ("GET", "/slow", "200", 1),
     ]);
-    // On a mismatch, the spans without a response say how their exchange ended.
-    let unanswered = |spans: &[&SpanRow]| -> Vec<SpanRow> {
-        spans.iter().filter(|s| !s.attrs.contains_key("http.response.status_code")).map(|s| (*s).clone()).collect()
-    };
     let losses_now = || losses(&receiver.received.snapshot());
     assert_eq!(census(&served), want, "unanswered: {:#?}\nlosses: {:?}", unanswered(&served), losses_now());
     // Exactly one CLIENT span per request, under the process that sent it.

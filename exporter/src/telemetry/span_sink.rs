@@ -1,8 +1,8 @@
 //! Where spans go: the collector over OTLP (`otlp::TracesClient`), the console, or
-//! nowhere. A flush is framed into as few requests as fit (`otlp::requests`); each
-//! request has a deadline, and once one fails the rest of that flush is counted lost
-//! without a try: a black-holed collector costs one timeout per flush, not one per
-//! request. Spans are not kept through an outage: the metrics carry the counts.
+//! nowhere. A flush is framed into as few requests as fit (`otlp::requests`), one at
+//! a time as they are sent; each request has a deadline, and once one fails the rest
+//! of that flush is counted lost without a try: a black-holed collector costs one
+//! timeout per flush, not one per request. Spans are not kept through an outage: the metrics carry the counts.
 use std::time::Duration;
 
 use opentelemetry_sdk::Resource;
@@ -49,13 +49,19 @@ impl SpanSink {
     }
 
     pub async fn export(&mut self, batches: Vec<(Resource, SpanBytes)>) -> SpanOutcome {
-        let requests = requests(&batches, REQUEST_BYTES);
+        let (failed, lost) = self.send(&batches).await;
         let emptied = batches.into_iter().map(|(_, spans)| spans.emptied()).collect();
+        SpanOutcome { failed, lost, emptied }
+    }
+
+    /// Frames and sends one request at a time: (requests failed, spans lost).
+    async fn send(&mut self, batches: &[(Resource, SpanBytes)]) -> (u64, u64) {
+        let requests = requests(batches, REQUEST_BYTES);
         let Some(client) = &mut self.otlp else {
             if self.console {
-                requests.iter().for_each(print_spans);
+                requests.for_each(|request| print_spans(&request));
             }
-            return SpanOutcome { emptied, ..SpanOutcome::default() };
+            return (0, 0);
         };
         let (mut failed, mut lost) = (0, 0);
         for TraceRequest { body, spans } in requests {
@@ -88,7 +94,7 @@ impl SpanSink {
                 }
             }
         }
-        SpanOutcome { failed, lost, emptied }
+        (failed, lost)
     }
 
     pub fn shutdown(&mut self) {

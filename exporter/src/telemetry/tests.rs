@@ -415,7 +415,6 @@ fn decoded_spans(
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message as _;
     super::otlp::requests(batches, 1 << 20)
-        .iter()
         .flat_map(|request| ExportTraceServiceRequest::decode(request.body.as_slice()).expect("decodes").resource_spans)
         .flat_map(|r| r.scope_spans)
         .flat_map(|s| s.spans)
