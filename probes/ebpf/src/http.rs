@@ -199,23 +199,38 @@ pub struct Source {
     pub tls: u8,
 }
 
-/// Copies the header and the payload's first bytes into this CPU's scratch event (too
-/// big for the stack) and hands them to the ring buffer.
+/// Copies the header and the payload's first bytes into a scratch event of this CPU
+/// (too big for the stack) and hands them to the ring buffer.
 #[inline(always)]
 pub fn emit(cfg: &ProbeConfig, source: Source) -> Option<()> {
-    let scratch = HTTP_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's slot; only programs on this CPU touch it.
-    unsafe {
-        if (*scratch).busy != 0 {
-            count_lost(lost::HTTP_SCRATCH_BUSY);
-            return None;
-        }
-        (*scratch).busy = 1;
-    }
+    let Some(scratch) = free_scratch() else {
+        count_lost(lost::HTTP_SCRATCH_BUSY);
+        return None;
+    };
     let emitted = emit_from_scratch(cfg, scratch, &source);
-    // SAFETY: as above.
+    // SAFETY: this CPU's slot, taken above.
     unsafe { (*scratch).busy = 0 };
     emitted
+}
+
+/// A scratch slot of this CPU that no program is using, marked taken. Two: a program
+/// runs with migration off but, on a preemptible kernel, can be preempted in the middle
+/// of its copy by a task whose program then needs a slot too (seen on the newest
+/// guest: one request's response lost as `scratch_busy`).
+#[inline(always)]
+fn free_scratch() -> Option<*mut HttpScratch> {
+    let take = |slot: u32| -> Option<*mut HttpScratch> {
+        let scratch = HTTP_SCRATCH.get_ptr_mut(slot)?;
+        // SAFETY: this CPU's slot; only programs on this CPU touch it.
+        unsafe {
+            if (*scratch).busy != 0 {
+                return None;
+            }
+            (*scratch).busy = 1;
+        }
+        Some(scratch)
+    };
+    take(0).or_else(|| take(1))
 }
 
 #[inline(always)]

@@ -110,7 +110,7 @@ pub static HTTP_CHUNKS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 pub static HTTP_READER: Array<u32> = Array::with_max_entries(1, 0);
 
-/// One HTTP payload being assembled, per CPU.
+/// One HTTP payload being assembled; two slots per CPU (http.rs `free_scratch`).
 #[repr(C)]
 pub struct HttpScratch {
     pub header: HttpChunk,
@@ -120,7 +120,7 @@ pub struct HttpScratch {
 }
 
 #[map]
-pub static HTTP_SCRATCH: PerCpuArray<HttpScratch> = PerCpuArray::with_max_entries(1, 0);
+pub static HTTP_SCRATCH: PerCpuArray<HttpScratch> = PerCpuArray::with_max_entries(2, 0);
 
 /// OpenSSL calls in flight, per thread (tls.rs). LRU: a thread killed inside a call
 /// leaves an entry that ages out.
