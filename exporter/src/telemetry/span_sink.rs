@@ -2,7 +2,8 @@
 //! nowhere. A flush is framed into as few requests as fit (`otlp::requests`), one at
 //! a time as they are sent; each request has a deadline, and once one fails the rest
 //! of that flush is counted lost without a try: a black-holed collector costs one
-//! timeout per flush, not one per request. Spans are not kept through an outage: the metrics carry the counts.
+//! timeout per flush, not one per request. Spans are not kept through an outage: the
+//! metrics carry the counts.
 use std::time::Duration;
 
 use opentelemetry_sdk::Resource;

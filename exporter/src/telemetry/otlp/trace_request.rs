@@ -171,6 +171,7 @@ impl Iterator for Framer<'_> {
         let size = self.left.min(self.max_bytes + 1024);
         self.left = self.left.saturating_sub(size);
         let mut request = TraceRequest { body: Vec::with_capacity(size), spans: 0 };
+        // Held apart while `current` borrows the framer, and put back below.
         let (scope, max_bytes) = (std::mem::take(&mut self.scope), self.max_bytes);
         while let Some((resource, pending)) = self.current() {
             let overhead = resource.len() + scope.len() + 32;
