@@ -7,7 +7,7 @@ file descriptors, so the programs and counters are the ones the agent loaded.
 usage:
   bpf_poke.py raw-tp PID PROGRAM ARG...     run a raw tracepoint program on the args
   bpf_poke.py skb PID PROGRAM HEX           run a socket buffer program on a frame
-  bpf_poke.py busy PID MAP 0|1              set the busy flag of a per-CPU scratch map
+  bpf_poke.py busy PID MAP 0|1              set the busy flag of every slot of a per-CPU scratch map
   bpf_poke.py clear PID MAP                 delete every entry of a hash map
 Prints "ok" on success; fails loudly otherwise.
 """
@@ -115,9 +115,12 @@ def set_busy(pid, map_name, busy):
     values = bytearray(stride * possible_cpus())
     for cpu in range(possible_cpus()):
         values[cpu * stride:cpu * stride + value_size] = slot
-    key = ctypes.create_string_buffer(struct.pack("I", 0), 4)
     value = ctypes.create_string_buffer(bytes(values), len(values))
-    bpf(BPF_MAP_UPDATE_ELEM, attr((0, "I", fd), (8, "Q", addr(key)), (16, "Q", addr(value))))
+    # Every slot of the map (the HTTP copy has two per CPU: both busy, nothing free).
+    max_entries = struct.unpack_from("I", info, 16)[0]
+    for index in range(max_entries):
+        key = ctypes.create_string_buffer(struct.pack("I", index), 4)
+        bpf(BPF_MAP_UPDATE_ELEM, attr((0, "I", fd), (8, "Q", addr(key)), (16, "Q", addr(value))))
 
 
 def clear(pid, map_name):

@@ -20,6 +20,11 @@ ROUTES = {"/ok": 200, "/missing": 404, "/fail": 500, "/moved": 301, "/slow": 200
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Each response in one write (the server's own flush after each request), as most
+    # servers send a small one. Written in two, a slow pipelining client can read one
+    # response's body and the next one's head together, and flowtel, which looks at
+    # the start of each read, misses that head (docs/telemetry.md, a named limit).
+    wbufsize = -1
 
     def do_GET(self):
         path = self.path.split("?")[0]

@@ -73,7 +73,8 @@ fn faulting_reads_cut_packets_and_busy_scratch_slots_are_counted_under_their_cau
     assert!(sent.success());
     poke(&agent, &["busy", "DNS_SCRATCH", "0"]);
 
-    // Likewise the HTTP slot: a request and its response while it is busy, then one after.
+    // Likewise the HTTP slots (both): a request and its response while they are busy,
+    // then one after.
     let link = Link::new("guard", 67);
     let server_ip = link.addr_b.to_string();
     let mut server = Traffic::spawn_script(&link.b, "http_server.py", &[&server_ip, "8080"]);
