@@ -568,9 +568,10 @@ fn sampled_spans_leave_the_histograms_complete() {
     });
     assert!(
         complete,
-        "histograms: server {} client {} (want {REQUESTS} each)\nagent log:\n{}",
+        "histograms: server {} client {} (want {REQUESTS} each)\nlosses: {:?}\nagent log:\n{}",
         counted("http.server.request.duration", &server_pid),
         counted("http.client.request.duration", &client_pid),
+        losses(&receiver.received.snapshot()),
         agent.log()
     );
     // Spans are exported at most 1 s after their exchange; give them that and a margin.
