@@ -7,7 +7,8 @@ file descriptors, so the programs and counters are the ones the agent loaded.
 usage:
   bpf_poke.py raw-tp PID PROGRAM ARG...     run a raw tracepoint program on the args
   bpf_poke.py skb PID PROGRAM HEX           run a socket buffer program on a frame
-  bpf_poke.py busy PID MAP 0|1              set the busy flag of every slot of a per-CPU scratch map
+  bpf_poke.py busy PID MAP 0|1 [SLOT]       set the busy flag of every slot of a per-CPU scratch
+                                            map, or of slot SLOT alone
   bpf_poke.py clear PID MAP                 delete every entry of a hash map
 Prints "ok" on success; fails loudly otherwise.
 """
@@ -104,7 +105,7 @@ def possible_cpus():
     return count
 
 
-def set_busy(pid, map_name, busy):
+def set_busy(pid, map_name, busy, only=None):
     fd, info = open_by_name(pid, "map_id", map_name)
     value_size = struct.unpack_from("I", info, 12)[0]
     # The flag is the struct's last u32; with 8-byte alignment it may be followed by
@@ -118,7 +119,7 @@ def set_busy(pid, map_name, busy):
     value = ctypes.create_string_buffer(bytes(values), len(values))
     # Every slot of the map (the HTTP copy has two per CPU: both busy, nothing free).
     max_entries = struct.unpack_from("I", info, 16)[0]
-    for index in range(max_entries):
+    for index in range(max_entries) if only is None else [only]:
         key = ctypes.create_string_buffer(struct.pack("I", index), 4)
         bpf(BPF_MAP_UPDATE_ELEM, attr((0, "I", fd), (8, "Q", addr(key)), (16, "Q", addr(value))))
 
@@ -147,7 +148,7 @@ def main():
     elif command == "skb":
         run_skb(pid, name, bytes.fromhex(sys.argv[4]))
     elif command == "busy":
-        set_busy(pid, name, int(sys.argv[4]))
+        set_busy(pid, name, int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else None)
     elif command == "clear":
         clear(pid, name)
     else:
