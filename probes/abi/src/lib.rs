@@ -182,11 +182,15 @@ pub struct SocketTraffic {
     /// The socket's [`http::verdict`], copied from its [`SocketInfo`] when this entry
     /// was made, so the HTTP sniff is skipped for a socket known not to carry HTTP.
     pub http: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The port `flow` leaves zero (the ephemeral side's), host order: with `flow`, the
+    /// socket's two ends for the HTTP chunks without reading the socket again.
+    pub ephemeral_port: u16,
     pub bytes_sent: u64,
     pub bytes_received: u64,
 }
 const _: () = assert!(size_of::<SocketTraffic>() == 64);
+const _: () = assert!(core::mem::offset_of!(SocketTraffic, flow) + core::mem::offset_of!(FlowKey, peer_addr) == 16);
 
 /// What the probes remember about one TCP socket between its state changes.
 #[repr(C)]
@@ -408,11 +412,12 @@ pub struct HttpChunk {
     pub len: u32,
     /// Bytes that follow this header (at most [`http::CAPTURE_MAX`]).
     pub captured_len: u32,
-    /// IPv4 in the first four bytes, or IPv6, network order; zero when unknown.
-    pub local_addr: [u8; 16],
-    pub peer_addr: [u8; 16],
     pub local_port: u16,
     pub peer_port: u16,
+    /// IPv4 in the first four bytes, or IPv6, network order; zero when unknown. At
+    /// 8-byte-aligned offsets, as in [`FlowKey`], so the probe copies them in words.
+    pub local_addr: [u8; 16],
+    pub peer_addr: [u8; 16],
     pub family: u8,
     /// [`http::SEND`] or [`http::RECV`].
     pub direction: u8,
@@ -421,6 +426,7 @@ pub struct HttpChunk {
     pub _pad: [u8; 5],
 }
 const _: () = assert!(size_of::<HttpChunk>() == 72);
+const _: () = assert!(core::mem::offset_of!(HttpChunk, local_addr) % 8 == 0);
 
 /// An OpenSSL call in flight on one thread: a read from its uprobe to its uretprobe,
 /// or a write whose socket was not known at its uprobe, until its ciphertext's send.

@@ -14,10 +14,10 @@
 //! does not, each later send or receive costs one byte read; for one that does, the
 //! register reads and one 8-byte user read, plus the copy when a message starts.
 use aya_ebpf::helpers::{
-    bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-    bpf_task_pt_regs, generated::bpf_probe_read_user as read_user_raw,
+    bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_user, bpf_task_pt_regs,
+    generated::bpf_probe_read_user as read_user_raw,
 };
-use flowtel_probes_abi::{HttpChunk, ProbeConfig, SocketTraffic, http, http::verdict, lost, protocol};
+use flowtel_probes_abi::{HttpChunk, ProbeConfig, SocketTraffic, direction, http, http::verdict, lost, protocol};
 
 use crate::{
     config::config,
@@ -46,23 +46,37 @@ pub fn socket_call(cfg: &ProbeConfig, sk: u64, entry: *mut SocketTraffic, moved:
 }
 
 /// In its own stack frame (BPF functions take at most five arguments, so it fetches
-/// the rest itself): the common path above stays small.
+/// the rest itself): the common path above stays small. The payload is copied before it
+/// is judged: a message start (the common case on an HTTP connection) then costs one
+/// user read, not a sniff and a copy.
 #[inline(never)]
 fn sniff_and_capture(sk: u64, entry: *mut SocketTraffic, moved: u32, sent: bool) -> Option<()> {
     let cfg = config();
-    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `entry` points into a live map value.
     let known = unsafe { (*entry).http };
     let (buffer, available) = user_buffer(cfg, moved)?;
-    let http = starts_like_http(buffer, available);
-    if known == verdict::UNKNOWN {
-        decide(sk, entry, if http { verdict::HTTP } else { verdict::OTHER });
-    }
-    if !http {
-        return None;
-    }
     let direction = if sent { http::SEND } else { http::RECV };
-    emit(cfg, Source { connection: sk, sk, pid_tgid, buffer, len: moved, available, direction, tls: 0 })
+    let source = Source {
+        connection: sk,
+        entry,
+        sk,
+        pid_tgid: bpf_get_current_pid_tgid(),
+        buffer,
+        len: moved,
+        available,
+        direction,
+        tls: 0,
+    };
+    let judged = emit(cfg, source);
+    if known == verdict::UNKNOWN {
+        match judged {
+            Judged::Http => decide(sk, entry, verdict::HTTP),
+            Judged::NotHttp => decide(sk, entry, verdict::OTHER),
+            // Not read (counted): the next payload decides.
+            Judged::Unread => {}
+        }
+    }
+    Some(())
 }
 
 /// A connection's first payload decided whether it carries HTTP: kept for the rest of
@@ -128,13 +142,15 @@ fn user_buffer(cfg: &ProbeConfig, moved: u32) -> Option<(u64, u32)> {
     if cfg.task_regs == 0 {
         return None;
     }
-    // SAFETY: both helpers are valid in tracing programs; the registers are read with
-    // bpf_probe_read_kernel, which validates the address.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let kernel = |offset: u16| unsafe { bpf_probe_read_kernel((regs + u64::from(offset)) as *const u64) }.ok();
+    // SAFETY: both helpers are valid in tracing programs. The helper's result is a
+    // typed (BTF) pointer and the offsets are constants to the verifier (read-only
+    // config) that it checks against `struct pt_regs`: plain loads, which it turns
+    // into fault-safe ones, where `bpf_probe_read_kernel` cost a helper call each.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    let register = |offset: u16| unsafe { regs.add(usize::from(offset)).cast::<u64>().read() };
     // All 64 bits compared: outside a syscall the number is -1, never a table entry.
-    let nr = kernel(cfg.regs_syscall_nr)?;
-    let arg1 = kernel(cfg.regs_arg1)?;
+    let nr = register(cfg.regs_syscall_nr);
+    let arg1 = register(cfg.regs_arg1);
     let is = |index: usize| u64::from(cfg.syscalls[index]) == nr;
     use http::syscall::{READ, READV, RECVFROM, RECVMSG, SENDMSG, SENDTO, WRITE, WRITEV};
     if is(READ) || is(WRITE) || is(SENDTO) || is(RECVFROM) {
@@ -158,8 +174,9 @@ fn user<T>(address: u64) -> Option<T> {
     unsafe { bpf_probe_read_user(address as *const T) }.ok()
 }
 
-/// A request line's method followed by a space, or a status line's "HTTP/1.". Checked
-/// on the first eight bytes, one user read.
+/// A request line's method followed by a space, or a status line's "HTTP/1.", in the
+/// first eight bytes at `buffer`: one user read. For an OpenSSL write, which must be
+/// judged before it waits for its socket.
 #[inline(always)]
 pub fn starts_like_http(buffer: u64, available: u32) -> bool {
     if available < 8 {
@@ -171,8 +188,13 @@ pub fn starts_like_http(buffer: u64, available: u32) -> bool {
         count_lost(lost::HTTP_READ);
         return false;
     };
+    is_message_start(&head)
+}
+
+#[inline(always)]
+fn is_message_start(head: &[u8; 8]) -> bool {
     matches!(
-        &head,
+        head,
         [b'G', b'E', b'T', b' ', ..]
             | [b'P', b'U', b'T', b' ', ..]
             | [b'P', b'O', b'S', b'T', b' ', ..]
@@ -188,7 +210,10 @@ pub fn starts_like_http(buffer: u64, available: u32) -> bool {
 /// One payload to hand to user space.
 pub struct Source {
     pub connection: u64,
-    /// The socket, for the addresses; 0 when unknown (TLS before its socket was seen).
+    /// The per-socket entry the byte counter looked up, for the addresses and ports
+    /// without reading the socket; null when not at hand (TLS), then `sk` is read.
+    pub entry: *const SocketTraffic,
+    /// The socket; 0 when unknown (TLS before its socket was seen): ends left zero.
     pub sk: u64,
     pub pid_tgid: u64,
     pub buffer: u64,
@@ -199,18 +224,33 @@ pub struct Source {
     pub tls: u8,
 }
 
-/// Copies the header and the payload's first bytes into a scratch event of this CPU
-/// (too big for the stack) and hands them to the ring buffer.
+/// What [`emit`] found the payload to be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// A message start: handed to the ring buffer (or counted lost when it was full).
+    Http,
+    /// Anything else: nothing sent.
+    NotHttp,
+    /// Not read (no free scratch slot, or the user read failed): counted.
+    Unread,
+}
+
+/// Copies the payload's first bytes into a scratch event of this CPU (too big for the
+/// stack) and, when they start an HTTP message, the header beside them, and hands both to
+/// the ring buffer.
 #[inline(always)]
-pub fn emit(cfg: &ProbeConfig, source: Source) -> Option<()> {
+pub fn emit(cfg: &ProbeConfig, source: Source) -> Judged {
+    if source.available < 8 {
+        return Judged::NotHttp;
+    }
     let Some(scratch) = free_scratch() else {
         count_lost(lost::HTTP_SCRATCH_BUSY);
-        return None;
+        return Judged::Unread;
     };
-    let emitted = emit_from_scratch(cfg, scratch, &source);
+    let judged = emit_from_scratch(cfg, scratch, &source);
     // SAFETY: this CPU's slot, taken above.
     unsafe { (*scratch).busy = 0 };
-    emitted
+    judged
 }
 
 /// A scratch slot of this CPU that no program is using, marked taken. Two: a program
@@ -234,38 +274,27 @@ fn free_scratch() -> Option<*mut HttpScratch> {
 }
 
 #[inline(always)]
-fn emit_from_scratch(cfg: &ProbeConfig, scratch: *mut HttpScratch, source: &Source) -> Option<()> {
-    let pid = (source.pid_tgid >> 32) as u32;
-    let want = source.available.min(u32::from(cfg.http_capture_bytes)).max(1);
+fn emit_from_scratch(cfg: &ProbeConfig, scratch: *mut HttpScratch, source: &Source) -> Judged {
+    // At least the eight bytes the judgement reads (`available` >= 8).
+    let want = source.available.min(u32::from(cfg.http_capture_bytes)).max(8);
     // `(n - 1) & mask + 1` keeps the length in [1, CAPTURE_MAX] in a form the verifier
     // can bound; the `min` before it makes it the true one.
     let len = ((want.min(http::CAPTURE_MAX as u32) - 1) & (http::CAPTURE_MAX as u32 - 1)) + 1;
     // SAFETY: the scratch slot is this CPU's alone while the program runs; the helper
-    // writes at most `len` <= CAPTURE_MAX bytes into a CAPTURE_MAX buffer.
-    let copied = unsafe {
-        let chunk = &mut (*scratch).header;
-        *chunk = HttpChunk {
-            timestamp_ns: bpf_ktime_get_ns(),
-            connection: source.connection,
-            pid,
-            len: source.len,
-            captured_len: len,
-            direction: source.direction,
-            tls: source.tls,
-            ..HttpChunk::default()
-        };
-        if source.sk != 0
-            && let Some(ends) = socket_ends(cfg, source.sk)
-        {
-            (chunk.family, chunk.local_addr, chunk.peer_addr) = (ends.family, ends.local_addr, ends.peer_addr);
-            (chunk.local_port, chunk.peer_port) = (ends.local_port, ends.peer_port);
+    // writes at most `len` <= CAPTURE_MAX bytes into a CAPTURE_MAX buffer, and the head
+    // read after it lies within the `len` >= 8 bytes it wrote.
+    let head = unsafe {
+        if read_user_raw((*scratch).payload.as_mut_ptr().cast(), len, source.buffer as *const _) != 0 {
+            count_lost(lost::HTTP_READ);
+            return Judged::Unread;
         }
-        read_user_raw((*scratch).payload.as_mut_ptr().cast(), len, source.buffer as *const _)
+        (*scratch).payload.as_ptr().cast::<[u8; 8]>().read()
     };
-    if copied != 0 {
-        count_lost(lost::HTTP_READ);
-        return None;
+    if !is_message_start(&head) {
+        return Judged::NotHttp;
     }
+    // SAFETY: as above.
+    unsafe { fill_header(cfg, &mut (*scratch).header, source, len) };
     let size = size_of::<HttpChunk>() + len as usize;
     // SAFETY: `size` is within the scratch event, which is plain bytes.
     let bytes = unsafe { core::slice::from_raw_parts(scratch.cast::<u8>(), size) };
@@ -274,5 +303,66 @@ fn emit_from_scratch(cfg: &ProbeConfig, scratch: *mut HttpScratch, source: &Sour
     }
     // The process's name and cgroup were recorded with its flow (a short-lived curl
     // is still named after it exits).
-    Some(())
+    Judged::Http
+}
+
+/// Every field written one by one: a struct literal with defaults costs the program a
+/// byte-by-byte `memset` call (BPF has no wider one).
+#[inline(always)]
+fn fill_header(cfg: &ProbeConfig, chunk: &mut HttpChunk, source: &Source, captured_len: u32) {
+    // SAFETY: no preconditions.
+    chunk.timestamp_ns = unsafe { bpf_ktime_get_ns() };
+    chunk.connection = source.connection;
+    chunk.pid = (source.pid_tgid >> 32) as u32;
+    chunk.len = source.len;
+    chunk.captured_len = captured_len;
+    chunk.direction = source.direction;
+    chunk.tls = source.tls;
+    // `_pad` is left as the zeroed map made it: nothing writes it.
+    if !source.entry.is_null() {
+        // SAFETY: `entry` points into a live map value (8-byte aligned, as are the
+        // addresses in both structs: abi asserts).
+        let entry = unsafe { &*source.entry };
+        let flow = &entry.flow;
+        copy_address(&mut chunk.local_addr, &flow.local_addr);
+        copy_address(&mut chunk.peer_addr, &flow.peer_addr);
+        chunk.family = flow.family;
+        (chunk.local_port, chunk.peer_port) = if flow.direction == direction::INCOMING {
+            (flow.local_port, entry.ephemeral_port)
+        } else {
+            (entry.ephemeral_port, flow.peer_port)
+        };
+    } else if source.sk != 0
+        && let Some(ends) = socket_ends(cfg, source.sk)
+    {
+        (chunk.family, chunk.local_addr, chunk.peer_addr) = (ends.family, ends.local_addr, ends.peer_addr);
+        (chunk.local_port, chunk.peer_port) = (ends.local_port, ends.peer_port);
+    } else {
+        clear_ends(chunk);
+    }
+}
+
+#[inline(always)]
+fn clear_ends(chunk: &mut HttpChunk) {
+    for address in [&mut chunk.local_addr, &mut chunk.peer_addr] {
+        let words = address.as_mut_ptr().cast::<u64>();
+        // SAFETY: as in `copy_address`.
+        unsafe {
+            words.write(0);
+            words.add(1).write(0);
+        }
+    }
+    (chunk.family, chunk.local_port, chunk.peer_port) = (0, 0, 0);
+}
+
+/// Two 8-byte moves where a plain assignment of a byte array would be sixteen.
+#[inline(always)]
+fn copy_address(to: &mut [u8; 16], from: &[u8; 16]) {
+    let (to, from) = (to.as_mut_ptr().cast::<u64>(), from.as_ptr().cast::<u64>());
+    // SAFETY: both arrays sit at 8-byte-aligned offsets of 8-byte-aligned map values
+    // (abi asserts the offsets for `HttpChunk` and `SocketTraffic`).
+    unsafe {
+        to.write(from.read());
+        to.add(1).write(from.add(1).read());
+    }
 }

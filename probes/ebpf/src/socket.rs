@@ -87,6 +87,16 @@ pub fn flow_key(cfg: &ProbeConfig, sk: u64, protocol: u8, dir: u8, pid: u32) -> 
     Some(key)
 }
 
+/// The port [`flow_key`] zeroes for direction `dir`, host order; 0 when unreadable.
+#[inline(always)]
+pub fn ephemeral_port(cfg: &ProbeConfig, sk: u64, dir: u8) -> u16 {
+    if dir == direction::INCOMING {
+        read::<u16>(sk, cfg.sock_dport).map_or(0, u16::from_be)
+    } else {
+        read::<u16>(sk, cfg.sock_num).unwrap_or(0)
+    }
+}
+
 /// [`flow_key`], written into `key` in place.
 #[inline(always)]
 pub fn fill_flow_key(cfg: &ProbeConfig, sk: u64, protocol: u8, dir: u8, pid: u32, key: &mut FlowKey) -> Option<()> {

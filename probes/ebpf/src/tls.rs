@@ -81,7 +81,8 @@ fn write_entry(ctx: &ProbeContext, len: Option<i64>) -> Option<()> {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(sk) = socket_of(ssl, pid_tgid) {
-        return emit(&config(), write_source(sk, pid_tgid, buffer, len));
+        emit(&config(), write_source(sk, pid_tgid, buffer, len));
+        return Some(());
     }
     // SAFETY: no preconditions.
     let started_ns = unsafe { bpf_ktime_get_ns() };
@@ -91,7 +92,17 @@ fn write_entry(ctx: &ProbeContext, len: Option<i64>) -> Option<()> {
 }
 
 fn write_source(sk: u64, pid_tgid: u64, buffer: u64, len: u32) -> Source {
-    Source { connection: sk, sk, pid_tgid, buffer, len, available: len, direction: http::SEND, tls: 1 }
+    Source {
+        connection: sk,
+        entry: core::ptr::null(),
+        sk,
+        pid_tgid,
+        buffer,
+        len,
+        available: len,
+        direction: http::SEND,
+        tls: 1,
+    }
 }
 
 /// The socket tied to `ssl`, if this process still owns it. A freed `SSL *` whose
@@ -159,17 +170,16 @@ fn try_return(ret: i64) -> Option<()> {
     } else {
         return None;
     };
-    if moved == 0 || !starts_like_http(call.buffer, moved) {
-        return None;
-    }
     let cfg = config();
     // SAFETY: a copy of the map value.
     let sk = unsafe { SSL_SOCKETS.get(call.ssl) }.copied().unwrap_or(0);
     let connection = if sk != 0 { sk } else { call.ssl };
+    // Judged there, after the copy: one user read for a message start.
     emit(
         &cfg,
         Source {
             connection,
+            entry: core::ptr::null(),
             sk,
             pid_tgid,
             buffer: call.buffer,
@@ -178,7 +188,8 @@ fn try_return(ret: i64) -> Option<()> {
             direction: call.direction,
             tls: 1,
         },
-    )
+    );
+    Some(())
 }
 
 /// Called by the socket hooks for every send and receive while TLS probes are on:

@@ -16,7 +16,7 @@ use crate::{
     flow_table::{add_bytes, add_to_existing_socket, insert_socket_entry, stats_for},
     http,
     maps::{SOCKETS, count_lost, remember_process_name},
-    socket::{direction_from_locks, fill_flow_key, flow_key, read},
+    socket::{direction_from_locks, ephemeral_port, fill_flow_key, flow_key, read},
     state::claim,
 };
 
@@ -182,6 +182,7 @@ fn new_tcp_entry(cfg: &ProbeConfig, key: &SocketKey) -> Option<()> {
         entry.http = (*info).http;
     }
     entry.flow.pid = pid;
+    entry.ephemeral_port = ephemeral_port(cfg, sk, entry.flow.direction);
     insert_socket_entry(key, &entry)
 }
 
@@ -197,7 +198,12 @@ fn adopt_socket(cfg: &ProbeConfig, key: &SocketKey) -> Option<()> {
     if SOCKETS.insert(sk, &info, 0).is_err() {
         count_lost(lost::SOCKET_TABLE_FULL);
         // Counted all the same, under the flow the socket shows now.
-        let entry = SocketTraffic { flow: info.key, http: verdict::ALWAYS, ..SocketTraffic::default() };
+        let entry = SocketTraffic {
+            flow: info.key,
+            http: verdict::ALWAYS,
+            ephemeral_port: ephemeral_port(cfg, sk, info.key.direction),
+            ..SocketTraffic::default()
+        };
         insert_socket_entry(key, &entry)?;
     }
     Some(())
