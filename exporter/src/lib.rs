@@ -1,8 +1,11 @@
 //! flowtel: parse the command line and start the pipeline (`pipeline/`). A library so
-//! that benchmarks can drive its parts directly; only `kubernetes` is public (the
-//! identity-cache benchmark builds a cluster view of 10,000 pods with it).
+//! that benchmarks can drive its parts directly: `kubernetes` is public (the
+//! identity-cache benchmark builds a cluster view of 10,000 pods with it), and `bench`
+//! runs the HTTP path in process.
 mod aggregation;
 mod allocator;
+#[doc(hidden)]
+pub mod bench;
 mod cli;
 mod config;
 #[cfg(test)]

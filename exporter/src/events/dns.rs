@@ -47,7 +47,7 @@ impl DnsPacketReader {
 
     /// Up to `max` records already there, without waiting (at shutdown).
     pub fn read_now(&mut self, max: usize, out: &mut Vec<CapturedPacket>) -> u64 {
-        self.ring.drain(max, out, &decode)
+        self.ring.drain(max, out, &mut decode)
     }
 }
 

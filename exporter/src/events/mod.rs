@@ -15,7 +15,7 @@ mod ring;
 
 pub use dns::{CapturedPacket, DnsPacketReader};
 pub use flows::{FlowReader, KernelFlow, ReadError};
-pub use http::{HttpChunk, HttpChunkReader};
+pub use http::{HttpChunk, HttpChunkReader, decode_into as decode_http_into};
 pub use processes::{KernelProcess, ProcessNames};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

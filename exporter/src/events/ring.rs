@@ -35,10 +35,10 @@ impl RingReader {
         &mut self,
         max: usize,
         out: &mut Vec<T>,
-        decode: impl Fn(&[u8]) -> Option<T>,
+        mut decode: impl FnMut(&[u8]) -> Option<T>,
     ) -> Result<u64, ReadError> {
         loop {
-            let undecodable = self.drain(max, out, &decode);
+            let undecodable = self.drain(max, out, &mut decode);
             if !out.is_empty() || undecodable > 0 {
                 return Ok(undecodable);
             }
@@ -54,7 +54,7 @@ impl RingReader {
 
     /// Decodes up to `max` records already there, without waiting; returns how many
     /// could not be decoded.
-    pub fn drain<T>(&mut self, max: usize, out: &mut Vec<T>, decode: &impl Fn(&[u8]) -> Option<T>) -> u64 {
+    pub fn drain<T>(&mut self, max: usize, out: &mut Vec<T>, decode: &mut impl FnMut(&[u8]) -> Option<T>) -> u64 {
         let ring = self.ring.get_mut();
         let mut undecodable = 0;
         while out.len() < max {

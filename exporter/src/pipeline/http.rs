@@ -20,6 +20,10 @@ impl Source for HttpChunkReader {
     fn read_now(&mut self, max: usize, out: &mut Vec<HttpChunk>) -> u64 {
         HttpChunkReader::read_now(self, max, out)
     }
+
+    fn recycle(&mut self, chunk: HttpChunk) {
+        HttpChunkReader::recycle(self, chunk);
+    }
 }
 
 impl Pairing for HttpTracker {

@@ -1,8 +1,10 @@
 //! The HTTP instruments of one workload (scope `flowtel.http`), and the attributes an
 //! exchange gives its metric point (low-cardinality only: `url.path` is for spans).
+use std::{borrow::Cow, collections::HashMap, fmt::Write as _, net::IpAddr, sync::Arc};
+
 use flowtel_semconv::{attr, metric, value};
 use opentelemetry::{
-    KeyValue,
+    KeyValue, StringValue,
     metrics::{Histogram, Meter},
 };
 
@@ -15,6 +17,11 @@ pub const DURATION_BUCKETS: [f64; 14] =
 pub struct HttpInstruments {
     server: Histogram<f64>,
     client: Histogram<f64>,
+    /// Reused for each exchange's attributes.
+    attrs: Vec<KeyValue>,
+    /// Text values seen before (routes, server names and addresses, error types), shared
+    /// with the SDK's series instead of copied for every exchange.
+    texts: Texts,
 }
 
 impl HttpInstruments {
@@ -30,23 +37,34 @@ impl HttpInstruments {
         Self {
             server: histogram(metric::HTTP_SERVER_REQUEST_DURATION),
             client: histogram(metric::HTTP_CLIENT_REQUEST_DURATION),
+            attrs: Vec::with_capacity(METRIC_ATTRIBUTES_AT_MOST),
+            texts: Texts::default(),
         }
     }
 
     /// Every exchange is recorded, those without a response too (their duration is
     /// how long they waited), so that the histogram's count is the request count.
-    pub fn record(&self, exchange: &HttpExchange, route: Option<&str>) {
-        let attrs = metric_attributes(exchange, route);
+    pub fn record(&mut self, exchange: &HttpExchange, route: Option<&str>) {
+        self.attrs.clear();
+        metric_attributes(exchange, route, &mut self.texts, &mut self.attrs);
         let seconds = exchange.end_ns.saturating_sub(exchange.start_ns) as f64 / 1e9;
         match exchange.role {
-            Role::Server => self.server.record(seconds, &attrs),
-            Role::Client => self.client.record(seconds, &attrs),
+            Role::Server => self.server.record(seconds, &self.attrs),
+            Role::Client => self.client.record(seconds, &self.attrs),
         }
     }
 }
 
-/// `server.address` for a client: the Host header's name, else the peer address.
-pub fn server_end(exchange: &HttpExchange) -> Option<(String, i64)> {
+/// Where `server.address` comes from.
+pub enum ServerEnd<'a> {
+    /// The Host header's name (a client's request).
+    Name(&'a str),
+    Address(IpAddr),
+}
+
+/// `server.address` and `server.port` for a client: the Host header's name, else the
+/// peer address; for a server, its own address.
+pub fn server_end(exchange: &HttpExchange) -> Option<(ServerEnd<'_>, i64)> {
     let socket = match exchange.role {
         Role::Server => exchange.local,
         Role::Client => exchange.peer,
@@ -54,17 +72,17 @@ pub fn server_end(exchange: &HttpExchange) -> Option<(String, i64)> {
     let port = socket.map_or(0, |s| i64::from(s.port()));
     let host = exchange.request.host.as_deref().map(|h| h.rsplit_once(':').map_or(h, |(name, _)| name));
     match (exchange.role, host) {
-        (Role::Client, Some(host)) if !host.is_empty() => Some((host.to_owned(), port)),
-        _ => socket.map(|s| (s.ip().to_string(), port)),
+        (Role::Client, Some(host)) if !host.is_empty() => Some((ServerEnd::Name(host), port)),
+        _ => socket.map(|s| (ServerEnd::Address(s.ip()), port)),
     }
 }
 
-pub fn error_type(exchange: &HttpExchange) -> Option<String> {
+pub fn error_type(exchange: &HttpExchange) -> Option<Cow<'static, str>> {
     match (exchange.error, exchange.response) {
         (Some(HttpError::Timeout), _) => Some(value::TIMEOUT.into()),
         (Some(HttpError::ConnectionReset), _) => Some(value::CONNECTION_RESET.into()),
-        (None, Some(r)) if r.status >= 500 => Some(r.status.to_string()),
-        (None, Some(r)) if r.status >= 400 && exchange.role == Role::Client => Some(r.status.to_string()),
+        (None, Some(r)) if r.status >= 500 => Some(r.status.to_string().into()),
+        (None, Some(r)) if r.status >= 400 && exchange.role == Role::Client => Some(r.status.to_string().into()),
         _ => None,
     }
 }
@@ -72,10 +90,9 @@ pub fn error_type(exchange: &HttpExchange) -> Option<String> {
 /// Attributes of an exchange on the histograms, at most.
 const METRIC_ATTRIBUTES_AT_MOST: usize = 9;
 
-/// The histograms' attributes of `exchange`. A span carries the same ones, written as
-/// protobuf by `SpanBuilder::attributes` (spans.rs): the two are kept in step.
-fn metric_attributes(exchange: &HttpExchange, route: Option<&str>) -> Vec<KeyValue> {
-    let mut attrs = Vec::with_capacity(METRIC_ATTRIBUTES_AT_MOST);
+/// The histograms' attributes of `exchange`, into `attrs`. A span carries the same ones,
+/// written as protobuf by `SpanBuilder::attributes` (spans.rs): the two are kept in step.
+fn metric_attributes(exchange: &HttpExchange, route: Option<&str>, texts: &mut Texts, attrs: &mut Vec<KeyValue>) {
     attrs.push(KeyValue::new(attr::HTTP_REQUEST_METHOD, exchange.request.method.clone()));
     if let Some(response) = exchange.response {
         attrs.push(KeyValue::new(attr::HTTP_RESPONSE_STATUS_CODE, i64::from(response.status)));
@@ -84,16 +101,53 @@ fn metric_attributes(exchange: &HttpExchange, route: Option<&str>) -> Vec<KeyVal
     attrs.push(KeyValue::new(attr::NETWORK_PROTOCOL_NAME, "http"));
     attrs.push(KeyValue::new(attr::NETWORK_PROTOCOL_VERSION, exchange.request.version));
     if let Some(route) = route {
-        attrs.push(KeyValue::new(attr::HTTP_ROUTE, route.to_owned()));
+        attrs.push(KeyValue::new(attr::HTTP_ROUTE, texts.get(route)));
     }
     if exchange.role == Role::Client
-        && let Some((address, port)) = server_end(exchange)
+        && let Some((server, port)) = server_end(exchange)
     {
+        let address = match server {
+            ServerEnd::Name(name) => texts.get(name),
+            ServerEnd::Address(ip) => texts.ip(ip),
+        };
         attrs.push(KeyValue::new(attr::SERVER_ADDRESS, address));
         attrs.push(KeyValue::new(attr::SERVER_PORT, port));
     }
     if let Some(error) = error_type(exchange) {
         attrs.push(KeyValue::new(attr::ERROR_TYPE, error));
     }
-    attrs
+}
+
+/// Texts interned for the attribute values, at most: they are the histograms' bounded
+/// dimensions, so a few thousand cover a busy node; past that, values are copied.
+const TEXTS_AT_MOST: usize = 4_096;
+
+#[derive(Default)]
+struct Texts {
+    known: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+    /// An address formatted for lookup.
+    scratch: String,
+}
+
+impl Texts {
+    fn get(&mut self, text: &str) -> StringValue {
+        if let Some(shared) = self.known.get(text) {
+            return StringValue::from(Arc::clone(shared));
+        }
+        if self.known.len() >= TEXTS_AT_MOST {
+            return StringValue::from(text.to_owned());
+        }
+        let shared: Arc<str> = Arc::from(text);
+        self.known.insert(text.into(), Arc::clone(&shared));
+        StringValue::from(shared)
+    }
+
+    fn ip(&mut self, ip: IpAddr) -> StringValue {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let _ = write!(scratch, "{ip}");
+        let value = self.get(&scratch);
+        self.scratch = scratch;
+        value
+    }
 }

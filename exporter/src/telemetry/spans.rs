@@ -8,7 +8,7 @@ use opentelemetry::trace::{SpanId, TraceFlags, TraceId};
 use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 
 use super::{
-    http_instruments::{error_type, server_end},
+    http_instruments::{ServerEnd, error_type, server_end},
     otlp::{SpanBytes, wire, wire::attribute},
     sampler::SpanSampler,
 };
@@ -181,11 +181,14 @@ impl SpanBuilder {
         }
         // `server.*`: on a client span as on its histogram (the Host header's name, else
         // the peer); on a server span, the local address.
-        if let Some((address, port)) = server_end(exchange).or_else(|| {
-            let local = exchange.local.filter(|_| exchange.role == Role::Server)?;
-            Some((local.ip().to_string(), i64::from(local.port())))
-        }) {
-            attribute::str(span, ATTRIBUTES, attr::SERVER_ADDRESS, &address);
+        if let Some((server, port)) = server_end(exchange) {
+            match server {
+                ServerEnd::Name(name) => attribute::str(span, ATTRIBUTES, attr::SERVER_ADDRESS, name),
+                ServerEnd::Address(ip) => {
+                    self.ip(ip);
+                    attribute::str(span, ATTRIBUTES, attr::SERVER_ADDRESS, &self.text);
+                }
+            }
             attribute::int(span, ATTRIBUTES, attr::SERVER_PORT, port);
         }
         if let Some(error) = error {

@@ -30,6 +30,7 @@ pub struct ResponseHead {
     pub version: &'static str,
 }
 
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<T> {
     /// Heads, in order (several when requests are pipelined in one write).
@@ -52,8 +53,14 @@ fn content_length(headers: &[httparse::Header<'_>]) -> usize {
 
 /// Every request head in `bytes`; bodies with a Content-Length are skipped to find the
 /// next pipelined request. A body or head that runs past the capture ends the list.
+#[cfg(test)]
 pub fn requests(bytes: &[u8]) -> Parsed<RequestHead> {
     let mut heads = Vec::new();
+    if requests_into(bytes, &mut heads) { Parsed::Heads(heads) } else { Parsed::Garbage }
+}
+
+/// [`requests`] into `heads` (empty, reused: no allocation per chunk); false for garbage.
+pub fn requests_into(bytes: &[u8], heads: &mut Vec<RequestHead>) -> bool {
     let mut rest = bytes;
     while !rest.is_empty() {
         let mut headers = [EMPTY_HEADER; MAX_HEADERS];
@@ -62,12 +69,12 @@ pub fn requests(bytes: &[u8]) -> Parsed<RequestHead> {
             Ok(Status::Complete(n)) => (true, n),
             Ok(Status::Partial) | Err(httparse::Error::TooManyHeaders) => (false, 0),
             Err(_) if !heads.is_empty() => break,
-            Err(_) => return partial_request(rest).map_or(Parsed::Garbage, |h| Parsed::Heads(vec![h])),
+            Err(_) => return partial_request(rest).map(|h| heads.push(h)).is_some(),
         };
         let (Some(method), Some(target)) = (request.method, request.path) else {
             // Cut inside the request line: only usable when it is the first head.
             if heads.is_empty() {
-                return partial_request(rest).map_or(Parsed::Garbage, |h| Parsed::Heads(vec![h]));
+                return partial_request(rest).map(|h| heads.push(h)).is_some();
             }
             break;
         };
@@ -88,7 +95,7 @@ pub fn requests(bytes: &[u8]) -> Parsed<RequestHead> {
         let body = content_length(request.headers);
         rest = rest.get(consumed.saturating_add(body)..).unwrap_or_default();
     }
-    if heads.is_empty() { Parsed::Garbage } else { Parsed::Heads(heads) }
+    !heads.is_empty()
 }
 
 /// A request line that httparse refuses only because the headers after it are cut or
@@ -138,8 +145,14 @@ fn split_target(target: &str) -> (String, Option<String>) {
 
 /// Every response head in `bytes`, skipping bodies with a Content-Length to find the
 /// next (pipelined) response; 1xx interim responses are left out.
+#[cfg(test)]
 pub fn responses(bytes: &[u8]) -> Parsed<ResponseHead> {
     let mut heads = Vec::new();
+    if responses_into(bytes, &mut heads) { Parsed::Heads(heads) } else { Parsed::Garbage }
+}
+
+/// [`responses`] into `heads` (empty, reused); false for garbage.
+pub fn responses_into(bytes: &[u8], heads: &mut Vec<ResponseHead>) -> bool {
     // A 1xx alone parses to no head, yet is a response; `HTTP/1.1 abc` is neither.
     let mut any_status = false;
     let mut rest = bytes;
@@ -165,5 +178,5 @@ pub fn responses(bytes: &[u8]) -> Parsed<ResponseHead> {
         let body = if status < 200 || status == 204 || status == 304 { 0 } else { content_length(response.headers) };
         rest = rest.get(consumed.saturating_add(body)..).unwrap_or_default();
     }
-    if any_status { Parsed::Heads(heads) } else { Parsed::Garbage }
+    any_status
 }

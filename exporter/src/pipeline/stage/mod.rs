@@ -43,6 +43,8 @@ pub trait Source: Send + 'static {
     /// Up to `max` records already there, without waiting; returns how many could not
     /// be decoded.
     fn read_now(&mut self, max: usize, out: &mut Vec<Self::Record>) -> u64;
+    /// Takes back a record once paired (to reuse its buffers).
+    fn recycle(&mut self, _record: Self::Record) {}
 }
 
 /// What pairs records into finished items.
@@ -166,6 +168,7 @@ async fn run<S: Source, P: Pairing<Record = S::Record>>(
                     losses.undecodable = undecodable;
                     for record in records.drain(..) {
                         pairing.record(&record, &mut items);
+                        source.recycle(record);
                     }
                 }
                 Err(err) => {

@@ -11,50 +11,68 @@ const FIXED64: u32 = 1;
 const LENGTH_DELIMITED: u32 = 2;
 const FIXED32: u32 = 5;
 
+#[inline]
 pub fn varint(out: &mut Vec<u8>, value: u64) {
+    // Field keys, small lengths and flags: one byte, the common case by far.
+    if let Ok(byte @ 0..0x80) = u8::try_from(value) {
+        out.push(byte);
+        return;
+    }
     let mut bytes = [0u8; 10];
     let n = encode_varint(&mut bytes, value);
     out.extend_from_slice(&bytes[..n]);
 }
 
+#[inline]
 fn key(out: &mut Vec<u8>, field: u32, wire_type: u32) {
     varint(out, u64::from(field << 3 | wire_type));
 }
 
+#[inline]
 pub fn bytes(out: &mut Vec<u8>, field: u32, value: &[u8]) {
     key(out, field, LENGTH_DELIMITED);
     varint(out, value.len() as u64);
     out.extend_from_slice(value);
 }
 
+#[inline]
 pub fn string(out: &mut Vec<u8>, field: u32, value: &str) {
     bytes(out, field, value.as_bytes());
 }
 
+#[inline]
 pub fn uint(out: &mut Vec<u8>, field: u32, value: u64) {
     key(out, field, VARINT);
     varint(out, value);
 }
 
+#[inline]
 pub fn fixed64(out: &mut Vec<u8>, field: u32, value: u64) {
     key(out, field, FIXED64);
     out.extend_from_slice(&value.to_le_bytes());
 }
 
+#[inline]
 pub fn fixed32(out: &mut Vec<u8>, field: u32, value: u32) {
     key(out, field, FIXED32);
     out.extend_from_slice(&value.to_le_bytes());
 }
 
-/// A nested message: `body` writes its fields, then its length goes in front of them
-/// (moving the few bytes written, cheaper than sizing every field twice).
+/// A nested message: `body` writes its fields after a two-byte slot for their length
+/// (a span's, 128 bytes to 16 KiB), which is then filled in place; only a length of
+/// another size moves the body to fit it.
 pub fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
     key(out, field, LENGTH_DELIMITED);
-    let start = out.len();
+    let slot = out.len();
+    out.extend_from_slice(&[0, 0]);
     body(out);
     let mut length = [0u8; 10];
-    let n = encode_varint(&mut length, (out.len() - start) as u64);
-    out.splice(start..start, length[..n].iter().copied());
+    let n = encode_varint(&mut length, (out.len() - slot - 2) as u64);
+    if n == 2 {
+        out[slot..slot + 2].copy_from_slice(&length[..2]);
+    } else {
+        out.splice(slot..slot + 2, length[..n].iter().copied());
+    }
 }
 
 pub fn varint_len(value: u64) -> usize {
@@ -141,7 +159,21 @@ pub mod attribute {
 
 #[cfg(test)]
 mod tests {
-    use super::{encode_varint, varint_len};
+    use super::{encode_varint, message, varint_len};
+
+    #[test]
+    fn a_message_of_any_length_is_its_key_minimal_length_and_body() {
+        for body_len in [0, 1, 127, 128, 16_383, 16_384, 100_000] {
+            let mut out = vec![0xAA];
+            message(&mut out, 1, |m| m.extend(std::iter::repeat_n(7u8, body_len)));
+            let mut length = [0; 10];
+            let n = encode_varint(&mut length, body_len as u64);
+            assert_eq!(out[..2], [0xAA, 1 << 3 | 2], "{body_len}");
+            assert_eq!(out[2..2 + n], length[..n], "{body_len}: minimal length");
+            assert_eq!(out.len(), 2 + n + body_len, "{body_len}");
+            assert!(out[2 + n..].iter().all(|&b| b == 7), "{body_len}");
+        }
+    }
 
     #[test]
     fn varint_lengths_match_the_encoding() {
