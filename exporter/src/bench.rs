@@ -21,7 +21,7 @@ use opentelemetry_sdk::metrics::Temporality;
 use crate::{
     aggregation::{HttpExchange, HttpSettings, HttpTracker, Routes},
     enrichment::HostInfo,
-    events::{HttpChunk, decode_http_into},
+    events::{HttpChunk, decode_http_into, spare_payload},
     telemetry::{SpanBuilder, SpanBytes, SpanSampler, TelemetrySettings, Workloads},
 };
 
@@ -69,7 +69,7 @@ impl HttpPath {
         let started = Instant::now();
         for batch in self.records.chunks(PER_BATCH) {
             // The stage thread.
-            chunks.extend(batch.iter().filter_map(|r| decode_http_into(r, spare_payloads.pop().unwrap_or_default())));
+            chunks.extend(batch.iter().filter_map(|r| decode_http_into(r, spare_payload(&mut spare_payloads))));
             for chunk in chunks.drain(..) {
                 tracker.chunk(&chunk, &mut exchanges);
                 spare_payloads.push(recycled(chunk));

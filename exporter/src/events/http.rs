@@ -66,13 +66,13 @@ impl HttpChunkReader {
     /// records could not be decoded.
     pub async fn next_batch(&mut self, max: usize, out: &mut Vec<HttpChunk>) -> Result<u64, ReadError> {
         let spare = &mut self.spare;
-        self.ring.next_batch(max, out, |bytes| decode_into(bytes, spare.pop().unwrap_or_default())).await
+        self.ring.next_batch(max, out, |bytes| decode_into(bytes, take_buffer(spare))).await
     }
 
     /// Up to `max` records already there, without waiting (at shutdown).
     pub fn read_now(&mut self, max: usize, out: &mut Vec<HttpChunk>) -> u64 {
         let spare = &mut self.spare;
-        self.ring.drain(max, out, &mut |bytes| decode_into(bytes, spare.pop().unwrap_or_default()))
+        self.ring.drain(max, out, &mut |bytes| decode_into(bytes, take_buffer(spare)))
     }
 
     /// A record already paired gives its payload buffer back for the next ones.
@@ -89,6 +89,12 @@ impl Drop for HttpChunkReader {
     fn drop(&mut self) {
         let _ = self.reading.set(0, 0, 0);
     }
+}
+
+/// A spare payload buffer, else a new one as large as those kept: a request's small
+/// buffer reused for a response would otherwise grow (a second allocation).
+pub fn take_buffer(spare: &mut Vec<Vec<u8>>) -> Vec<u8> {
+    spare.pop().unwrap_or_else(|| Vec::with_capacity(SPARE_PAYLOAD_BYTES))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ mod ring;
 
 pub use dns::{CapturedPacket, DnsPacketReader};
 pub use flows::{FlowReader, KernelFlow, ReadError};
-pub use http::{HttpChunk, HttpChunkReader, decode_into as decode_http_into};
+pub use http::{HttpChunk, HttpChunkReader, decode_into as decode_http_into, take_buffer as spare_payload};
 pub use processes::{KernelProcess, ProcessNames};
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
