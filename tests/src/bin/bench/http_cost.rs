@@ -16,7 +16,7 @@ use super::{BpfStats, cpu_ticks, env_or, http::nginx_ok, minor_faults, program_s
 
 const PORT: u16 = 8091;
 const TLS_PORT: u16 = 8454;
-/// Load before a measured run with the agent, unmeasured.
+/// Load before a measured run with the agent, unmeasured (`BENCH_WARM_UP_SECONDS`).
 const WARM_UP_SECONDS: u64 = 3;
 /// `USER_HZ`: `/proc/<pid>/stat` counts CPU time in these.
 const TICK_US: f64 = 10_000.0;
@@ -98,7 +98,7 @@ fn measure(ns: &str, url: &str, seconds: u64, server: u32, agent: Option<u32>) -
     if agent.is_some() {
         // Unmeasured: the agent grows to its working size (heap, tables, connections),
         // which a steady state does not pay again.
-        let _ = wrk(ns, url, WARM_UP_SECONDS, 16, 0);
+        let _ = wrk(ns, url, env_or("BENCH_WARM_UP_SECONDS", WARM_UP_SECONDS), 16, 0);
     }
     let ticks = |pid: Option<u32>| pid.map_or(0, cpu_ticks);
     let faults = |pid: Option<u32>| pid.map_or(0, minor_faults);
