@@ -248,10 +248,10 @@ impl HttpTracker {
         out: &mut Vec<HttpExchange>,
     ) {
         let role = if chunk.sent { Role::Client } else { Role::Server };
-        if !self.connections.contains_key(&key) && self.connections.len() >= self.settings.max_connections {
-            self.evict_oldest();
-        }
         if !self.connections.contains_key(&key) {
+            if self.connections.len() >= self.settings.max_connections {
+                self.evict_oldest();
+            }
             let queue = self.spare_queues.pop().unwrap_or_default();
             self.connections.insert(key, Connection::new(role, chunk, queue));
         }
