@@ -1,6 +1,6 @@
 //! The HTTP instruments of one workload (scope `flowtel.http`), and the attributes an
 //! exchange gives its metric point (low-cardinality only: `url.path` is for spans).
-use std::{borrow::Cow, collections::HashMap, fmt::Write as _, net::IpAddr, sync::Arc};
+use std::{borrow::Cow, collections::HashSet, fmt::Write as _, net::IpAddr, sync::Arc};
 
 use flowtel_semconv::{attr, metric, value};
 use opentelemetry::{
@@ -19,8 +19,8 @@ pub struct HttpInstruments {
     client: Histogram<f64>,
     /// Reused for each exchange's attributes.
     attrs: Vec<KeyValue>,
-    /// Text values seen before (routes, server names and addresses, error types), shared
-    /// with the SDK's series instead of copied for every exchange.
+    /// Text values seen before (routes, server names and addresses), shared with the
+    /// SDK's series instead of copied for every exchange.
     texts: Texts,
 }
 
@@ -118,13 +118,15 @@ fn metric_attributes(exchange: &HttpExchange, route: Option<&str>, texts: &mut T
     }
 }
 
-/// Texts interned for the attribute values, at most: they are the histograms' bounded
-/// dimensions, so a few thousand cover a busy node; past that, values are copied.
-const TEXTS_AT_MOST: usize = 4_096;
+/// Texts interned per workload, at most: the histograms' dimensions are few in a
+/// workload (its routes, the servers it calls), but a route heuristic fed varied paths
+/// could grow the set without end, so a full set starts over (it refills with what
+/// recurs). About 100 KiB at most per workload.
+const TEXTS_AT_MOST: usize = 1_024;
 
 #[derive(Default)]
 struct Texts {
-    known: HashMap<Box<str>, Arc<str>, foldhash::fast::RandomState>,
+    known: HashSet<Arc<str>, foldhash::fast::RandomState>,
     /// An address formatted for lookup.
     scratch: String,
 }
@@ -135,10 +137,10 @@ impl Texts {
             return StringValue::from(Arc::clone(shared));
         }
         if self.known.len() >= TEXTS_AT_MOST {
-            return StringValue::from(text.to_owned());
+            self.known.clear();
         }
         let shared: Arc<str> = Arc::from(text);
-        self.known.insert(text.into(), Arc::clone(&shared));
+        self.known.insert(Arc::clone(&shared));
         StringValue::from(shared)
     }
 
@@ -149,5 +151,28 @@ impl Texts {
         let value = self.get(&scratch);
         self.scratch = scratch;
         value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TEXTS_AT_MOST, Texts};
+
+    #[test]
+    fn interned_texts_are_the_texts_and_a_full_set_starts_over() {
+        let mut texts = Texts::default();
+        assert_eq!(texts.get("/users/{id}").as_str(), "/users/{id}");
+        assert_eq!(texts.ip("192.0.2.7".parse().unwrap()).as_str(), "192.0.2.7");
+        assert_eq!(texts.known.len(), 2);
+        for i in 0..TEXTS_AT_MOST * 3 {
+            let route = format!("/r/{i}");
+            assert_eq!(texts.get(&route).as_str(), route);
+            assert!(texts.known.len() <= TEXTS_AT_MOST);
+        }
+        // A text seen again is the one kept, not a copy.
+        let again = |t: &mut Texts| t.known.get("/r/3071").cloned().unwrap();
+        let kept = again(&mut texts);
+        let _ = texts.get("/r/3071");
+        assert!(std::sync::Arc::ptr_eq(&kept, &again(&mut texts)));
     }
 }
